@@ -1,0 +1,162 @@
+"""``niwt <stage>``: the command line a person (and ``dvc.yaml``) types.
+
+One subcommand per stage, named exactly as the DVC stage, the Prefect task and the MLflow run.
+Paths come from the command line, hyperparameters only from ``params.yaml``. Each stage opens its
+MLflow run, writes its metrics JSON (for DVC) and logs the same dict to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from niwt.params import Params, ParamsError, load_params, section_dict
+
+SECTIONS = {
+    "prepare": ("base", "data"),
+    "finetune": ("base", "model", "finetune"),
+    "extract": ("base", "model", "extract"),
+    "fit_mapping": ("base", "mapping"),
+    "inject": ("base", "model", "inject"),
+    "evaluate": ("base", "evaluate"),
+    "explain": ("base", "evaluate"),
+}
+
+
+def _prepare(p: Params, a: argparse.Namespace):
+    from niwt.stages import prepare
+
+    return prepare.run(p, a.out, progress=a.progress)
+
+
+def _finetune(p: Params, a: argparse.Namespace):
+    from niwt.stages import finetune
+
+    return finetune.run(p, a.data, a.out, a.history, progress=a.progress)
+
+
+def _extract(p: Params, a: argparse.Namespace):
+    from niwt.stages import extract
+
+    runner = None
+    if p.extract.runner == "dask":
+        from flows.extract import dask_runner  # Prefect tasks on a Dask cluster (prefect-dask)
+
+        runner = dask_runner(p.extract.dask_address, p.extract.dask_workers)
+    return extract.run(p, a.data, a.model, a.out, progress=a.progress, runner=runner)
+
+
+def _fit_mapping(p: Params, a: argparse.Namespace):
+    from niwt.stages import fit_mapping
+
+    return fit_mapping.run(p, a.data, a.importances, a.out, a.history)
+
+
+def _inject(p: Params, a: argparse.Namespace):
+    from niwt.stages import inject
+
+    return inject.run(p, a.data, a.model, a.mapping, a.out)
+
+
+def _evaluate(p: Params, a: argparse.Namespace):
+    from niwt.stages import evaluate
+
+    return evaluate.run(p, a.data, a.injected, a.plots, progress=a.progress)
+
+
+STAGE_FUNCS: dict[str, Callable[[Params, argparse.Namespace], Any]] = {
+    "prepare": _prepare, "finetune": _finetune, "extract": _extract, "fit_mapping": _fit_mapping,
+    "inject": _inject, "evaluate": _evaluate,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="niwt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+        sp.add_argument("--metrics", type=Path, help="write the stage's metrics JSON here")
+        sp.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
+        return sp
+
+    sp = stage("prepare", "generate or read the dataset; write classes.parquet and splits.parquet")
+    sp.add_argument("--out", type=Path, required=True)
+    sp = stage("finetune", "train the classifier on seen classes")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--history", type=Path, required=True, help="per-epoch CSV (a DVC plot)")
+    sp = stage("extract", "neuron importances of every seen training image (sharded Parquet)")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp = stage("fit_mapping", "fit the domain-vector -> importance map")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--importances", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--history", type=Path, required=True)
+    sp = stage("inject", "add unseen-class rows to the classifier (NIWT and peers)")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--mapping", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp = stage("evaluate", "GZSL metrics (S, U, H, ZSL T1, AUSUC) of every injected model")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--injected", type=Path, required=True)
+    sp.add_argument("--plots", type=Path, required=True)
+    return parser
+
+
+def _numeric(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Flatten nested metrics to ``prefix/key`` -> float for MLflow."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_numeric(value, f"{prefix}/{key}"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}/{key}"] = float(value)
+    return flat
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from niwt.data.raw import DatasetError
+    from niwt.io.parquet import ImportanceFileError
+    from niwt.models.networks import ModelError
+
+    return ParamsError, DatasetError, ModelError, ImportanceFileError, FileNotFoundError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``niwt`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if os.environ.get("NIWT_PROGRESS", "1") == "0":
+        args.progress = False
+    from niwt import tracking
+    from niwt.io.atomic import write_json
+
+    tracking.quiet_telemetry()
+    try:
+        params = load_params(args.params)
+        logged = {f"{s}.{k}": v for s in SECTIONS[args.stage] for k, v in section_dict(getattr(params, s)).items()}
+        with tracking.stage_run(args.stage, params.tracking.experiment, logged) as mlflow:
+            result = STAGE_FUNCS[args.stage](params, args)
+            if args.metrics:
+                write_json(args.metrics, result.metrics)
+            if mlflow is not None:
+                mlflow.log_metrics(_numeric(result.metrics, args.stage))
+                for artifact in result.artifacts:
+                    mlflow.log_artifact(str(artifact))
+    except _known_errors() as err:
+        print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"niwt {args.stage}: done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

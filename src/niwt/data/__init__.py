@@ -1,0 +1,1 @@
+"""Datasets: loaders of native on-disk formats, the synthetic benchmark, and the GZSL split tables."""

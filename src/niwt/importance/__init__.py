@@ -1,0 +1,1 @@
+"""Neuron-importance capture (hooks) and pooling."""

@@ -1,0 +1,107 @@
+"""Neuron importance: gradient of a class logit w.r.t. one layer's activations, pooled over space.
+
+For image x and class c, ``alpha_k(x) = sum_ij d s_c(x) / d A_kij(x)`` (NIWT; Grad-CAM uses the
+mean). The layer is captured with a *forward* hook only: module backward hooks break on in-place
+ReLUs (pytorch#61519). The hook hands the rest of the network a fresh leaf tensor, so
+``torch.autograd.grad`` stops at the layer (no backward through the trunk, no parameter ``.grad``
+touched), and in-place ops downstream act on a copy, never on the stored activation.
+
+In ``eval()`` mode samples do not interact, so one backward of the *sum* of each sample's own
+selected logit gives every per-sample gradient of a batch at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from niwt.models.networks import resolve_layer
+
+Pooling = Literal["sum", "mean"]
+
+
+class LayerCapture:
+    """Context manager that records one layer's output on every forward pass.
+
+    Args:
+        model: the network.
+        layer: dotted module name (``body.block4``); unknown names list the valid ones.
+        detach: hand downstream a new leaf (gradients stop at the layer). Set False to keep the
+            graph to the input, e.g. for double backprop through the whole network.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, detach: bool = True) -> None:
+        self.module = resolve_layer(model, layer)
+        self.detach = detach
+        self.activation: torch.Tensor | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        act = output.detach().requires_grad_(True) if self.detach else output
+        self.activation = act
+        return act.clone()  # in-place ops downstream must not touch the stored tensor
+
+    def __enter__(self) -> LayerCapture:
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.activation = None
+
+
+def pool(grad: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Reduce (B, C, *spatial) gradients to (B, C) by sum (NIWT) or mean (Grad-CAM)."""
+    dims = tuple(range(2, grad.ndim))
+    if not dims:
+        return grad
+    return grad.sum(dims) if pooling == "sum" else grad.mean(dims)
+
+
+def batch_importance(
+    model: nn.Module,
+    capture: LayerCapture,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    pooling: Pooling = "sum",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importances of a batch in one forward and one backward.
+
+    Args:
+        model: network in eval mode, with ``capture`` entered.
+        capture: the active :class:`LayerCapture`.
+        images: (B, 3, H, W).
+        targets: (B,) class index per image, or None for each image's predicted class.
+        pooling: spatial reduction.
+
+    Returns:
+        (importances (B, C) float32 on CPU, logits (B, n_classes) detached).
+    """
+    with torch.enable_grad():
+        logits = model(images)
+        if targets is None:
+            targets = logits.argmax(1)
+        selected = logits.gather(1, targets.to(logits.device)[:, None]).sum()
+        (grad,) = torch.autograd.grad(selected, capture.activation)
+    return pool(grad, pooling).float().cpu(), logits.detach()
+
+
+def importance(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    pooling: Pooling = "sum",
+) -> torch.Tensor:
+    """Convenience wrapper: (B, C) importances of ``images`` for ``targets`` at ``layer``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with LayerCapture(model, layer) as cap:
+            return batch_importance(model, cap, images, targets, pooling)[0]
+    finally:
+        model.train(was_training)

@@ -1,0 +1,1 @@
+"""Injection of unseen-class classifier rows (NIWT)."""

@@ -1,0 +1,202 @@
+"""Optimise new classifier rows so that their observed neuron importances match predicted ones.
+
+For unseen class u with weight row w_u, the observed importance on image x is
+``alpha_obs(x) = pool_ij d(w_u . f(A(x))) / dA_ij = M(x) w_u`` where f is the head (layer ->
+penultimate features) and ``M(x)[k, d] = pool_ij d f_d / d A_kij``. The bias never enters.
+
+Two solvers reach the same optimum:
+
+* ``double_backprop`` (the reference): per iteration, backprop through the head to get
+  ``alpha_obs`` with ``create_graph=True``, then backprop the loss to ``W_u``.
+* ``jacobian``: compute ``M(x)`` once for the image pool with forward-mode AD along each channel
+  direction (``torch.func.jvp``), after which each iteration is a batched matrix product.
+
+Both cache the pool's activations at the layer once: the trunk is never recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from niwt.importance.capture import Pooling, pool
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    lr: float = 0.01
+    lambda_: float = 1e-5
+    batch_size: int = 64
+    max_iters: int = 3000
+    patience: int = 40
+    min_improvement: float = 0.01
+    init: Literal["seen_centered", "mean"] = "seen_centered"
+    pooling: Pooling = "sum"
+    seed: int = 0
+
+
+@dataclass
+class InjectResult:
+    weight: torch.Tensor  # (U, D)
+    iterations: int
+    final_loss: float
+    history: list[float] = field(default_factory=list)
+
+
+class PlateauStopper:
+    """NIWT's stopping rule: stop once ``patience`` iterations in a row have not improved the
+    last recorded loss by more than ``min_improvement`` (relative). The counter starts at 1 and
+    is checked before the current loss updates it, exactly as the original ``alpha2w.py``."""
+
+    def __init__(self, patience: int = 40, min_improvement: float = 0.01) -> None:
+        self.patience, self.min_improvement = patience, min_improvement
+        self.monitor: float | None = None
+        self.counter = 1
+
+    def step(self, loss: float) -> bool:
+        """Record ``loss``; return True when optimisation should stop."""
+        if self.counter >= self.patience:
+            return True
+        if self.monitor is None:
+            self.monitor = loss
+        elif self.monitor != 0 and 1 - loss / self.monitor > self.min_improvement:
+            self.counter, self.monitor = 0, loss
+        else:
+            self.counter += 1
+        return False
+
+
+def seen_centered_init(w_seen: torch.Tensor, n_unseen: int, generator: torch.Generator,
+                       mode: str = "seen_centered") -> torch.Tensor:
+    """Draw each unseen row per dimension from N(mean, std) of the seen rows (population std)."""
+    mu = w_seen.mean(0)
+    if mode == "mean":
+        return mu.expand(n_unseen, -1).clone()
+    sigma = w_seen.std(0, unbiased=False)
+    noise = torch.randn(n_unseen, w_seen.shape[1], generator=generator, dtype=w_seen.dtype)
+    return mu + sigma * noise
+
+
+def niwt_loss(alpha_obs: torch.Tensor, alpha_hat: torch.Tensor, w_u: torch.Tensor, mu: torch.Tensor,
+              lambda_: float) -> torch.Tensor:
+    """``mean(1 - cos(alpha_hat, alpha_obs)) + lambda * 0.5 * ||W_u - mu||^2``."""
+    cos = F.cosine_similarity(alpha_obs, alpha_hat, dim=1, eps=1e-12)
+    return (1 - cos).mean() + lambda_ * 0.5 * (w_u - mu).pow(2).sum()
+
+
+def observed_importance(head: nn.Module, acts: torch.Tensor, w_rows: torch.Tensor,
+                        pooling: Pooling, create_graph: bool) -> torch.Tensor:
+    """Importance of the logit ``w_rows[b] . head(acts[b])`` for each b, by (double) backprop.
+
+    Args:
+        acts: (B, C, H, W) cached activations.
+        w_rows: (B, D) the weight row whose logit each sample explains.
+
+    Returns:
+        (B, C)
+    """
+    acts = acts.detach().requires_grad_(True)
+    logit = (head(acts) * w_rows).sum()
+    (grad,) = torch.autograd.grad(logit, acts, create_graph=create_graph)
+    return pool(grad, pooling)
+
+
+def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch: int = 64,
+                     max_elements: int = 1 << 24) -> torch.Tensor:
+    """``M[b, k, :] = pool_ij d head(acts)[b] / d acts[b, k, i, j]`` by forward-mode AD.
+
+    One jvp per channel, with the tangent equal to 1 over that channel's whole spatial map
+    (divided by H*W for mean pooling), gives column k of the pooled Jacobian for every sample;
+    ``vmap`` runs as many channels at once as fit in ``max_elements`` tangent entries.
+    Memory: the result holds P*C*D floats.
+
+    Args:
+        acts: (P, C, H, W)
+
+    Returns:
+        (P, C, D)
+    """
+    c = acts.shape[1]
+    scale = 1.0 if pooling == "sum" else 1.0 / acts[0, 0].numel()
+    out = []
+    with torch.no_grad():
+        for part in acts.split(batch):
+            # (C, B, C, H, W) one-hot channel tangents as an expanded view: no copy until used
+            eye = torch.eye(c, dtype=part.dtype, device=part.device) * scale
+            tangents = eye[:, None, :, None, None].expand(c, *part.shape)
+            chunk = max(1, min(c, max_elements // part.numel()))
+            cols = torch.func.vmap(lambda t, p=part: torch.func.jvp(head, (p,), (t,))[1],
+                                   chunk_size=chunk)(tangents)  # (C, B, D)
+            out.append(cols.permute(1, 0, 2))
+    return torch.cat(out).contiguous()
+
+
+def _optimise(step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w0: torch.Tensor,
+              n_pairs: int, cfg: InjectConfig, generator: torch.Generator) -> InjectResult:
+    """Adam on W_u over shuffled minibatches of (pool image, unseen class) pairs."""
+    w_u = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w_u], lr=cfg.lr)
+    stopper = PlateauStopper(cfg.patience, cfg.min_improvement)
+    history: list[float] = []
+    it = 0
+    while it < cfg.max_iters:
+        for idx in torch.randperm(n_pairs, generator=generator).split(cfg.batch_size):
+            loss = step_loss(w_u, idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+            it += 1
+            if stopper.step(history[-1]) or it >= cfg.max_iters:
+                return InjectResult(w_u.detach(), it, history[-1], history)
+    return InjectResult(w_u.detach(), it, history[-1] if history else float("nan"), history)
+
+
+def inject(
+    head: nn.Module,
+    acts: torch.Tensor,
+    alpha_hat: torch.Tensor,
+    w_seen: torch.Tensor,
+    cfg: InjectConfig,
+    solver: Literal["jacobian", "double_backprop"] = "jacobian",
+    jacobian: torch.Tensor | None = None,
+) -> InjectResult:
+    """Learn one classifier row per unseen class, all classes in one batched graph.
+
+    Every (pool image, unseen class) pair is a training sample, as NIWT pairs each unseen label
+    with random images; minibatches mix classes.
+
+    Args:
+        head: layer activations -> penultimate features, in eval mode (frozen).
+        acts: (P, C, H, W) cached activations of the image pool.
+        alpha_hat: (U, C) predicted importances of the unseen classes.
+        w_seen: (S, D) seen classifier rows (init statistics and regulariser target).
+        cfg: optimisation settings.
+        solver: ``jacobian`` (precomputed products) or ``double_backprop`` (reference).
+        jacobian: optional precomputed (P, C, D) from :func:`channel_jacobian`.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_pool, n_unseen = acts.shape[0], alpha_hat.shape[0]
+    w0 = seen_centered_init(w_seen, n_unseen, gen, cfg.init)
+    mu = w_seen.mean(0)
+    img_of = torch.arange(n_pool).repeat(n_unseen)  # pair p -> pool image
+    cls_of = torch.arange(n_unseen).repeat_interleave(n_pool)  # pair p -> unseen class
+    if solver == "jacobian":
+        m = jacobian if jacobian is not None else channel_jacobian(head, acts, cfg.pooling)
+
+        def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            obs = torch.bmm(m[img_of[idx]], w_u[cls_of[idx]].unsqueeze(2)).squeeze(2)  # (B, C)
+            return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
+    elif solver == "double_backprop":
+        def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            obs = observed_importance(head, acts[img_of[idx]], w_u[cls_of[idx]], cfg.pooling, True)
+            return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
+    else:
+        raise ValueError(f"unknown solver {solver!r}; valid: jacobian, double_backprop")
+    with torch.enable_grad():
+        return _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen)

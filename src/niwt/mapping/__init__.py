@@ -1,0 +1,1 @@
+"""Domain knowledge -> neuron importance maps."""

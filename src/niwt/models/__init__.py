@@ -1,0 +1,1 @@
+"""Backbones, classifier surgery and self-describing checkpoints."""

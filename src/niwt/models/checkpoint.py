@@ -1,0 +1,66 @@
+"""Self-describing checkpoints, loaded with ``weights_only=True``.
+
+A checkpoint is a plain dict (nanoGPT/torchvision habit): the state dict plus everything needed
+to rebuild the network and read its outputs (arch, class names, importance layer, image size).
+Only tensors and primitive containers go in, so loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from niwt.io.atomic import atomic_path
+from niwt.models.networks import ModelError, NiwtNet, build_model
+
+REQUIRED = ("arch", "num_classes", "class_names", "n_seen", "layer", "image_size", "state_dict")
+
+
+def save_checkpoint(path: str | Path, model: NiwtNet, meta: dict[str, Any]) -> None:
+    """Atomically save ``model`` with ``meta`` (arch, class_names, n_seen, layer, ...)."""
+    ckpt = dict(meta)
+    ckpt["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt["num_classes"] = model.classifier.out_features
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {missing}")
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[NiwtNet, dict[str, Any]]:
+    """Rebuild the network from a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        (model in eval mode on ``device``, metadata dict without the state dict).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ModelError(f"{path}: not a niwt checkpoint (missing {missing})")
+    model = build_model(ckpt["arch"], ckpt["num_classes"], width=ckpt.get("width", 32),
+                        hidden=ckpt.get("hidden", 256), image_size=ckpt["image_size"])
+    model.load_state_dict(ckpt.pop("state_dict"))
+    if len(ckpt["class_names"]) != ckpt["num_classes"]:
+        raise ModelError(f"{path}: {len(ckpt['class_names'])} class names for "
+                         f"{ckpt['num_classes']} outputs")
+    return model.to(device).eval(), ckpt
+
+
+def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path) -> None:
+    """Fail early when a checkpoint was trained on another dataset's classes."""
+    have = list(meta["class_names"])
+    want = list(class_names[: len(have)])
+    if have != want:
+        raise ModelError(
+            f"{path}: checkpoint classes do not match the dataset ({len(have)} outputs; first "
+            f"mismatch: checkpoint {next((a for a, b in zip(have, want) if a != b), have[-1])!r}). "
+            "Was it trained on another dataset? Rerun finetune.")

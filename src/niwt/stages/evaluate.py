@@ -1,0 +1,139 @@
+"""``evaluate``: generalized zero-shot accuracy of every injected model, side by side.
+
+Per method: S (per-class mean top-1 on test_seen over the joint label space), U (same on
+test_unseen), H = 2SU/(S+U), ZSL T1 (argmax over unseen classes only), seen-only accuracy, and
+the area under the seen-unseen curve of calibrated stacking (AUSUC, calibration-free). Penultimate
+features of the test images are computed once; each method is a linear layer on top of them.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from niwt.data.images import make_loader
+from niwt.data.tables import read_classes, read_splits
+from niwt.io.atomic import atomic_path
+from niwt.metrics import ausuc, gzsl_metrics, mean_per_class_accuracy, per_class_accuracy, seen_unseen_curve, zsl_top1
+from niwt.models.checkpoint import check_classes, load_checkpoint
+from niwt.params import Params
+from niwt.stages import StageResult
+from niwt.training import predict, resolve_device
+
+METHOD_ORDER = ("niwt", "icis", "regression", "regression_rescaled", "eszsl")
+
+
+def method_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoints in ``directory``, NIWT first, then peers in a fixed order."""
+    found = {p.stem: p for p in Path(directory).glob("*.pt")}
+    if not found:
+        raise FileNotFoundError(f"{directory}: no injected checkpoints; run `dvc repro inject`")
+    return [found[m] for m in METHOD_ORDER if m in found] + sorted(v for k, v in found.items() if k not in METHOD_ORDER)
+
+
+def score_methods(checkpoints: list[Path], feats: np.ndarray, class_names: list[str]) -> dict[str, np.ndarray]:
+    """Joint-space scores (N, S+U) of each method on precomputed penultimate features."""
+    x = torch.as_tensor(feats)
+    scores = {}
+    for path in checkpoints:
+        model, meta = load_checkpoint(path)
+        check_classes(meta, class_names, path)
+        with torch.no_grad():
+            scores[path.stem] = model.classifier(x).numpy()
+    return scores
+
+
+def method_metrics(scores: np.ndarray, y: np.ndarray, n_seen: int) -> tuple[dict[str, float], tuple]:
+    """All reported numbers for one method, plus its seen-unseen curve."""
+    n_classes = scores.shape[1]
+    seen_mask = np.arange(n_classes) < n_seen
+    is_unseen = y >= n_seen
+    g = gzsl_metrics(scores, y, seen_mask, is_unseen)
+    gammas, s_arr, u_arr = seen_unseen_curve(scores, y, seen_mask, is_unseen)
+    seen_only = mean_per_class_accuracy(y[~is_unseen], scores[~is_unseen][:, :n_seen].argmax(1))
+    out = {"S": g["S"], "U": g["U"], "H": g["H"], "zsl_top1": zsl_top1(scores, y, np.flatnonzero(~seen_mask)),
+           "seen_acc": seen_only, "ausuc": ausuc(s_arr, u_arr)}
+    return out, (gammas, s_arr, u_arr)
+
+
+def run(p: Params, data: Path, injected: Path, plots: Path, progress: bool = True) -> StageResult:
+    device = resolve_device(p.base.device)
+    classes = read_classes(data / "classes.parquet")
+    test = read_splits(data / "splits.parquet").select("test_seen", "test_unseen")
+    checkpoints = method_checkpoints(injected)
+    base, meta = load_checkpoint(checkpoints[0], device)
+    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=p.evaluate.batch_size)
+    feats, y = predict(base, loader, device, features=True, progress=progress, desc="test features")
+    scores = score_methods(checkpoints, feats, classes.names)
+    metrics: dict[str, dict[str, float]] = {}
+    curves, per_class = {}, {}
+    for method, s in scores.items():
+        metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
+        per_class[method] = per_class_accuracy(y, s.argmax(1), np.arange(len(classes.names)))
+    plots.mkdir(parents=True, exist_ok=True)
+    artifacts = [_write_per_class(plots / "per_class_accuracy.csv", per_class, classes.names, classes.n_seen),
+                 _write_curves(plots / "seen_unseen_curve.csv", curves)]
+    artifacts += _draw(plots, metrics, curves, per_class, classes.names, classes.n_seen)
+    return StageResult(metrics, artifacts)
+
+
+def _write_per_class(path: Path, per_class: dict, names: list[str], n_seen: int) -> Path:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "class", "kind", "accuracy"])
+        for method, accs in per_class.items():
+            for c, acc in sorted(accs.items()):
+                w.writerow([method, names[c], "seen" if c < n_seen else "unseen", f"{acc:.6f}"])
+    return path
+
+
+def _write_curves(path: Path, curves: dict) -> Path:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "gamma", "U", "S"])
+        for method, (gammas, s_arr, u_arr) in curves.items():
+            step = max(1, len(gammas) // 400)  # keep the plot file small; endpoints kept
+            idx = sorted(set(range(0, len(gammas), step)) | {len(gammas) - 1})
+            for i in idx:
+                w.writerow([method, f"{gammas[i]:.6g}", f"{u_arr[i]:.6f}", f"{s_arr[i]:.6f}"])
+    return path
+
+
+def _draw(plots: Path, metrics: dict, curves: dict, per_class: dict, names: list[str], n_seen: int) -> list[Path]:
+    """PNG plots (DVC's HTML plots need a CDN; PNGs open anywhere, and go to MLflow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for method, (_, s_arr, u_arr) in curves.items():
+        ax.plot(u_arr, s_arr, label=f"{method} (AUSUC {metrics[method]['ausuc']:.3f})")
+        ax.scatter([metrics[method]["U"]], [metrics[method]["S"]], s=18)
+    ax.set(xlabel="unseen accuracy U", ylabel="seen accuracy S", title="Seen-unseen curve (calibrated stacking)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    curve_png = plots / "seen_unseen_curve.png"
+    with atomic_path(curve_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+    unseen = list(range(n_seen, len(names)))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(unseen)), 4))
+    width = 0.8 / max(1, len(per_class))
+    for i, (method, accs) in enumerate(per_class.items()):
+        ax.bar(np.arange(len(unseen)) + i * width, [accs.get(c, 0.0) for c in unseen], width, label=method)
+    ax.set_xticks(np.arange(len(unseen)) + 0.4 - width / 2, [names[c] for c in unseen], rotation=60,
+                  ha="right", fontsize=7)
+    ax.set(ylabel="GZSL accuracy", title="Per-class accuracy on unseen classes", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    bars_png = plots / "unseen_per_class.png"
+    with atomic_path(bars_png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return [curve_png, bars_png]

@@ -1,0 +1,157 @@
+"""``extract``: neuron importances of every seen training image, as a sharded Parquet dataset.
+
+The image list (train + val, ordered by image id) is cut into fixed shards. Each shard is
+computed independently (one forward + one backward per batch) and written atomically into
+``<out>.partial/``; a rerun after an interruption skips the shards already there, as long as the
+fingerprint (checkpoint bytes + params) matches. When all shards exist the directory is renamed
+onto ``<out>`` in one step, so DVC never sees a partial output.
+
+Shards are plain function calls (:func:`compute_shard`), so they can run in-process or as
+Prefect tasks on a Dask cluster (``extract.runner: dask``, see ``flows/extract.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from niwt.data.images import make_loader
+from niwt.data.tables import read_classes, read_splits
+from niwt.importance.capture import LayerCapture, batch_importance
+from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
+from niwt.models.checkpoint import check_classes, load_checkpoint
+from niwt.params import Params, section_dict
+from niwt.stages import StageResult
+from niwt.training import resolve_device
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything one worker needs to compute one shard (picklable, for Dask)."""
+
+    index: int
+    image_id: tuple[int, ...]
+    path: tuple[str, ...]
+    class_id: tuple[int, ...]
+    split: tuple[str, ...]
+    checkpoint: str
+    partial_dir: str
+    layer: str
+    pooling: str
+    target: str
+    batch_size: int
+    device: str
+    meta: tuple[tuple[str, str], ...]
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(checkpoint: str, device: str):
+    model, meta = load_checkpoint(checkpoint, resolve_device(device))
+    return model, meta
+
+
+def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> str:
+    """Compute and atomically write one shard; returns its file name. Idempotent."""
+    target = Path(job.partial_dir) / shard_name(job.index)
+    if target.is_file():
+        return target.name
+    model, meta = _cached_model(job.checkpoint, job.device)
+    device = next(model.parameters()).device
+    loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
+                         batch_size=job.batch_size)
+    parts, targets = [], []
+    with LayerCapture(model, job.layer) as cap:
+        for images, labels, _ in loader:
+            wanted = labels.to(device) if job.target == "ground_truth" else None
+            alpha, logits = batch_importance(model, cap, images.to(device), wanted, job.pooling)
+            parts.append(alpha.numpy())
+            targets.append((labels if wanted is not None else logits.argmax(1)).cpu().numpy())
+            if progress is not None:
+                progress(len(labels))
+    values = np.concatenate(parts)
+    schema = importance_schema(values.shape[1], dict(job.meta))
+    write_shard(target, schema, np.array(job.image_id), np.array(job.class_id), list(job.split),
+                np.concatenate(targets), values)
+    return target.name
+
+
+def fingerprint(checkpoint: Path, p: Params) -> str:
+    """Shards are only reused when made from the same checkpoint bytes and extract params."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes())
+    digest.update(json.dumps([section_dict(p.extract), p.model.layer], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[ShardJob], Path]:
+    """Validate inputs and cut the work into shards; prepares ``<out>.partial``."""
+    classes = read_classes(data / "classes.parquet")
+    splits = read_splits(data / "splits.parquet").select("train", "val")
+    model, meta = load_checkpoint(checkpoint)
+    check_classes(meta, classes.names, checkpoint)
+    LayerCapture(model, p.model.layer)  # unknown layer: fail before any work, listing valid ones
+    partial = out.parent / (out.name + ".partial")
+    fp = fingerprint(checkpoint, p)
+    stamp = partial / "_fingerprint"
+    if partial.exists() and (not stamp.is_file() or stamp.read_text() != fp):
+        shutil.rmtree(partial)  # made from another model or params: nothing to reuse
+    partial.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+    order = np.argsort(splits.image_id, kind="stable")
+    file_meta = (("layer", p.model.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
+                 ("arch", meta["arch"]), ("checkpoint_sha256", fp[:16]))
+    jobs = []
+    for index, start in enumerate(range(0, len(order), p.extract.shard_size)):
+        sel = order[start:start + p.extract.shard_size]
+        jobs.append(ShardJob(index, tuple(int(i) for i in splits.image_id[sel]),
+                             tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
+                             tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial),
+                             p.model.layer, p.extract.pooling, p.extract.target, p.extract.batch_size,
+                             p.base.device, file_meta))
+    return jobs, partial
+
+
+def finish(jobs: list[ShardJob], partial: Path, out: Path) -> dict[str, int]:
+    """Write the manifest and move the completed dataset onto ``out`` atomically."""
+    missing = [shard_name(j.index) for j in jobs if not (partial / shard_name(j.index)).is_file()]
+    if missing:
+        raise RuntimeError(f"{partial}: shards still missing after extraction: {missing[:5]}")
+    n_rows = sum(len(j.image_id) for j in jobs)
+    meta = dict(jobs[0].meta) if jobs else {}
+    (partial / "_fingerprint").unlink(missing_ok=True)
+    write_manifest(partial, len(jobs), n_rows, meta)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return {"n_images": n_rows, "n_shards": len(jobs)}
+
+
+def run_local(jobs: list[ShardJob], progress: bool = True) -> int:
+    """Run missing shards in this process; returns how many were computed."""
+    todo = [j for j in jobs if not (Path(j.partial_dir) / shard_name(j.index)).is_file()]
+    done_before = sum(len(j.image_id) for j in jobs) - sum(len(j.image_id) for j in todo)
+    total = sum(len(j.image_id) for j in jobs)
+    with tqdm(total=total, initial=done_before, desc="extract", unit="img", disable=not progress,
+              mininterval=1.0) as bar:
+        for job in todo:
+            compute_shard(job, progress=bar.update)
+    return len(todo)
+
+
+def run(p: Params, data: Path, checkpoint: Path, out: Path, progress: bool = True,
+        runner: Callable[[list[ShardJob]], int] | None = None) -> StageResult:
+    """Plan, compute missing shards (with ``runner``, default in-process), and finish."""
+    torch.manual_seed(p.base.seed)
+    jobs, partial = plan(p, data, Path(checkpoint), Path(out))
+    computed = (runner or functools.partial(run_local, progress=progress))(jobs)
+    stats = finish(jobs, partial, Path(out))
+    return StageResult({**stats, "shards_computed": computed, "shards_reused": len(jobs) - computed})

@@ -1,0 +1,139 @@
+"""``finetune``: train the classifier on seen classes only.
+
+Modes (``finetune.mode``): ``fixed`` trains only the new seen head on a frozen backbone; ``full``
+trains the head alone for ``head_epochs`` and then the whole network at ``lr_full`` (the paper's
+"finetuned" base network). The best epoch by validation accuracy is kept. After every epoch the
+training state is saved next to the output (``<out>.resume``), so a killed run continues where
+it stopped; the file is removed once the checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from niwt.data.images import make_loader
+from niwt.data.tables import read_classes, read_splits
+from niwt.io.atomic import atomic_path
+from niwt.models.checkpoint import save_checkpoint
+from niwt.models.networks import NiwtNet, build_model, split_at
+from niwt.params import Params, section_dict
+from niwt.stages import StageResult
+from niwt.training import evaluate, resolve_device, seed_everything, train_one_epoch
+
+
+def _phases(p: Params) -> list[tuple[str, int, float]]:
+    """(phase, epochs, lr) in order: head-only first, then the whole network."""
+    f = p.finetune
+    if f.mode == "fixed":
+        return [("head", f.epochs, f.lr)]
+    return [(name, n, lr) for name, n, lr in (("head", f.head_epochs, f.lr), ("full", f.epochs, f.lr_full)) if n > 0]
+
+
+def _optimizer(model: NiwtNet, phase: str, lr: float, p: Params, steps: int):
+    params = model.classifier.parameters() if phase == "head" else model.parameters()
+    for prm in model.body.parameters():
+        prm.requires_grad_(phase == "full")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=p.finetune.weight_decay)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.2)
+
+
+def _fingerprint(p: Params, data: Path) -> str:
+    """Identity of a training run: resume only a state made by the same params and data."""
+    blob = json.dumps([section_dict(p.base), section_dict(p.model), section_dict(p.finetune)], sort_keys=True)
+    digest = hashlib.sha256(blob.encode())
+    digest.update((data / "splits.parquet").read_bytes())
+    return digest.hexdigest()
+
+
+def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = True) -> StageResult:
+    seed_everything(p.base.seed)
+    device = resolve_device(p.base.device)
+    classes = read_classes(data / "classes.parquet")
+    splits = read_splits(data / "splits.parquet")
+    model = build_model(p.model.arch, classes.n_seen, pretrained=p.model.pretrained, width=p.model.width,
+                        hidden=p.model.hidden, image_size=p.model.image_size)
+    split_at(model, p.model.layer)  # fail now, not after training, on a bad layer name
+    model.to(device)
+    if p.finetune.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train, val, test = splits.select("train"), splits.select("val"), splits.select("test_seen")
+    size, bs, nw = p.model.image_size, p.finetune.batch_size, p.finetune.num_workers
+    pin = device.type == "cuda"
+    train_loader = make_loader(train.path, train.class_id, size, train=True, batch_size=bs, num_workers=nw,
+                               seed=p.base.seed, pin_memory=pin)
+    val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=nw)
+    criterion = nn.CrossEntropyLoss(label_smoothing=p.finetune.label_smoothing)
+
+    resume_path = out.parent / (out.name + ".resume")
+    fingerprint = _fingerprint(p, data)
+    state = _load_resume(resume_path, fingerprint)
+    history: list[dict] = state["history"] if state else []
+    best_acc, best_state = (state["best_acc"], state["best_state"]) if state else (-1.0, None)
+    for phase_idx, (phase, epochs, lr) in enumerate(_phases(p)):
+        opt, sched = _optimizer(model, phase, lr, p, epochs * len(train_loader))
+        start = 1
+        if state and state["phase_idx"] == phase_idx:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start = state["epoch"] + 1
+        elif state and state["phase_idx"] > phase_idx:
+            continue
+        for epoch in range(start, epochs + 1):
+            stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=p.finetune.amp,
+                                    channels_last=p.finetune.channels_last, scheduler=sched, progress=progress)
+            val_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
+            history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
+                            "train_acc": stats["acc"], "val_acc": val_acc})
+            print(f"[finetune] {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.4f} "
+                  f"train acc {stats['acc']:.3f} val acc {val_acc:.3f}", flush=True)
+            if val_acc > best_acc:
+                best_acc = val_acc
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            _save_resume(resume_path, fingerprint, phase_idx, epoch, model, opt, sched, history, best_acc, best_state)
+
+    model.load_state_dict(best_state)
+    test_loader = make_loader(test.path, test.class_id, size, train=False, batch_size=bs, num_workers=nw)
+    test_metrics = evaluate(model, test_loader, device, amp=p.finetune.amp)
+    metrics = {"val_acc": best_acc, "test_seen_acc": test_metrics["acc"], "test_seen_top1": test_metrics["top1"],
+               "epochs_trained": len(history)}
+    meta = {"arch": p.model.arch, "class_names": classes.names[: classes.n_seen], "n_seen": classes.n_seen,
+            "layer": p.model.layer, "image_size": size, "width": p.model.width, "hidden": p.model.hidden,
+            "metrics": metrics}
+    save_checkpoint(out, model.cpu(), meta)
+    _write_history(history_path, history)
+    resume_path.unlink(missing_ok=True)
+    return StageResult(metrics, [history_path])
+
+
+def _load_resume(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        print(f"[finetune] ignoring {path}: made with other params or data", flush=True)
+        return None
+    print(f"[finetune] resuming from {path} (phase {state['phase_idx']}, epoch {state['epoch']})", flush=True)
+    return state
+
+
+def _save_resume(path: Path, fingerprint: str, phase_idx: int, epoch: int, model: nn.Module, opt, sched,
+                 history: list[dict], best_acc: float, best_state: dict) -> None:
+    state = {"fingerprint": fingerprint, "phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+             "best_acc": best_acc, "best_state": best_state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", "phase", "train_loss", "train_acc", "val_acc"])
+        writer.writeheader()
+        writer.writerows(history)

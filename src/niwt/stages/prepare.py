@@ -1,0 +1,120 @@
+"""``prepare``: get the benchmark on disk and write the class and GZSL split tables.
+
+Outputs (in ``out``): ``classes.parquet``, ``splits.parquet`` and, for the synthetic default, the
+generated dataset itself under ``raw/`` (AWA2 layout). The directory is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from niwt.data.images import find_bad_images
+from niwt.data.raw import DatasetError, RawDataset
+from niwt.data.tables import ClassTable, assign_splits, joint_order, write_classes, write_splits
+from niwt.io.atomic import atomic_path
+from niwt.params import Params
+from niwt.stages import StageResult
+
+
+def load_raw(p: Params, workdir: Path, final: Path) -> RawDataset:
+    """Read (or generate, or download) the dataset named by ``data.name``.
+
+    Args:
+        workdir: where a generated dataset is written now (a temp dir).
+        final: where ``workdir`` will live once complete; stored image paths point there.
+    """
+    name = p.data.name
+    if name == "synthetic":
+        from niwt.data.awa2 import load_awa2
+        from niwt.data.synthetic import generate_synthetic
+
+        generate_synthetic(workdir / "raw", p.data.synthetic, seed=p.base.seed)
+        raw = load_awa2(workdir / "raw", name="synthetic")
+        prefix = str(workdir / "raw")
+        return _rebase(raw, prefix, str(final / "raw"))
+    root = Path(p.data.root)
+    from niwt.data.download import ensure_dataset
+
+    ensure_dataset(name, root, allow_download=p.data.download)
+    if name == "awa2":
+        from niwt.data.awa2 import load_awa2
+        from niwt.data.xlsa17 import apply_xlsa17
+
+        return apply_xlsa17(load_awa2(root / "Animals_with_Attributes2"), root / "xlsa17" / "data" / "AWA2")
+    if name == "cub":
+        from niwt.data.cub import load_cub
+
+        return load_cub(root / "CUB_200_2011", root / "xlsa17" / "data" / "CUB")
+    if name == "sun":
+        from niwt.data.sun import load_sun
+
+        return load_sun(root / "SUN", root / "xlsa17" / "data" / "SUN")
+    raise DatasetError(f"unknown data.name {name!r}")
+
+
+def _rebase(raw: RawDataset, old: str, new: str) -> RawDataset:
+    from dataclasses import replace
+
+    return replace(raw, image_paths=[new + p[len(old):] if p.startswith(old) else p for p in raw.image_paths])
+
+
+def domain_vectors(raw: RawDataset, kind: str, order: list[int]) -> tuple[np.ndarray, list[str]]:
+    """Class domain vectors of the requested kind, rows in joint order, and their names."""
+    if kind == "attributes":
+        return raw.attributes[order], list(raw.attribute_names)
+    if kind == "attributes_binary":
+        if raw.attributes_binary is None:
+            raise DatasetError(f"{raw.name}: no binary attributes; use data.domain: attributes")
+        return raw.attributes_binary[order], list(raw.attribute_names)
+    if kind == "sentences":
+        if raw.sentences is None:
+            raise DatasetError(f"{raw.name}: no class sentence embeddings (CUB sent_splits.mat); "
+                               "use data.domain: text or attributes")
+        return raw.sentences[order], [f"sent_{i}" for i in range(raw.sentences.shape[1])]
+    if kind == "text":
+        from niwt.data.text import embed_texts
+
+        texts = raw.descriptions or [n.replace("_", " ").replace("+", " ") for n in raw.class_names]
+        emb = embed_texts([texts[i] for i in order])
+        return emb, [f"text_{i}" for i in range(emb.shape[1])]
+    raise DatasetError(f"unknown data.domain {kind!r}")
+
+
+def run(p: Params, out: Path, progress: bool = True) -> StageResult:
+    """Write ``out/classes.parquet`` and ``out/splits.parquet`` (and ``out/raw`` when generated)."""
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        raw = load_raw(p, tmp, out)
+        order = joint_order(raw)
+        domain, dim_names = domain_vectors(raw, p.data.domain, order)
+        if not np.isfinite(domain).all():
+            bad = [raw.class_names[order[i]] for i in np.flatnonzero(~np.isfinite(domain).all(1))]
+            raise DatasetError(f"{raw.name}: NaN/inf in {p.data.domain} vectors of classes {bad[:10]}")
+        cls, split = assign_splits(raw, order, p.data.val_fraction, p.data.test_seen_fraction, p.base.seed)
+        paths = list(raw.image_paths)
+        keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, progress)
+        names = [raw.class_names[i] for i in order]
+        descriptions = [raw.descriptions[i] if raw.descriptions else "" for i in order]
+        write_classes(tmp / "classes.parquet", ClassTable(names, len(names) - len(raw.unseen), domain,
+                                                          p.data.domain, dim_names, descriptions))
+        ids = np.arange(len(paths), dtype=np.int64)[keep]
+        write_splits(tmp / "splits.parquet", ids, [paths[i] for i in ids], cls[keep], split[keep])
+    counts = {f"n_{s}": int((split[keep] == s).sum()) for s in ("train", "val", "test_seen", "test_unseen")}
+    metrics = {"n_classes": len(names), "n_seen": len(names) - len(raw.unseen), "n_unseen": len(raw.unseen),
+               "n_bad_images": int((~keep).sum()), "domain_dim": int(domain.shape[1]), **counts}
+    return StageResult(metrics)
+
+
+def _drop_bad_images(paths: list[str], policy: str, tmp: Path, out: Path, progress: bool) -> np.ndarray:
+    """Check every image decodes; fail with the list (default) or drop them (``skip``)."""
+    local = [str(tmp) + p[len(str(out)):] if p.startswith(str(out)) else p for p in paths]
+    bad = dict(find_bad_images(local, progress=progress))
+    if bad and policy == "fail":
+        listing = "\n".join(f"  {final}: {bad[path]}" for final, path in zip(paths, local, strict=True)
+                            if path in bad)
+        raise DatasetError(f"{len(bad)} unreadable images (set data.bad_images: skip to drop them):\n"
+                           + "\n".join(listing.splitlines()[:20]))
+    return np.array([p not in bad for p in local], dtype=bool)

@@ -1,0 +1,85 @@
+"""Seen-class training loop in the shape of torchvision's classification reference."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from niwt.metrics import mean_per_class_accuracy
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; asking for ``cuda`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("base.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower on most laptops)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: DataLoader, device: torch.device, epoch: int, *, amp: bool = False,
+                    channels_last: bool = False, scheduler=None, progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and (sample) accuracy."""
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    for images, labels, _ in bar:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        loss_sum += loss.item() * len(labels)
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    return {"loss": loss_sum / total, "acc": correct / total}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
+            features: bool = False, progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Logits (or penultimate features) and labels for every sample of ``loader``, in order."""
+    model.eval()
+    outs, labels = [], []
+    for images, y, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        with autocast(device, amp):
+            out = model.features(images.to(device)) if features else model(images.to(device))
+        outs.append(out.float().cpu())
+        labels.append(y)
+    return torch.cat(outs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False) -> dict[str, float]:
+    """Per-class mean top-1 (the ZSL literature's accuracy) and plain top-1 over ``loader``."""
+    logits, labels = predict(model, loader, device, amp=amp)
+    pred = logits.argmax(1)
+    return {"acc": mean_per_class_accuracy(labels, pred), "top1": float((pred == labels).mean())}
