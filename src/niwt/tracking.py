@@ -52,6 +52,20 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
+def ensure_experiment(mlflow, name: str) -> str:
+    """Get or create the experiment, with artifacts under the project root (an absolute path),
+    never under the working directory, which is a throw-away copy in ``dvc exp run --temp``."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = (project_root() / "mlartifacts").as_uri()
+        exp_id = client.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
 def enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "on").lower() not in {"off", "0", "false"}
 
@@ -71,7 +85,7 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any]) -> Iterator[A
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
+    ensure_experiment(mlflow, experiment)
     tags = {"niwt.stage": stage, "mlflow.source.git.commit": _git_commit(project_root())}
     for env, tag in ((PIPELINE_ENV, "niwt.pipeline_id"), ("DVC_EXP_NAME", "niwt.dvc_exp")):
         if os.environ.get(env):

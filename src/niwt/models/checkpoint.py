@@ -62,5 +62,5 @@ def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path
     if have != want:
         raise ModelError(
             f"{path}: checkpoint classes do not match the dataset ({len(have)} outputs; first "
-            f"mismatch: checkpoint {next((a for a, b in zip(have, want) if a != b), have[-1])!r}). "
+            f"mismatch: checkpoint {next((a for a, b in zip(have, want, strict=False) if a != b), have[-1])!r}). "
             "Was it trained on another dataset? Rerun finetune.")

@@ -1,0 +1,66 @@
+"""End to end on a tiny generated dataset: `dvc repro` (twice) and the Prefect flow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_project import dvc, env, make_project  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STAGES = ["prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate"]
+METHODS = {"niwt", "icis", "regression", "regression_rescaled", "eszsl"}
+
+
+def _mlflow_runs(project: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("niwt")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj")
+    dvc(["repro"], project)
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert set(metrics) == METHODS
+    for m in metrics.values():
+        assert {"S", "U", "H", "zsl_top1", "ausuc", "seen_acc"} <= set(m)
+        assert all(0.0 <= v <= 1.0 for v in m.values())
+    lock_before = (project / "dvc.lock").read_text()
+    second = dvc(["repro"], project)
+    assert "Data and pipelines are up to date" in second.stdout
+    assert "Running stage" not in second.stdout
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert dvc(["status", "--quiet"], project, check=False).returncode == 0
+    runs = _mlflow_runs(project)
+    assert sorted(r.info.run_name for r in runs) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    evaluate_run = next(r for r in runs if r.info.run_name == "evaluate")
+    assert evaluate_run.data.metrics["evaluate/niwt/H"] == pytest.approx(metrics["niwt"]["H"])
+    # a param change reruns only the affected stages
+    params = (project / "params.yaml").read_text().replace("max_iters: 20", "max_iters: 21")
+    (project / "params.yaml").write_text(params)
+    third = dvc(["repro"], project)
+    assert "Running stage 'inject'" in third.stdout and "Running stage 'finetune'" not in third.stdout
+
+
+def test_prefect_flow_runs_pipeline_with_mlflow_parent(tmp_path: Path, monkeypatch, prefect_harness) -> None:
+    project = make_project(tmp_path / "proj")
+    for key, value in env(project).items():
+        monkeypatch.setenv(key, value)
+    from flows.pipeline import pipeline
+
+    summary = pipeline(workdir=str(project))
+    assert "| niwt |" in summary and "zsl_top1" in summary
+    runs = _mlflow_runs(project)
+    parent = next(r for r in runs if r.info.run_name == "pipeline")
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(STAGES)
+    assert dvc(["status", "--quiet"], project, check=False).returncode == 0
