@@ -34,6 +34,7 @@ CONTINUOUS = "predicate-matrix-continuous.txt"
 BINARY = "predicate-matrix-binary.txt"
 TRAINVAL = "trainvalclasses.txt"
 TEST = "testclasses.txt"
+TRAIN = "trainclasses.txt"
 IMAGES = "JPEGImages"
 DESCRIPTIONS = "descriptions.txt"
 
@@ -66,7 +67,10 @@ def load_awa2(root: Path, name: str = "awa2") -> RawDataset:
     continuous[continuous == -1.0] = 0.0  # AWA2 marks "unknown" with -1
     binary, binary_lines = _read_matrix(root / BINARY, shape)
     _check_binary(binary, binary_lines, root / BINARY)
-    seen = _read_name_list(root / TRAINVAL, classes)
+    # xlsa17 and the synthetic default name the seen list trainvalclasses.txt; the AwA2-data.zip
+    # archive itself ships the older standard split as trainclasses.txt.
+    trainval = root / TRAINVAL if (root / TRAINVAL).exists() or not (root / TRAIN).exists() else root / TRAIN
+    seen = _read_name_list(trainval, classes)
     unseen = _read_name_list(root / TEST, classes)
     _check_split(root, classes, seen, unseen)
     paths, labels = _collect_images(root / IMAGES, classes)

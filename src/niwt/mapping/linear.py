@@ -34,6 +34,10 @@ class MappingResult:
     bias: torch.Tensor  # (C,)
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
+    # the map at the selected epoch, fit WITHOUT the held-out classes: used to calibrate GZSL
+    # on those classes without any leak of their importances
+    heldout_weight: torch.Tensor | None = None
+    heldout_bias: torch.Tensor | None = None
 
     def predict(self, domain: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(n, a) domain vectors -> (n, C) predicted importances."""
@@ -122,17 +126,21 @@ def fit_mapping(
     is_val = torch.isin(lab, val_c)
     target = class_mean_importance(alp[is_val], lab[is_val], val_c)
     history: list[dict[str, float]] = []
+    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def score(epoch: int, linear: nn.Linear) -> None:
         with torch.no_grad():
             pred = linear(dom[val_c])
             val_loss = cosine_distance(linear(dom[lab[is_val]]), alp[is_val]).item()
         history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_correlation(pred, target)})
+        snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
 
     _train(dom, lab[~is_val], alp[~is_val], cfg, cfg.epochs, on_epoch=score)
     if selection == "rank_corr":
         best = max(history, key=lambda h: h["val_rank_corr"])
     else:
         best = min(history, key=lambda h: h["val_loss"])
-    final = _train(dom, lab, alp, cfg, int(best["epoch"]))
-    return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), int(best["epoch"]), history)
+    epoch = int(best["epoch"])
+    final = _train(dom, lab, alp, cfg, epoch)
+    return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
+                         *snapshots[epoch])

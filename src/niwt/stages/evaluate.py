@@ -17,9 +17,18 @@ import torch
 from niwt.data.images import make_loader
 from niwt.data.tables import read_classes, read_splits
 from niwt.io.atomic import atomic_path
-from niwt.metrics import ausuc, gzsl_metrics, mean_per_class_accuracy, per_class_accuracy, seen_unseen_curve, zsl_top1
+from niwt.metrics import (
+    ausuc,
+    gzsl_metrics,
+    mean_per_class_accuracy,
+    per_class_accuracy,
+    seen_unseen_curve,
+    select_gamma,
+    zsl_top1,
+)
 from niwt.models.checkpoint import check_classes, load_checkpoint
 from niwt.params import Params
+from niwt.report import comparison_markdown
 from niwt.stages import StageResult
 from niwt.training import predict, resolve_device
 
@@ -46,6 +55,25 @@ def score_methods(checkpoints: list[Path], feats: np.ndarray, class_names: list[
     return scores
 
 
+def calibration_gamma(calibration: dict, val_feats: np.ndarray, val_y: np.ndarray) -> float:
+    """Calibrated-stacking gamma chosen on the seen *val* images, never on test.
+
+    The checkpoint's calibration classifier is the same method run with held-out seen classes
+    playing the unseen role; gamma maximises H of that validation GZSL problem.
+    """
+    order = np.concatenate([calibration["seen"].numpy(), calibration["unseen"].numpy()])
+    local = np.full(int(order.max()) + 1, -1)
+    local[order] = np.arange(len(order))
+    keep = val_y <= order.max()
+    y = local[val_y[keep]]
+    keep_known = y >= 0
+    y = y[keep_known]
+    x = torch.as_tensor(val_feats[keep][keep_known])
+    scores = (x @ calibration["weight"].T + calibration["bias"]).numpy()
+    n_cal_seen = len(calibration["seen"])
+    return float(select_gamma(scores, y, np.arange(len(order)) < n_cal_seen, y >= n_cal_seen))
+
+
 def method_metrics(scores: np.ndarray, y: np.ndarray, n_seen: int) -> tuple[dict[str, float], tuple]:
     """All reported numbers for one method, plus its seen-unseen curve."""
     n_classes = scores.shape[1]
@@ -62,21 +90,36 @@ def method_metrics(scores: np.ndarray, y: np.ndarray, n_seen: int) -> tuple[dict
 def run(p: Params, data: Path, injected: Path, plots: Path, progress: bool = True) -> StageResult:
     device = resolve_device(p.base.device)
     classes = read_classes(data / "classes.parquet")
-    test = read_splits(data / "splits.parquet").select("test_seen", "test_unseen")
+    splits = read_splits(data / "splits.parquet")
+    test, val = splits.select("test_seen", "test_unseen"), splits.select("val")
     checkpoints = method_checkpoints(injected)
     base, meta = load_checkpoint(checkpoints[0], device)
-    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=p.evaluate.batch_size)
-    feats, y = predict(base, loader, device, features=True, progress=progress, desc="test features")
+    size, bs = meta["image_size"], p.evaluate.batch_size
+    feats, y = predict(base, make_loader(test.path, test.class_id, size, train=False, batch_size=bs), device,
+                       features=True, progress=progress, desc="test features")
+    val_feats, val_y = predict(base, make_loader(val.path, val.class_id, size, train=False, batch_size=bs),
+                               device, features=True, progress=progress, desc="val features")
     scores = score_methods(checkpoints, feats, classes.names)
     metrics: dict[str, dict[str, float]] = {}
     curves, per_class = {}, {}
-    for method, s in scores.items():
+    seen_mask = np.arange(len(classes.names)) < classes.n_seen
+    for path, (method, s) in zip(checkpoints, scores.items(), strict=True):
         metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
+        calibration = load_checkpoint(path)[1].get("calibration")
+        if calibration is not None:
+            gamma = calibration_gamma(calibration, val_feats, val_y)
+            cal = gzsl_metrics(s, y, seen_mask, y >= classes.n_seen, gamma=gamma)
+            metrics[method].update({"gamma": gamma, "cal_S": cal["S"], "cal_U": cal["U"], "cal_H": cal["H"]})
         per_class[method] = per_class_accuracy(y, s.argmax(1), np.arange(len(classes.names)))
     plots.mkdir(parents=True, exist_ok=True)
     artifacts = [_write_per_class(plots / "per_class_accuracy.csv", per_class, classes.names, classes.n_seen),
                  _write_curves(plots / "seen_unseen_curve.csv", curves)]
     artifacts += _draw(plots, metrics, curves, per_class, classes.names, classes.n_seen)
+    table = plots / "comparison.md"
+    with atomic_path(table) as tmp:
+        tmp.write_text("GZSL comparison (%); cal_* use calibrated stacking with gamma chosen on val.\n\n"
+                       + comparison_markdown(metrics))
+    artifacts.append(table)
     return StageResult(metrics, artifacts)
 
 

@@ -42,6 +42,7 @@ def run(p: Params, data: Path, importances: Path, out: Path, history_path: Path)
     result = fit_mapping(classes.domain, labels, imp.values, val, cfg, selection=m.selection)
     best = next(h for h in result.history if h["epoch"] == result.best_epoch)
     state = {"weight": result.weight, "bias": result.bias, "best_epoch": result.best_epoch,
+             "heldout_weight": result.heldout_weight, "heldout_bias": result.heldout_bias,
              "domain_kind": classes.domain_kind, "layer": imp.meta.get("layer", ""),
              "pooling": imp.meta.get("pooling", ""), "val_classes": torch.as_tensor(val)}
     with atomic_path(out) as tmp:

@@ -9,6 +9,7 @@ class (seen included) on the same penultimate features.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,75 +50,143 @@ def pool_activations(trunk: torch.nn.Module, p: Params, splits: SplitTable, imag
         return torch.cat([trunk(b.to(device)).float().cpu() for b in batches])
 
 
-def _niwt_rows(model: NiwtNet, p: Params, classes: ClassTable, splits: SplitTable, mapping: dict,
-               image_size: int, device: torch.device) -> tuple[torch.Tensor, dict]:
-    trunk, head = split_at(model, p.model.layer)
-    acts = pool_activations(trunk, p, splits, image_size, device)
-    alpha_hat = predict_importance(mapping["weight"], mapping["bias"], classes.domain[classes.n_seen:])
+@dataclass
+class Context:
+    """What every method may use: the finetuned network, classes, pool activations, mapping."""
+
+    model: NiwtNet
+    p: Params
+    classes: ClassTable
+    splits: SplitTable
+    mapping: dict
+    image_size: int
+    device: torch.device
+    cache: dict = field(default_factory=dict)
+
+    def seen_rows(self, seen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        fc = self.model.classifier
+        return fc.weight.detach().cpu()[seen], fc.bias.detach().cpu()[seen]
+
+    def domain(self, idx: np.ndarray) -> np.ndarray:
+        dom = normalize_domain(torch.as_tensor(self.classes.domain)).numpy().astype(np.float64)
+        return dom[idx]
+
+    def train_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Penultimate features of the seen training images (computed once, for ESZSL)."""
+        if "train_features" not in self.cache:
+            train = self.splits.select("train")
+            loader = make_loader(train.path, train.class_id, self.image_size, train=False,
+                                 batch_size=self.p.evaluate.batch_size)
+            self.cache["train_features"] = predict(self.model.to(self.device), loader, self.device, features=True)
+        return self.cache["train_features"]
+
+
+def niwt_rows(ctx: Context, seen: np.ndarray, unseen: np.ndarray, heldout: bool) -> tuple[torch.Tensor, ...]:
+    """NIWT rows for ``unseen`` from the importances predicted by the mapping."""
+    p = ctx.p
+    if "acts" not in ctx.cache:
+        trunk, head = split_at(ctx.model, p.model.layer)
+        ctx.cache["acts"] = pool_activations(trunk.to(ctx.device), p, ctx.splits, ctx.image_size, ctx.device)
+        ctx.cache["head"] = head.cpu().eval()
+    acts, head = ctx.cache["acts"], ctx.cache["head"]
+    key = ("heldout_weight", "heldout_bias") if heldout else ("weight", "bias")
+    alpha_hat = predict_importance(ctx.mapping[key[0]], ctx.mapping[key[1]], ctx.classes.domain[unseen])
     i = p.inject
     cfg = InjectConfig(lr=i.lr, lambda_=i.lambda_, batch_size=i.batch_size, max_iters=i.max_iters,
                        patience=i.patience, min_improvement=i.min_improvement, init=i.init,
                        pooling=p.extract.pooling, seed=p.base.seed)
-    head = head.cpu().eval()
-    start = time.perf_counter()
-    jac = channel_jacobian(head, acts, cfg.pooling) if i.solver == "jacobian" else None
-    result = inject(head, acts, alpha_hat, model.classifier.weight.detach().cpu(), cfg, i.solver, jac)
-    stats = {"iterations": result.iterations, "final_loss": result.final_loss,
-             "seconds": time.perf_counter() - start, "pool_size": int(acts.shape[0])}
-    return result.weight, stats
+    jac = None
+    if i.solver == "jacobian":
+        if "jacobian" not in ctx.cache:
+            ctx.cache["jacobian"] = channel_jacobian(head, acts, cfg.pooling)
+        jac = ctx.cache["jacobian"]
+    result = inject(head, acts, alpha_hat, ctx.seen_rows(seen)[0], cfg, i.solver, jac)
+    stats = {"iterations": result.iterations, "final_loss": result.final_loss, "pool_size": int(acts.shape[0])}
+    return result.weight, torch.zeros(len(unseen)), None, stats
 
 
-def _domain(classes: ClassTable) -> np.ndarray:
-    return normalize_domain(torch.as_tensor(classes.domain)).numpy().astype(np.float64)
-
-
-def _regression_rows(model: NiwtNet, classes: ClassTable, rescale: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def regression_rows(ctx: Context, seen: np.ndarray, unseen: np.ndarray, rescale: bool) -> tuple[torch.Tensor, ...]:
+    """Ridge from seen domain vectors to seen [weight | bias] rows (optionally rescaled)."""
     from niwt.peers.regression import fit_ridge, predict_rows, rescale_rows
 
-    dom = _domain(classes)
-    fc = model.classifier
-    w_seen = torch.cat([fc.weight, fc.bias[:, None]], 1).detach().double().numpy()
-    b, bias = fit_ridge(dom[: classes.n_seen], w_seen, alpha=1.0)
-    rows = predict_rows(dom[classes.n_seen:], b, bias)
+    w, b = ctx.seen_rows(seen)
+    targets = torch.cat([w, b[:, None]], 1).double().numpy()
+    coef, intercept = fit_ridge(ctx.domain(seen), targets, alpha=1.0)
+    rows = predict_rows(ctx.domain(unseen), coef, intercept)
     if rescale:
-        rows = rescale_rows(rows, w_seen)
+        rows = rescale_rows(rows, targets)
     rows = torch.as_tensor(rows, dtype=torch.float32)
-    return rows[:, :-1], rows[:, -1]
+    return rows[:, :-1], rows[:, -1], None, {}
 
 
-def _icis_rows(model: NiwtNet, classes: ClassTable, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def icis_rows(ctx: Context, seen: np.ndarray, unseen: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """ICIS encoder-decoders trained on seen rows, applied to unseen domain vectors."""
     from niwt.peers.icis import IcisConfig, fit_icis, predict_unseen_rows
 
-    fc = model.classifier
-    w_seen = torch.cat([fc.weight, fc.bias[:, None]], 1).detach().double().numpy()
-    dom = _domain(classes)
-    icis = fit_icis(dom, w_seen, classes.n_seen, IcisConfig(seed=seed))
-    rows = torch.as_tensor(predict_unseen_rows(icis, dom[classes.n_seen:]), dtype=torch.float32)
-    return rows[:, :-1], rows[:, -1]
+    w, b = ctx.seen_rows(seen)
+    targets = torch.cat([w, b[:, None]], 1).double().numpy()
+    dom = ctx.domain(np.concatenate([seen, unseen]))
+    model = fit_icis(dom, targets, len(seen), IcisConfig(seed=ctx.p.base.seed))
+    rows = torch.as_tensor(predict_unseen_rows(model, ctx.domain(unseen)), dtype=torch.float32)
+    return rows[:, :-1], rows[:, -1], None, {}
 
 
-def _eszsl_rows(model: NiwtNet, p: Params, classes: ClassTable, splits: SplitTable, image_size: int,
-                device: torch.device) -> tuple[torch.Tensor, dict]:
-    """ESZSL on the penultimate features of the seen training images; rows ``V s_c`` for all classes."""
+def eszsl_rows(ctx: Context, seen: np.ndarray, unseen: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """ESZSL on penultimate features; returns rows ``V s_c`` for unseen AND (replacing) seen classes.
+
+    Its two ridge strengths are chosen once, on held-out seen classes (ZSL accuracy), and reused
+    for the calibration partition.
+    """
     from niwt.peers.eszsl import fit_eszsl, grid_search_eszsl
 
-    train = splits.select("train")
-    loader = make_loader(train.path, train.class_id, image_size, train=False, batch_size=p.evaluate.batch_size)
-    feats, labels = predict(model, loader, device, features=True)
-    x = feats.astype(np.float64)
-    dom = _domain(classes)
-    val = held_out_classes(classes.n_seen, p.mapping.n_val_classes, p.base.seed)
-    fit = np.setdiff1d(np.arange(classes.n_seen), val)
-    local = {c: i for i, c in enumerate(fit)} | {c: i for i, c in enumerate(val)}
-    tr, va = np.isin(labels, fit), np.isin(labels, val)
-    to_local = np.vectorize(local.get)
-    choice = grid_search_eszsl(x[tr], to_local(labels[tr]), dom[fit], x[va], to_local(labels[va]), dom[val])
-    v = fit_eszsl(x, labels, dom[: classes.n_seen], alpha=choice.alpha, gamma=choice.gamma)
-    rows = torch.as_tensor(dom @ v.T, dtype=torch.float32)  # (C, D): score_c(x) = x . (V s_c)
-    return rows, {"alpha": choice.alpha, "gamma": choice.gamma, "val_acc": choice.val_acc}
+    feats, labels = ctx.train_features()
+    keep = np.isin(labels, seen)
+    x, y = feats[keep].astype(np.float64), labels[keep]
+    local = np.full(ctx.classes.n_seen + ctx.classes.n_unseen, -1)
+    local[seen] = np.arange(len(seen))
+    stats = {}
+    if "eszsl_choice" not in ctx.cache:
+        val = held_out_classes(len(seen), ctx.p.mapping.n_val_classes, ctx.p.base.seed)
+        fit = np.setdiff1d(np.arange(len(seen)), val)
+        ly = local[y]
+        tr, va = np.isin(ly, fit), np.isin(ly, val)
+        remap = np.full(len(seen), -1)
+        remap[fit], remap[val] = np.arange(len(fit)), np.arange(len(val))
+        dom = ctx.domain(seen)
+        ctx.cache["eszsl_choice"] = grid_search_eszsl(x[tr], remap[ly[tr]], dom[fit], x[va], remap[ly[va]], dom[val])
+        choice = ctx.cache["eszsl_choice"]
+        stats = {"alpha": choice.alpha, "gamma": choice.gamma, "val_acc": choice.val_acc}
+    choice = ctx.cache["eszsl_choice"]
+    v = fit_eszsl(x, local[y], ctx.domain(seen), alpha=choice.alpha, gamma=choice.gamma)
+    to_rows = lambda idx: torch.as_tensor(ctx.domain(idx) @ v.T, dtype=torch.float32)  # noqa: E731
+    return to_rows(unseen), torch.zeros(len(unseen)), (to_rows(seen), torch.zeros(len(seen))), stats
+
+
+METHODS = {
+    "niwt": lambda ctx, s, u, h: niwt_rows(ctx, s, u, h),
+    "regression": lambda ctx, s, u, h: regression_rows(ctx, s, u, rescale=False),
+    "regression_rescaled": lambda ctx, s, u, h: regression_rows(ctx, s, u, rescale=True),
+    "icis": lambda ctx, s, u, h: icis_rows(ctx, s, u),
+    "eszsl": lambda ctx, s, u, h: eszsl_rows(ctx, s, u),
+}
+
+
+def build_classifier(ctx: Context, method: str, seen: np.ndarray, unseen: np.ndarray,
+                     heldout: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(len(seen)+len(unseen), D) weight and bias: seen rows (kept, or replaced by ESZSL), then new rows."""
+    w_u, b_u, replaced, stats = METHODS[method](ctx, seen, unseen, heldout)
+    w_s, b_s = replaced if replaced is not None else ctx.seen_rows(seen)
+    return torch.cat([w_s, w_u.float()]), torch.cat([b_s, b_u.float()]), stats
 
 
 def run(p: Params, data: Path, checkpoint: Path, mapping_path: Path, out: Path) -> StageResult:
+    """Write one injected checkpoint per method, each with its calibration classifier.
+
+    The calibration classifier is the same method run on a validation partition: the mapping's
+    held-out seen classes play the unseen role (their finetuned rows are set aside and rebuilt by
+    the method from their domain vectors). ``evaluate`` picks the calibrated-stacking gamma on
+    the seen val images with it, so no test image ever informs gamma.
+    """
     device = resolve_device(p.base.device)
     classes = read_classes(data / "classes.parquet")
     splits = read_splits(data / "splits.parquet")
@@ -127,29 +196,25 @@ def run(p: Params, data: Path, checkpoint: Path, mapping_path: Path, out: Path) 
     if mapping["layer"] and mapping["layer"] != p.model.layer:
         raise ValueError(f"{mapping_path}: mapping was fit on layer {mapping['layer']!r}, model.layer is "
                          f"{p.model.layer!r}; rerun extract and fit_mapping")
-    size = meta["image_size"]
+    ctx = Context(model, p, classes, splits, mapping, meta["image_size"], device)
+    seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
+    held = mapping["val_classes"].numpy()
+    cal_seen = np.setdiff1d(seen, held)
     metrics: dict[str, float | int | str] = {}
-    out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
         for method in p.inject.methods:
             start = time.perf_counter()
-            if method == "niwt":
-                w_u, stats = _niwt_rows(model, p, classes, splits, mapping, size, device)
-                new = model.cpu().extended(w_u, torch.zeros(len(w_u)))
-            elif method in ("regression", "regression_rescaled"):
-                w_u, b_u = _regression_rows(model.cpu(), classes, rescale=method.endswith("rescaled"))
-                new, stats = model.cpu().extended(w_u, b_u), {}
-            elif method == "icis":
-                w_u, b_u = _icis_rows(model.cpu(), classes, p.base.seed)
-                new, stats = model.cpu().extended(w_u, b_u), {}
-            else:  # eszsl
-                rows, stats = _eszsl_rows(model.to(device), p, classes, splits, size, device)
-                new = model.cpu().extended(rows[classes.n_seen:], torch.zeros(classes.n_unseen))
-                with torch.no_grad():
-                    new.classifier.weight[: classes.n_seen] = rows[: classes.n_seen]
-                    new.classifier.bias.zero_()
+            weight, bias, stats = build_classifier(ctx, method, seen, unseen, heldout=False)
             stats["seconds"] = time.perf_counter() - start
+            cal_w, cal_b, _ = build_classifier(ctx, method, cal_seen, held, heldout=True)
             metrics.update({f"{method}/{k}": v for k, v in stats.items()})
-            save_checkpoint(tmp / f"{method}.pt", new, {**meta, "class_names": classes.names, "method": method})
+            new = NiwtNet(model.body, torch.nn.Linear(weight.shape[1], weight.shape[0])).cpu()
+            with torch.no_grad():
+                new.classifier.weight.copy_(weight)
+                new.classifier.bias.copy_(bias)
+            calibration = {"seen": torch.as_tensor(cal_seen), "unseen": torch.as_tensor(held),
+                           "weight": cal_w, "bias": cal_b}
+            save_checkpoint(tmp / f"{method}.pt", new, {**meta, "class_names": classes.names, "method": method,
+                                                       "calibration": calibration})
     return StageResult(metrics)

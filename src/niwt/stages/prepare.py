@@ -34,23 +34,25 @@ def load_raw(p: Params, workdir: Path, final: Path) -> RawDataset:
         raw = load_awa2(workdir / "raw", name="synthetic")
         prefix = str(workdir / "raw")
         return _rebase(raw, prefix, str(final / "raw"))
-    root = Path(p.data.root)
     from niwt.data.download import ensure_dataset
 
-    ensure_dataset(name, root, allow_download=p.data.download)
+    root = Path(p.data.root)
+    native = ensure_dataset(name, root, allow_download=p.data.download)
+    xlsa = ensure_dataset("xlsa17", root, allow_download=p.data.download) / {"awa2": "AWA2", "cub": "CUB",
+                                                                             "sun": "SUN"}[name]
     if name == "awa2":
         from niwt.data.awa2 import load_awa2
         from niwt.data.xlsa17 import apply_xlsa17
 
-        return apply_xlsa17(load_awa2(root / "Animals_with_Attributes2"), root / "xlsa17" / "data" / "AWA2")
+        return apply_xlsa17(load_awa2(native), xlsa)
     if name == "cub":
         from niwt.data.cub import load_cub
 
-        return load_cub(root / "CUB_200_2011", root / "xlsa17" / "data" / "CUB")
+        return load_cub(native, xlsa)
     if name == "sun":
         from niwt.data.sun import load_sun
 
-        return load_sun(root / "SUN", root / "xlsa17" / "data" / "SUN")
+        return load_sun(native, xlsa)
     raise DatasetError(f"unknown data.name {name!r}")
 
 
