@@ -30,7 +30,7 @@ from niwt.data.tables import read_classes, read_splits
 from niwt.importance.capture import LayerCapture, batch_importance
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
-from niwt.params import Params, section_dict
+from niwt.params import Params
 from niwt.stages import StageResult
 from niwt.training import resolve_device
 
@@ -86,9 +86,12 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
 
 
 def fingerprint(checkpoint: Path, p: Params) -> str:
-    """Shards are only reused when made from the same checkpoint bytes and extract params."""
+    """Shards are only reused when made from the same checkpoint bytes and the params that shape
+    the numbers; where they run (``runner``, Dask settings) does not count."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes())
-    digest.update(json.dumps([section_dict(p.extract), p.model.layer], sort_keys=True).encode())
+    e = p.extract
+    shaping = [e.pooling, e.target, e.batch_size, e.shard_size, p.model.layer]
+    digest.update(json.dumps(shaping).encode())
     return digest.hexdigest()
 
 
@@ -108,7 +111,7 @@ def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[Shard
     stamp.write_text(fp)
     order = np.argsort(splits.image_id, kind="stable")
     file_meta = (("layer", p.model.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
-                 ("arch", meta["arch"]), ("checkpoint_sha256", fp[:16]))
+                 ("arch", meta["arch"]), ("fingerprint", fp[:16]))
     jobs = []
     for index, start in enumerate(range(0, len(order), p.extract.shard_size)):
         sel = order[start:start + p.extract.shard_size]
