@@ -197,7 +197,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         name = _KEYWORD_FIELDS.get(key, key)
-        if name not in names:
+        if name not in names or key in _KEYWORD_FIELDS.values():
             valid = sorted(next((k for k, v in _KEYWORD_FIELDS.items() if v == n), n) for n in names)
             raise ParamsError(f"{where}: unknown key {key!r}; valid keys: {valid}")
         kwargs[name] = _check_value(value, hints[name], f"{where}.{key}")

@@ -157,7 +157,7 @@ def read_splits(path: Path) -> SplitTable:
     """Read and validate ``splits.parquet``."""
     table = _read(path, SPLITS_SCHEMA.names)
     split = np.asarray(table["split"].to_pylist(), dtype=str)
-    unknown = sorted(set(split) - set(SPLITS))
+    unknown = sorted(set(split.tolist()) - set(SPLITS))
     if unknown:
         raise DatasetError(f"{path}: unknown split names {unknown}; valid: {list(SPLITS)}")
     return SplitTable(table["image_id"].to_numpy().astype(np.int64), table["path"].to_pylist(),

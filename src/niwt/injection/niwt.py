@@ -148,7 +148,8 @@ def _optimise(step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w
         for idx in torch.randperm(n_pairs, generator=generator).split(cfg.batch_size):
             loss = step_loss(w_u, idx)
             opt.zero_grad()
-            loss.backward()
+            # only W_u learns: no .grad piles up on the (frozen) head's parameters
+            (w_u.grad,) = torch.autograd.grad(loss, [w_u])
             opt.step()
             history.append(loss.item())
             it += 1

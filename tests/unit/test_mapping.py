@@ -1,0 +1,142 @@
+"""Exact tests of the domain -> importance map (``niwt.mapping.linear``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from niwt.mapping.linear import (
+    MappingConfig,
+    _train,
+    class_mean_importance,
+    cosine_distance,
+    fit_mapping,
+    normalize_domain,
+    predict_importance,
+    rank_correlation,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_cosine_distance_hand_values() -> None:
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    assert cosine_distance(a, b).item() == pytest.approx(0.5)  # cos 0 and 1 -> (1 + 0) / 2
+    assert cosine_distance(torch.tensor([[1.0, 0.0]]), torch.tensor([[-3.0, 0.0]])).item() == pytest.approx(2.0)
+    # cos 60 degrees = 0.5 -> distance 0.5; scale-free
+    x = torch.tensor([[1.0, 0.0]])
+    y = torch.tensor([[5.0, 5.0 * math.sqrt(3)]])
+    assert cosine_distance(x, y).item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_class_mean_importance_hand_values() -> None:
+    alphas = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # unit rows: [.6, .8], [0, 1], [1, 0], [0, 1]; order follows the classes argument
+    got = class_mean_importance(alphas, labels, torch.tensor([1, 0]))
+    torch.testing.assert_close(got, torch.tensor([[0.5, 0.5], [0.3, 0.9]]))
+
+
+def test_rank_correlation_hand_values() -> None:
+    pred = torch.tensor([[1.0, 2, 3, 4], [1.0, 2, 3, 4], [1.0, 2, 3, 4]])
+    target = torch.tensor([[10.0, 20, 30, 40], [4.0, 3, 2, 1], [1.0, 3, 2, 4]])
+    # rows: 1, -1, and 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8
+    assert rank_correlation(pred[:1], target[:1]) == pytest.approx(1.0)
+    assert rank_correlation(pred[1:2], target[1:2]) == pytest.approx(-1.0)
+    assert rank_correlation(pred[2:], target[2:]) == pytest.approx(0.8)
+    assert rank_correlation(pred, target) == pytest.approx(0.8 / 3)
+    # monotone but nonlinear: still 1; a constant row (undefined rho) is ignored by the mean
+    assert rank_correlation(torch.tensor([[1.0, 2, 3]]), torch.tensor([[1.0, 4, 9]])) == pytest.approx(1.0)
+    with np.errstate(invalid="ignore"), pytest.warns(Warning):
+        got = rank_correlation(torch.tensor([[1.0, 2, 3], [1.0, 2, 3]]),
+                               torch.tensor([[3.0, 2, 1], [5.0, 5, 5]]))
+    assert got == pytest.approx(-1.0)
+
+
+def test_predict_importance_normalises_domain() -> None:
+    w = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    b = torch.tensor([0.0, 1.0, -1.0])
+    dom = np.array([[3.0, 4.0], [0.0, 10.0]])
+    # unit domain rows [.6, .8] and [0, 1]
+    want = torch.tensor([[0.6, 2.6, 0.4], [0.0, 3.0, 0.0]])
+    torch.testing.assert_close(predict_importance(w, b, dom), want)
+    torch.testing.assert_close(normalize_domain(torch.tensor(dom)).norm(dim=1), torch.ones(2))
+
+
+def planted(seed: int = 0, n_cls: int = 30, n_seen: int = 25, a: int = 10, c: int = 16, per: int = 16,
+            noise: float = 0.3):
+    """Domain (n_cls, a) ~ N(0, 1); alpha_i = D[y_i] W^T + noise; classes >= n_seen have no images."""
+    rng = np.random.default_rng(seed)
+    dom = rng.normal(size=(n_cls, a))
+    w = rng.normal(size=(c, a))
+    labels = np.repeat(np.arange(n_seen), per)
+    clean = dom[labels] @ w.T
+    alphas = clean + noise * np.abs(clean).mean() * rng.normal(size=clean.shape)
+    return dom, w, labels, alphas.astype(np.float32)
+
+
+def test_fit_mapping_recovers_planted_linear_map() -> None:
+    dom, w, labels, alphas = planted()
+    val = np.arange(20, 25)
+    res = fit_mapping(dom, labels, alphas, val, MappingConfig(epochs=30, lr=0.01, batch_size=64, seed=0))
+    assert res.weight.shape == (16, 10) and res.bias.shape == (16,)
+    assert [h["epoch"] for h in res.history] == list(range(1, 31))
+    best = res.history[res.best_epoch - 1]
+    assert best["val_rank_corr"] > 0.9  # held-out seen classes
+    # classes never seen in training at all
+    unseen = np.arange(25, 30)
+    truth = torch.tensor(dom[unseen] @ w.T, dtype=torch.float32)
+    assert rank_correlation(res.predict(dom[unseen]), truth) > 0.9
+    assert cosine_distance(res.predict(dom[unseen]), truth).item() < 0.05
+
+
+def test_selection_and_determinism() -> None:
+    dom, _, labels, alphas = planted(seed=1, n_cls=12, n_seen=12, a=6, c=8, per=8, noise=1.0)
+    val = np.array([9, 10, 11])
+    cfg = MappingConfig(epochs=8, lr=0.05, batch_size=16, seed=3)
+    res = fit_mapping(dom, labels, alphas, val, cfg)
+    corr = [h["val_rank_corr"] for h in res.history]
+    assert res.best_epoch == int(np.argmax(corr)) + 1
+    again = fit_mapping(dom, labels, alphas, val, cfg)
+    assert torch.equal(again.weight, res.weight) and torch.equal(again.bias, res.bias)
+    assert again.history == res.history
+    by_loss = fit_mapping(dom, labels, alphas, val, cfg, selection="val_loss")
+    assert by_loss.history == res.history  # same selection run; only the pick differs
+    assert by_loss.best_epoch == int(np.argmin([h["val_loss"] for h in res.history])) + 1
+    other = fit_mapping(dom, labels, alphas, val, MappingConfig(epochs=8, lr=0.05, batch_size=16, seed=4))
+    assert not torch.equal(other.weight, res.weight)
+
+
+def test_trace_and_refit_recomputed_independently() -> None:
+    """history = scores of a run on the non-validation images, recomputed here per epoch;
+    the returned map = a run on all images for best_epoch epochs."""
+    dom, _, labels, alphas = planted(seed=2, n_cls=10, n_seen=10, a=5, c=6, per=6, noise=0.5)
+    val = np.array([8, 9])
+    cfg = MappingConfig(epochs=4, lr=0.05, batch_size=8, seed=0)
+    res = fit_mapping(dom, labels, alphas, val, cfg)
+    d = normalize_domain(torch.as_tensor(dom))
+    lab = torch.as_tensor(labels)
+    alp = torch.as_tensor(alphas)
+    is_val = torch.isin(lab, torch.as_tensor(val))
+    unit = alp[is_val] / alp[is_val].norm(dim=1, keepdim=True)
+    target = torch.stack([unit[lab[is_val] == c].mean(0) for c in val])
+    seen = []
+
+    def record(epoch, linear):
+        with torch.no_grad():
+            pred = d[lab[is_val]] @ linear.weight.T + linear.bias
+            cos = (pred * alp[is_val]).sum(1) / (pred.norm(dim=1) * alp[is_val].norm(dim=1))
+            seen.append((epoch, (1 - cos).mean().item(), rank_correlation(linear(d[torch.as_tensor(val)]), target)))
+
+    _train(d, lab[~is_val], alp[~is_val], cfg, cfg.epochs, on_epoch=record)
+    assert len(seen) == len(res.history) == 4
+    for (epoch, loss, corr), h in zip(seen, res.history, strict=True):
+        assert h["epoch"] == epoch
+        assert h["val_loss"] == pytest.approx(loss, abs=1e-6)
+        assert h["val_rank_corr"] == pytest.approx(corr, abs=1e-9)
+    refit = _train(d, lab, alp, cfg, res.best_epoch)
+    assert torch.equal(refit.weight.detach(), res.weight) and torch.equal(refit.bias.detach(), res.bias)

@@ -1,0 +1,155 @@
+"""Validation of ``params.yaml`` into frozen dataclasses (``niwt.params``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from niwt.params import (
+    InjectParams,
+    Params,
+    ParamsError,
+    load_params,
+    parse_params,
+    section_dict,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_yaml_loads() -> None:
+    p = load_params(ROOT / "params.yaml")
+    assert isinstance(p, Params)
+    assert p.model.arch == "smallcnn" and p.model.layer == "body.block4"
+    assert p.inject.lambda_ == pytest.approx(1e-3) and isinstance(p.inject.lambda_, float)
+    assert isinstance(p.inject.methods, tuple) and "niwt" in p.inject.methods
+    assert p.extract.pooling in ("sum", "mean")
+    assert p.data.synthetic.n_unseen < p.data.synthetic.n_classes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.inject.lr = 1.0  # type: ignore[misc]
+
+
+def test_empty_document_gives_defaults() -> None:
+    assert parse_params(None) == Params()
+    assert parse_params({}) == Params()
+    with pytest.raises(ParamsError, match="top level must be a mapping"):
+        parse_params([1, 2])  # type: ignore[arg-type]
+
+
+def test_unknown_key_names_key_and_valid_keys() -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params({"inject": {"lamda": 0.1}}, "my.yaml")
+    msg = str(err.value)
+    assert msg.startswith("my.yaml.inject: unknown key 'lamda'")
+    assert "'lambda'" in msg and "'lambda_'" not in msg and "'max_iters'" in msg
+    with pytest.raises(ParamsError, match=r"my\.yaml: unknown key 'injection'.*'inject'"):
+        parse_params({"injection": {}}, "my.yaml")
+    with pytest.raises(ParamsError, match=r"data\.synthetic: unknown key 'n_clases'"):
+        parse_params({"data": {"synthetic": {"n_clases": 3}}})
+
+
+@pytest.mark.parametrize("raw,pattern", [
+    ({"finetune": {"epochs": "12"}}, r"finetune\.epochs: expected an integer, got str '12'"),
+    ({"finetune": {"epochs": True}}, r"finetune\.epochs: expected an integer, got bool True"),
+    ({"finetune": {"epochs": 1.5}}, r"finetune\.epochs: expected an integer"),
+    ({"data": {"download": 1}}, r"data\.download: expected true/false, got int 1"),
+    ({"data": {"download": "yes"}}, r"data\.download: expected true/false"),
+    ({"inject": {"lr": "x"}}, r"inject\.lr: expected a number, got 'x'"),
+    ({"inject": {"lr": True}}, r"inject\.lr: expected a number, got bool"),
+    ({"inject": {"lr": None}}, r"inject\.lr: expected a number"),
+    ({"model": {"layer": 4}}, r"model\.layer: expected a string, got int 4"),
+    ({"inject": {"methods": "niwt"}}, r"inject\.methods: expected a list"),
+    ({"inject": {"methods": ["niwt", 3]}}, r"inject\.methods\[1\]: expected a string"),
+    ({"data": {"synthetic": 5}}, r"data\.synthetic: expected a mapping, got int 5"),
+    ({"model": "vgg16"}, r"model: expected a mapping"),
+])
+def test_wrong_types(raw: dict, pattern: str) -> None:
+    with pytest.raises(ParamsError, match=pattern):
+        parse_params(raw)
+
+
+def test_numeric_conversions() -> None:
+    p = parse_params({"inject": {"lr": "1e-5", "lambda": 0, "methods": ["niwt", "icis"]}})
+    assert p.inject.lr == 1e-5 and isinstance(p.inject.lr, float)  # YAML's 1e-5 is a string
+    assert p.inject.lambda_ == 0.0 and isinstance(p.inject.lambda_, float)
+    assert p.inject.methods == ("niwt", "icis")
+
+
+def test_literal_violation() -> None:
+    with pytest.raises(ParamsError, match=r"extract\.pooling: 'max' is not one of \['sum', 'mean'\]"):
+        parse_params({"extract": {"pooling": "max"}})
+    with pytest.raises(ParamsError, match=r"model\.arch: 'vgg19' is not one of"):
+        parse_params({"model": {"arch": "vgg19"}})
+    with pytest.raises(ParamsError, match=r"inject\.solver"):
+        parse_params({"inject": {"solver": "adam"}})
+
+
+def test_lambda_keyword_maps_to_field() -> None:
+    assert parse_params({"inject": {"lambda": 0.25}}).inject.lambda_ == 0.25
+    assert section_dict(parse_params({"inject": {"lambda": 0.25}}).inject)["lambda"] == 0.25
+
+
+def test_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("inject:\n  lambda: 1.0e-3\n  lr: 0.001\n")
+    p = load_params(path, {"inject.lambda": 0.0, "data.synthetic.n_classes": 20,
+                           "model.arch": "vgg16"})
+    assert p.inject.lambda_ == 0.0 and p.inject.lr == 0.001
+    assert p.data.synthetic.n_classes == 20 and p.data.synthetic.n_unseen == 10
+    assert p.model.arch == "vgg16"
+    with pytest.raises(ParamsError, match=r"inject: unknown key 'lamda'"):
+        load_params(path, {"inject.lamda": 0.0})
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"nope\.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inject: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"bad\.yaml: not valid YAML"):
+        load_params(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_params(empty) == Params()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("mapping:\n  epoch: 3\n")
+    with pytest.raises(ParamsError, match=rf"{typo}\.mapping: unknown key 'epoch'"):
+        load_params(typo)
+
+
+@pytest.mark.parametrize("raw,pattern", [
+    ({"data": {"synthetic": {"n_classes": 10, "n_unseen": 10}}}, "n_unseen must be between 1 and n_classes - 1"),
+    ({"data": {"synthetic": {"n_classes": 10, "n_unseen": 12}}}, "n_unseen must be between"),
+    ({"data": {"synthetic": {"n_unseen": 0}}}, "n_unseen must be between"),
+    ({"data": {"val_fraction": 0.5, "test_seen_fraction": 0.5}}, r"val_fraction \+ data\.test_seen_fraction"),
+    ({"inject": {"batch_size": 0}}, r"inject\.batch_size must be positive"),
+    ({"mapping": {"epochs": -1}}, r"mapping\.epochs must be positive"),
+    ({"inject": {"methods": ["niwt", "foo", "bar"]}}, r"inject\.methods: unknown \['bar', 'foo'\]"),
+])
+def test_range_checks(raw: dict, pattern: str) -> None:
+    with pytest.raises(ParamsError, match=pattern):
+        parse_params(raw, "p.yaml")
+
+
+def test_range_checks_report_all_problems() -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params({"inject": {"batch_size": 0, "methods": ["zzz"]}, "evaluate": {"batch_size": 0}}, "p.yaml")
+    msg = str(err.value)
+    assert msg.startswith("p.yaml: ")
+    assert "inject.batch_size" in msg and "evaluate.batch_size" in msg and "'zzz'" in msg
+
+
+def test_section_dict_flattening() -> None:
+    p = parse_params({"inject": {"lambda": 0.5, "methods": ["niwt", "eszsl"]}})
+    inj = section_dict(p.inject)
+    assert inj["lambda"] == 0.5 and "lambda_" not in inj
+    assert inj["methods"] == "niwt,eszsl"
+    assert set(inj) == {"lambda" if f.name == "lambda_" else f.name for f in dataclasses.fields(InjectParams)}
+    data = section_dict(p.data)
+    assert data["synthetic.n_classes"] == 50 and data["synthetic.clutter"] == 0.3
+    assert data["name"] == "synthetic" and "synthetic" not in data
+    full = section_dict(p)
+    assert full["inject.lambda"] == 0.5 and full["data.synthetic.n_unseen"] == 10
+    assert full["base.seed"] == 0
