@@ -78,7 +78,7 @@ def seen_centered_init(w_seen: torch.Tensor, n_unseen: int, generator: torch.Gen
     if mode == "mean":
         return mu.expand(n_unseen, -1).clone()
     sigma = w_seen.std(0, unbiased=False)
-    noise = torch.randn(n_unseen, w_seen.shape[1], generator=generator, dtype=w_seen.dtype)
+    noise = torch.randn(n_unseen, w_seen.shape[1], generator=generator, dtype=w_seen.dtype).to(w_seen.device)
     return mu + sigma * noise
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run every benchmark in full mode (or pass --quick), one after another, and keep the outputs.
+# Usage: benchmarks/run_all.sh [--quick] [--device cpu|cuda]
+# Outputs: benchmarks/results/<name>.txt (console, with the markdown table) and <name>.json.
+# Benchmarks are timing measurements, not tests: run them on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python
+OUT=${BENCH_OUT:-benchmarks/results}
+mkdir -p "$OUT"
+for name in bench_extract bench_inject bench_memory; do
+    echo "== $name $*"
+    "$PY" "benchmarks/$name.py" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
+done
+echo "== tables"
+for name in bench_extract bench_inject bench_memory; do
+    sed -n '/^### /,$p' "$OUT/$name.txt"
+    echo
+done
