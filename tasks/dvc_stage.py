@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-PIPELINE_STAGES = ("prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate")
+PIPELINE_STAGES = ("prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain")
 
 
 def stage_env(parent_run_id: str | None, pipeline_id: str | None) -> dict[str, str]:

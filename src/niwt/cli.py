@@ -23,7 +23,7 @@ SECTIONS = {
     "fit_mapping": ("base", "mapping"),
     "inject": ("base", "model", "inject"),
     "evaluate": ("base", "evaluate"),
-    "explain": ("base", "evaluate"),
+    "explain": ("base", "evaluate", "mapping"),
 }
 
 
@@ -74,6 +74,31 @@ STAGE_FUNCS: dict[str, Callable[[Params, argparse.Namespace], Any]] = {
 }
 
 
+def _explain(p: Params, a: argparse.Namespace):
+    from niwt import tracking
+    from niwt.stages import explain
+
+    result = explain.run(p, a.data, a.injected, a.importances, a.out, a.comparison, a.per_class, progress=a.progress)
+    if a.register_as and tracking.enabled():  # model registry: a side effect, not a DVC output
+        from niwt.registry import register_model
+
+        mv = register_model(explain.explained_checkpoint(a.injected), a.register_as, tracking.tracking_uri())
+        print(f"niwt explain: registered {explain.explained_checkpoint(a.injected)} as models:/{mv.name}/{mv.version}")
+    return result
+
+
+STAGE_FUNCS["explain"] = _explain
+
+
+def _predict(a: argparse.Namespace) -> int:
+    from niwt.predict import command
+
+    return command(a)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"predict": _predict}  # not stages: no params, no run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="niwt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -109,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", type=Path, required=True)
     sp.add_argument("--injected", type=Path, required=True)
     sp.add_argument("--plots", type=Path, required=True)
+    sp = stage("explain", "Grad-CAM panels, inverse map (importance -> attributes), neuron names, report")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--injected", type=Path, required=True)
+    sp.add_argument("--importances", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--comparison", type=Path, default=Path("metrics/evaluate.json"),
+                    help="evaluate's metrics, for the report (default: %(default)s)")
+    sp.add_argument("--per-class", type=Path, default=Path("plots/evaluate/per_class_accuracy.csv"),
+                    help="evaluate's per-class accuracies, for the report (default: %(default)s)")
+    sp.add_argument("--register-as", default="niwt-injected", metavar="NAME",
+                    help="MLflow registered model name ('' to skip; default: %(default)s)")
+    from niwt.predict import add_arguments
+
+    add_arguments(sub.add_parser("predict", help="rank seen + unseen classes of images; --explain for Grad-CAM",
+                                 description="rank seen + unseen classes of images; --explain for Grad-CAM"))
     return parser
 
 
@@ -134,6 +174,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``niwt`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.stage in COMMANDS:
+        return COMMANDS[args.stage](args)
     if os.environ.get("NIWT_PROGRESS", "1") == "0":
         args.progress = False
     from niwt import tracking

@@ -8,6 +8,7 @@ with the file and the key named, because a silently ignored typo in a sweep cost
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -178,11 +179,13 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         # YAML reads ``1e-5`` (no dot) as a string; accept numeric strings for floats only.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError as err:
                 raise ParamsError(f"{where}: expected a number, got {value!r}") from err
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -244,6 +247,19 @@ def _check_ranges(p: Params, source: str) -> None:
         raise ParamsError(f"{source}: " + "; ".join(problems))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"{self.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate a params file.
 
@@ -255,7 +271,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"{path}: cannot be read as UTF-8 text ({err})") from err
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
     for dotted, value in (overrides or {}).items():

@@ -27,7 +27,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("base.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        from niwt.params import ParamsError
+
+        raise ParamsError("base.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 

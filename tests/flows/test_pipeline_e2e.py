@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_project import dvc, env, make_project  # noqa: E402
 
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate"]
+STAGES = ["prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain"]
 METHODS = {"niwt", "icis", "regression", "regression_rescaled", "eszsl"}
 
 

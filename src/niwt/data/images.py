@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,7 +54,9 @@ class ImageTable(Dataset):
             with Image.open(self.paths[i]) as img:
                 image = img.convert("RGB")
         except (OSError, ValueError) as err:
-            raise DatasetError(f"{self.paths[i]}: cannot read image ({err})") from err
+            raise DatasetError(f"{self.paths[i]}: cannot read image ({err}); it changed after prepare, which "
+                               "decodes every image: restore it, or rerun prepare (data.bad_images: skip drops "
+                               "unreadable images)") from err
         return self.transform(image), self.labels[i], i
 
 
@@ -81,3 +85,15 @@ def find_bad_images(paths: Sequence[str], progress: bool = True) -> list[tuple[s
         except (OSError, ValueError, SyntaxError) as err:
             bad.append((path, f"corrupt ({err})"))
     return bad
+
+
+def check_images_exist(paths: Sequence[str], image_ids: Sequence[int], source: str | Path) -> None:
+    """Fail before any work when files named in a split table are gone (moved, deleted, unmounted).
+
+    Only existence is checked here (cheap); ``prepare`` fully decodes every image once.
+    """
+    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    if missing:
+        examples = "; ".join(f"image_id {int(image_ids[i])}: {paths[i]}" for i in missing[:5])
+        raise DatasetError(f"{source}: {len(missing)} of {len(paths)} image files named there are missing, "
+                           f"e.g. {examples} (moved or deleted since prepare? restore them or rerun prepare)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from niwt.data.raw import SPLITS, DatasetError, RawDataset
@@ -124,22 +125,66 @@ def write_classes(path: Path, table: ClassTable) -> None:
         pq.write_table(pa.table(arrays).replace_schema_metadata(meta), tmp)
 
 
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_vector(t: pa.DataType) -> bool:
+    return ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+            and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)))
+
+
+_CLASS_COLUMNS = {"class_id": (pa.types.is_integer, "integer"), "name": (_is_string, "string"),
+                  "seen": (pa.types.is_boolean, "bool"), "domain": (_is_vector, "list of numbers"),
+                  "description": (_is_string, "string")}
+_SPLIT_COLUMNS = {"image_id": (pa.types.is_integer, "integer"), "path": (_is_string, "string"),
+                  "class_id": (pa.types.is_integer, "integer"), "split": (_is_string, "string")}
+
+
 def read_classes(path: Path) -> ClassTable:
     """Read and validate ``classes.parquet``."""
-    table = _read(path, ["class_id", "name", "seen", "domain", "description"])
+    table = _read(path, _CLASS_COLUMNS)
+    if table.num_rows == 0:
+        raise DatasetError(f"{path}: no classes")
+    domain_col = table["domain"].combine_chunks()
+    lengths = set(pa.compute.list_value_length(domain_col).to_pylist())
+    if len(lengths) != 1 or domain_col.flatten().null_count:
+        raise DatasetError(f"{path}: column 'domain' must hold one equally long vector of numbers per class "
+                           f"(lengths {sorted(lengths)[:5]}, {domain_col.flatten().null_count} nulls)")
     seen = table["seen"].to_numpy(zero_copy_only=False)
     n_seen = int(seen.sum())
     if not seen[:n_seen].all():
         raise DatasetError(f"{path}: seen classes must come first in the class table")
-    domain = np.stack(table["domain"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    if n_seen == 0:
+        raise DatasetError(f"{path}: no seen classes (column 'seen' is all false)")
+    names = table["name"].to_pylist()
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    dups = [n for n, k in counts.items() if k > 1]
+    if dups:
+        raise DatasetError(f"{path}: class names must be unique; {dups[:5]} appear more than once "
+                           "(a class both seen and unseen?)")
+    domain = np.array(domain_col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
+        table.num_rows, lengths.pop())
     if not np.isfinite(domain).all():
         bad = np.flatnonzero(~np.isfinite(domain).all(1))
-        raise DatasetError(f"{path}: NaN/inf in domain vectors of classes {bad.tolist()[:10]}")
+        raise DatasetError(f"{path}: NaN/inf in domain vectors of classes {bad.tolist()[:10]} "
+                           f"({[names[i] for i in bad[:10]]})")
     meta = table.schema.metadata or {}
+    try:
+        attribute_names = json.loads(meta.get(b"attribute_names", b"[]"))
+    except ValueError as err:
+        raise DatasetError(f"{path}: metadata 'attribute_names' is not valid JSON ({err})") from err
+    if not isinstance(attribute_names, list) or not all(isinstance(a, str) for a in attribute_names):
+        raise DatasetError(f"{path}: metadata 'attribute_names' must be a JSON list of strings")
+    if attribute_names and len(attribute_names) != domain.shape[1]:
+        raise DatasetError(f"{path}: {len(attribute_names)} attribute names for {domain.shape[1]}-dimensional "
+                           "domain vectors (one name per dimension expected)")
     return ClassTable(
-        names=table["name"].to_pylist(), n_seen=n_seen, domain=domain,
+        names=names, n_seen=n_seen, domain=domain,
         domain_kind=meta.get(b"domain_kind", b"unknown").decode(),
-        attribute_names=json.loads(meta.get(b"attribute_names", b"[]")),
+        attribute_names=attribute_names,
         descriptions=table["description"].to_pylist(),
     )
 
@@ -155,7 +200,7 @@ def write_splits(path: Path, image_id: np.ndarray, paths: list[str], class_id: n
 
 def read_splits(path: Path) -> SplitTable:
     """Read and validate ``splits.parquet``."""
-    table = _read(path, SPLITS_SCHEMA.names)
+    table = _read(path, _SPLIT_COLUMNS)
     split = np.asarray(table["split"].to_pylist(), dtype=str)
     unknown = sorted(set(split.tolist()) - set(SPLITS))
     if unknown:
@@ -164,7 +209,62 @@ def read_splits(path: Path) -> SplitTable:
                       table["class_id"].to_numpy().astype(np.int64), split)
 
 
-def _read(path: Path, columns: list[str]) -> pa.Table:
+def check_splits(splits: SplitTable, names: list[str], n_seen: int, source: str | Path) -> None:
+    """Cross-check a split table against the class list; the message names ``source`` and a row.
+
+    Every class id must exist; seen classes belong in train/val/test_seen and unseen classes only in
+    test_unseen (anything else leaks test classes into training); every seen class needs train
+    images, every unseen class test images, and there must be val images for model selection.
+    """
+    n = len(names)
+    ids = splits.class_id
+
+    def row(i: int) -> str:
+        return f"image_id {int(splits.image_id[i])} ({splits.path[i]})"
+
+    bad = np.flatnonzero((ids < 0) | (ids >= n))
+    if bad.size:
+        raise DatasetError(f"{source}: {row(bad[0])} has class_id {int(ids[bad[0]])}, but the class table has "
+                           f"{n} classes (ids 0..{n - 1}); {bad.size} rows affected")
+    uniq, first = np.unique(splits.image_id, return_index=True)
+    if uniq.size != len(ids):
+        dup = np.setdiff1d(np.arange(len(ids)), first)[0]
+        raise DatasetError(f"{source}: image_id {int(splits.image_id[dup])} appears more than once")
+    unseen_row = ids >= n_seen
+    wrong = np.flatnonzero(unseen_row != (splits.split == "test_unseen"))
+    if wrong.size:
+        i = wrong[0]
+        kind = "unseen" if unseen_row[i] else "seen"
+        where = str(splits.split[i])
+        raise DatasetError(f"{source}: {row(i)} of {kind} class {names[ids[i]]!r} is in split {where!r}; "
+                           "seen classes belong in train/val/test_seen, unseen classes only in test_unseen "
+                           f"({wrong.size} rows affected)")
+    train = np.bincount(ids[splits.split == "train"], minlength=n)
+    empty = [names[c] for c in range(n_seen) if train[c] == 0]
+    if empty:
+        raise DatasetError(f"{source}: seen classes without train images: {empty[:5]}"
+                           f"{' and more' if len(empty) > 5 else ''}")
+    test = np.bincount(ids[splits.split == "test_unseen"], minlength=n)
+    empty = [names[c] for c in range(n_seen, n) if test[c] == 0]
+    if empty:
+        raise DatasetError(f"{source}: unseen classes without test_unseen images: {empty[:5]}"
+                           f"{' and more' if len(empty) > 5 else ''}")
+    if not (splits.split == "val").any():
+        raise DatasetError(f"{source}: no val images (finetune selects its epoch on them); "
+                           "raise data.val_fraction")
+
+
+def read_tables(data: Path) -> tuple[ClassTable, SplitTable]:
+    """Read ``classes.parquet`` and ``splits.parquet`` from a prepared directory and cross-check them."""
+    classes = read_classes(Path(data) / "classes.parquet")
+    splits = read_splits(Path(data) / "splits.parquet")
+    check_splits(splits, classes.names, classes.n_seen, Path(data) / "splits.parquet")
+    return classes, splits
+
+
+def _read(path: Path, columns: dict) -> pa.Table:
+    """Read a Parquet table and check that ``columns`` (name -> (type test, description)) are there,
+    of the right type and without nulls."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: not found; run the prepare stage first (dvc repro prepare)")
@@ -175,4 +275,12 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DatasetError(f"{path}: missing columns {missing}")
+    for name, (is_type, description) in columns.items():
+        column = table[name]
+        if not is_type(column.type):
+            raise DatasetError(f"{path}: column {name!r} has type {column.type}, expected {description}")
+        if column.null_count:
+            first = column.combine_chunks().is_null().to_numpy(zero_copy_only=False).argmax()
+            raise DatasetError(f"{path}: column {name!r} has {column.null_count} empty (null) values, "
+                               f"first in row {first}")
     return table

@@ -37,6 +37,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_files(directory: str | Path) -> Iterator[Path]:
+    """Yield a staging directory inside ``directory``; on success move each file in it into place.
+
+    For a stage that writes several files into a directory it shares with others (plots): if
+    producing any of them fails, none of the previous files is replaced; the commit is a series of
+    renames only. Other files in ``directory`` are never touched.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=directory))
+    try:
+        yield tmp
+        for item in sorted(tmp.iterdir()):
+            if not item.name.startswith("."):
+                os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Atomically write pretty, key-sorted JSON (stable diffs for ``dvc metrics diff``)."""
     with atomic_path(path) as tmp:

@@ -7,6 +7,7 @@ Only tensors and primitive containers go in, so loading never unpickles code.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,25 @@ def save_checkpoint(path: str | Path, model: NiwtNet, meta: dict[str, Any]) -> N
         torch.save(ckpt, tmp)
 
 
+def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)``; any failure is a ModelError naming the file.
+
+    A file holding pickled Python objects (not tensors and plain containers) is refused without
+    running any of it; torch's own message would suggest ``weights_only=False``, which we never do.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        raise ModelError(f"{path}: not a readable {what}: it holds pickled Python objects, which are never "
+                         f"loaded (weights_only=True): {detail} Only use files written by niwt.") from err
+    except Exception as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise ModelError(f"{path}: not a readable {what} ({type(err).__name__}: {first}); truncated, or not "
+                         "written by torch.save?") from err
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[NiwtNet, dict[str, Any]]:
     """Rebuild the network from a checkpoint written by :func:`save_checkpoint`.
 
@@ -39,26 +59,38 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ModelError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    missing = [k for k in REQUIRED if k not in ckpt]
+    ckpt = safe_load(path, "checkpoint")
+    missing = [k for k in REQUIRED if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED)
     if missing:
         raise ModelError(f"{path}: not a niwt checkpoint (missing {missing})")
     model = build_model(ckpt["arch"], ckpt["num_classes"], width=ckpt.get("width", 32),
                         hidden=ckpt.get("hidden", 256), image_size=ckpt["image_size"])
-    model.load_state_dict(ckpt.pop("state_dict"))
+    try:
+        model.load_state_dict(ckpt.pop("state_dict"))
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ModelError(f"{path}: weights do not fit a {ckpt['arch']} with {ckpt['num_classes']} classes "
+                         f"({str(err).splitlines()[0]})") from err
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
         raise ModelError(f"{path}: {len(ckpt['class_names'])} class names for "
                          f"{ckpt['num_classes']} outputs")
     return model.to(device).eval(), ckpt
 
 
-def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path) -> None:
-    """Fail early when a checkpoint was trained on another dataset's classes."""
+def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path, *, exact: bool = False,
+                  what: str = "classes") -> None:
+    """Fail early when a checkpoint was trained on another dataset's classes.
+
+    Args:
+        class_names: the classes the dataset expects, in joint order.
+        exact: the checkpoint must have exactly these classes (else a prefix of them suffices).
+        what: how the message calls ``class_names`` ("seen classes", ...).
+    """
     have = list(meta["class_names"])
-    want = list(class_names[: len(have)])
+    names = list(class_names)
+    if len(have) > len(names) or (exact and len(have) != len(names)):
+        raise ModelError(f"{path}: checkpoint has {len(have)} output classes but the dataset has {len(names)} "
+                         f"{what}. Was it trained on another dataset or split? Rerun finetune.")
+    want = names[: len(have)]
     if have != want:
         raise ModelError(
             f"{path}: checkpoint classes do not match the dataset ({len(have)} outputs; first "

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from niwt.data.images import make_loader
-from niwt.data.tables import read_classes, read_splits
-from niwt.io.atomic import atomic_path
+from niwt.data.images import check_images_exist, make_loader
+from niwt.data.tables import read_tables
+from niwt.io.atomic import atomic_files, atomic_path
 from niwt.metrics import (
     ausuc,
     gzsl_metrics,
@@ -49,7 +49,7 @@ def score_methods(checkpoints: list[Path], feats: np.ndarray, class_names: list[
     scores = {}
     for path in checkpoints:
         model, meta = load_checkpoint(path)
-        check_classes(meta, class_names, path)
+        check_classes(meta, class_names, path, exact=True)
         with torch.no_grad():
             scores[path.stem] = model.classifier(x).numpy()
     return scores
@@ -89,10 +89,13 @@ def method_metrics(scores: np.ndarray, y: np.ndarray, n_seen: int) -> tuple[dict
 
 def run(p: Params, data: Path, injected: Path, plots: Path, progress: bool = True) -> StageResult:
     device = resolve_device(p.base.device)
-    classes = read_classes(data / "classes.parquet")
-    splits = read_splits(data / "splits.parquet")
+    classes, splits = read_tables(data)
     test, val = splits.select("test_seen", "test_unseen"), splits.select("val")
+    used = splits.select("test_seen", "test_unseen", "val")
+    check_images_exist(used.path, used.image_id, data / "splits.parquet")
     checkpoints = method_checkpoints(injected)
+    for path in checkpoints:  # every checkpoint, before any feature is computed
+        check_classes(load_checkpoint(path)[1], classes.names, path, exact=True, what="classes (seen + unseen)")
     base, meta = load_checkpoint(checkpoints[0], device)
     size, bs = meta["image_size"], p.evaluate.batch_size
     feats, y = predict(base, make_loader(test.path, test.class_id, size, train=False, batch_size=bs), device,
@@ -111,16 +114,16 @@ def run(p: Params, data: Path, injected: Path, plots: Path, progress: bool = Tru
             cal = gzsl_metrics(s, y, seen_mask, y >= classes.n_seen, gamma=gamma)
             metrics[method].update({"gamma": gamma, "cal_S": cal["S"], "cal_U": cal["U"], "cal_H": cal["H"]})
         per_class[method] = per_class_accuracy(y, s.argmax(1), np.arange(len(classes.names)))
-    plots.mkdir(parents=True, exist_ok=True)
-    artifacts = [_write_per_class(plots / "per_class_accuracy.csv", per_class, classes.names, classes.n_seen),
-                 _write_curves(plots / "seen_unseen_curve.csv", curves)]
-    artifacts += _draw(plots, metrics, curves, per_class, classes.names, classes.n_seen)
-    table = plots / "comparison.md"
-    with atomic_path(table) as tmp:
-        tmp.write_text("GZSL comparison (%); cal_* use calibrated stacking with gamma chosen on val.\n\n"
-                       + comparison_markdown(metrics))
-    artifacts.append(table)
-    return StageResult(metrics, artifacts)
+    # All plot files or none: they are staged and moved into ``plots`` only once every one is written.
+    with atomic_files(plots) as staged:
+        written = [_write_per_class(staged / "per_class_accuracy.csv", per_class, classes.names, classes.n_seen),
+                   _write_curves(staged / "seen_unseen_curve.csv", curves)]
+        written += _draw(staged, metrics, curves, per_class, classes.names, classes.n_seen)
+        table = staged / "comparison.md"
+        table.write_text("GZSL comparison (%); cal_* use calibrated stacking with gamma chosen on val.\n\n"
+                         + comparison_markdown(metrics))
+        written.append(table)
+    return StageResult(metrics, [Path(plots) / w.name for w in written])
 
 
 def _write_per_class(path: Path, per_class: dict, names: list[str], n_seen: int) -> Path:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from niwt.data.images import make_loader
-from niwt.data.tables import read_classes, read_splits
+from niwt.data.images import check_images_exist, make_loader
+from niwt.data.tables import read_tables
 from niwt.importance.capture import LayerCapture, batch_importance
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
@@ -55,7 +55,10 @@ class ShardJob:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(checkpoint: str, device: str):
+def _cached_model(checkpoint: str, device: str, identity: tuple):
+    """One model per worker process; ``identity`` (the job's file metadata, which holds a digest of
+    the checkpoint bytes) keys the cache, so a retrained checkpoint at the same path is never
+    served from a stale entry."""
     model, meta = load_checkpoint(checkpoint, resolve_device(device))
     return model, meta
 
@@ -65,7 +68,7 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     target = Path(job.partial_dir) / shard_name(job.index)
     if target.is_file():
         return target.name
-    model, meta = _cached_model(job.checkpoint, job.device)
+    model, meta = _cached_model(job.checkpoint, job.device, job.meta)
     device = next(model.parameters()).device
     loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
                          batch_size=job.batch_size)
@@ -97,10 +100,11 @@ def fingerprint(checkpoint: Path, p: Params) -> str:
 
 def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[ShardJob], Path]:
     """Validate inputs and cut the work into shards; prepares ``<out>.partial``."""
-    classes = read_classes(data / "classes.parquet")
-    splits = read_splits(data / "splits.parquet").select("train", "val")
+    classes, splits = read_tables(data)
+    splits = splits.select("train", "val")
+    check_images_exist(splits.path, splits.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint)
-    check_classes(meta, classes.names, checkpoint)
+    check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     LayerCapture(model, p.model.layer)  # unknown layer: fail before any work, listing valid ones
     partial = out.parent / (out.name + ".partial")
     fp = fingerprint(checkpoint, p)
@@ -108,6 +112,8 @@ def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[Shard
     if partial.exists() and (not stamp.is_file() or stamp.read_text() != fp):
         shutil.rmtree(partial)  # made from another model or params: nothing to reuse
     partial.mkdir(parents=True, exist_ok=True)
+    for stale in partial.glob(".*.tmp"):  # a shard write cut off by a kill: never part of the output
+        shutil.rmtree(stale, ignore_errors=True)
     stamp.write_text(fp)
     order = np.argsort(splits.image_id, kind="stable")
     file_meta = (("layer", p.model.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
@@ -130,8 +136,8 @@ def finish(jobs: list[ShardJob], partial: Path, out: Path) -> dict[str, int]:
         raise RuntimeError(f"{partial}: shards still missing after extraction: {missing[:5]}")
     n_rows = sum(len(j.image_id) for j in jobs)
     meta = dict(jobs[0].meta) if jobs else {}
-    (partial / "_fingerprint").unlink(missing_ok=True)
     write_manifest(partial, len(jobs), n_rows, meta)
+    (partial / "_fingerprint").unlink(missing_ok=True)  # after the manifest: a failure before keeps the shards
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

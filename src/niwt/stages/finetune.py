@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from niwt.data.images import make_loader
-from niwt.data.tables import read_classes, read_splits
+from niwt.data.images import check_images_exist, make_loader
+from niwt.data.tables import read_tables
 from niwt.io.atomic import atomic_path
-from niwt.models.checkpoint import save_checkpoint
-from niwt.models.networks import NiwtNet, build_model, split_at
+from niwt.models.checkpoint import safe_load, save_checkpoint
+from niwt.models.networks import ModelError, NiwtNet, build_model, split_at
 from niwt.params import Params, section_dict
 from niwt.stages import StageResult
 from niwt.training import evaluate, resolve_device, seed_everything, train_one_epoch
@@ -54,8 +54,9 @@ def _fingerprint(p: Params, data: Path) -> str:
 def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = True) -> StageResult:
     seed_everything(p.base.seed)
     device = resolve_device(p.base.device)
-    classes = read_classes(data / "classes.parquet")
-    splits = read_splits(data / "splits.parquet")
+    classes, splits = read_tables(data)
+    used = splits.select("train", "val", "test_seen")
+    check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
     model = build_model(p.model.arch, classes.n_seen, pretrained=p.model.pretrained, width=p.model.width,
                         hidden=p.model.hidden, image_size=p.model.image_size)
     split_at(model, p.model.layer)  # fail now, not after training, on a bad layer name
@@ -82,6 +83,7 @@ def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = T
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+            _set_rng(state["rng"], train_loader.generator)  # same shuffles and augmentations as unbroken
             start = state["epoch"] + 1
         elif state and state["phase_idx"] > phase_idx:
             continue
@@ -96,7 +98,8 @@ def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = T
             if val_acc > best_acc:
                 best_acc = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            _save_resume(resume_path, fingerprint, phase_idx, epoch, model, opt, sched, history, best_acc, best_state)
+            _save_resume(resume_path, fingerprint, phase_idx, epoch, model, opt, sched, history, best_acc, best_state,
+                         _get_rng(train_loader.generator))
 
     model.load_state_dict(best_state)
     test_loader = make_loader(test.path, test.class_id, size, train=False, batch_size=bs, num_workers=nw)
@@ -106,8 +109,11 @@ def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = T
     meta = {"arch": p.model.arch, "class_names": classes.names[: classes.n_seen], "n_seen": classes.n_seen,
             "layer": p.model.layer, "image_size": size, "width": p.model.width, "hidden": p.model.hidden,
             "metrics": metrics}
-    save_checkpoint(out, model.cpu(), meta)
-    _write_history(history_path, history)
+    # Both outputs or neither: the history is staged first and moved into place only after the
+    # checkpoint was written (a failure in either leaves the previous pair untouched).
+    with atomic_path(history_path) as staged_history:
+        _write_history(staged_history, history)
+        save_checkpoint(out, model.cpu(), meta)
     resume_path.unlink(missing_ok=True)
     return StageResult(metrics, [history_path])
 
@@ -115,7 +121,14 @@ def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = T
 def _load_resume(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = safe_load(path, "resume file")
+    except ModelError as err:
+        print(f"[finetune] ignoring {path}, training from the start: {err}", flush=True)
+        return None
+    if not isinstance(state, dict) or "rng" not in state:
+        print(f"[finetune] ignoring {path}: not a resume file of this version", flush=True)
+        return None
     if state.get("fingerprint") != fingerprint:
         print(f"[finetune] ignoring {path}: made with other params or data", flush=True)
         return None
@@ -124,12 +137,28 @@ def _load_resume(path: Path, fingerprint: str) -> dict | None:
 
 
 def _save_resume(path: Path, fingerprint: str, phase_idx: int, epoch: int, model: nn.Module, opt, sched,
-                 history: list[dict], best_acc: float, best_state: dict) -> None:
+                 history: list[dict], best_acc: float, best_state: dict, rng: dict) -> None:
     state = {"fingerprint": fingerprint, "phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-             "best_acc": best_acc, "best_state": best_state}
+             "best_acc": best_acc, "best_state": best_state, "rng": rng}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _get_rng(loader_generator: torch.Generator) -> dict:
+    """Random state a resumed run needs to continue exactly: the global torch RNG (augmentations,
+    dropout), the loader's shuffling generator and, on CUDA, the device generators."""
+    rng = {"torch": torch.get_rng_state(), "loader": loader_generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict, loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    loader_generator.set_state(rng["loader"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

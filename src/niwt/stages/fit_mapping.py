@@ -17,14 +17,17 @@ from niwt.data.tables import read_classes
 from niwt.io.atomic import atomic_path
 from niwt.io.parquet import ImportanceFileError, read_importances
 from niwt.mapping.linear import MappingConfig, fit_mapping
-from niwt.params import Params
+from niwt.models.checkpoint import safe_load
+from niwt.models.networks import ModelError
+from niwt.params import Params, ParamsError
 from niwt.stages import StageResult
 
 
 def held_out_classes(n_seen: int, n_val: int, seed: int) -> np.ndarray:
     """The seen classes kept out of fitting for model selection (seeded, sorted)."""
     if not 0 < n_val < n_seen:
-        raise ValueError(f"mapping.n_val_classes must be between 1 and {n_seen - 1}, got {n_val}")
+        raise ParamsError(f"mapping.n_val_classes must be between 1 and {n_seen - 1} (the dataset has {n_seen} "
+                          f"seen classes), got {n_val}")
     return np.sort(np.random.default_rng(seed).choice(n_seen, size=n_val, replace=False))
 
 
@@ -45,12 +48,14 @@ def run(p: Params, data: Path, importances: Path, out: Path, history_path: Path)
              "heldout_weight": result.heldout_weight, "heldout_bias": result.heldout_bias,
              "domain_kind": classes.domain_kind, "layer": imp.meta.get("layer", ""),
              "pooling": imp.meta.get("pooling", ""), "val_classes": torch.as_tensor(val)}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
-    with atomic_path(history_path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["epoch", "val_loss", "val_rank_corr"])
-        writer.writeheader()
-        writer.writerows(result.history)
+    # Both outputs or neither: the history is staged and moved into place after the map is written.
+    with atomic_path(history_path) as staged_history:
+        with staged_history.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["epoch", "val_loss", "val_rank_corr"])
+            writer.writeheader()
+            writer.writerows(result.history)
+        with atomic_path(out) as tmp:
+            torch.save(state, tmp)
     metrics = {"best_epoch": result.best_epoch, "val_rank_corr": best["val_rank_corr"],
                "val_loss": best["val_loss"], "n_pairs": int(len(labels))}
     return StageResult(metrics, [history_path])
@@ -60,4 +65,11 @@ def load_mapping(path: Path) -> dict:
     """Read a mapping written by :func:`run` (tensors and primitives only)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: mapping not found; run `dvc repro fit_mapping`")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path, "mapping")
+    missing = [k for k in MAPPING_KEYS if k not in state] if isinstance(state, dict) else list(MAPPING_KEYS)
+    if missing:
+        raise ModelError(f"{path}: not a mapping written by fit_mapping (missing {missing})")
+    return state
+
+
+MAPPING_KEYS = ("weight", "bias", "heldout_weight", "heldout_bias", "layer", "val_classes")

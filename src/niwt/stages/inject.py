@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from niwt.data.images import make_loader
-from niwt.data.tables import ClassTable, SplitTable, read_classes, read_splits
+from niwt.data.images import check_images_exist, make_loader
+from niwt.data.tables import ClassTable, SplitTable, read_tables
 from niwt.injection.niwt import InjectConfig, channel_jacobian, inject
 from niwt.io.atomic import atomic_path
 from niwt.mapping.linear import normalize_domain, predict_importance
 from niwt.models.checkpoint import check_classes, load_checkpoint, save_checkpoint
-from niwt.models.networks import NiwtNet, split_at
+from niwt.models.networks import ModelError, NiwtNet, split_at
 from niwt.params import Params
 from niwt.stages import StageResult
 from niwt.stages.fit_mapping import held_out_classes, load_mapping
@@ -188,14 +188,26 @@ def run(p: Params, data: Path, checkpoint: Path, mapping_path: Path, out: Path) 
     the seen val images with it, so no test image ever informs gamma.
     """
     device = resolve_device(p.base.device)
-    classes = read_classes(data / "classes.parquet")
-    splits = read_splits(data / "splits.parquet")
+    classes, splits = read_tables(data)
+    train = splits.select("train")
+    check_images_exist(train.path, train.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint, device)
-    check_classes(meta, classes.names, checkpoint)
+    check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     mapping = load_mapping(mapping_path)
     if mapping["layer"] and mapping["layer"] != p.model.layer:
-        raise ValueError(f"{mapping_path}: mapping was fit on layer {mapping['layer']!r}, model.layer is "
+        raise ModelError(f"{mapping_path}: mapping was fit on layer {mapping['layer']!r}, model.layer is "
                          f"{p.model.layer!r}; rerun extract and fit_mapping")
+    dim = classes.domain.shape[1]
+    for key in ("weight", "heldout_weight"):
+        w = mapping[key]
+        if w.ndim != 2 or w.shape[1] != dim:
+            got = f"{w.shape[1]}-dimensional" if w.ndim == 2 else f"shape-{tuple(w.shape)}"
+            raise ModelError(f"{mapping_path}: mapping takes {got} domain vectors, {data / 'classes.parquet'} has "
+                             f"{dim}-dimensional ones ({classes.domain_kind}); rerun fit_mapping")
+    held = mapping["val_classes"]
+    if held.numel() and (int(held.min()) < 0 or int(held.max()) >= classes.n_seen):
+        raise ModelError(f"{mapping_path}: held-out classes {held.tolist()} are not seen classes of this "
+                         "dataset; rerun fit_mapping")
     ctx = Context(model, p, classes, splits, mapping, meta["image_size"], device)
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = mapping["val_classes"].numpy()

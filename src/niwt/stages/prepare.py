@@ -12,13 +12,21 @@ import numpy as np
 
 from niwt.data.images import find_bad_images
 from niwt.data.raw import DatasetError, RawDataset
-from niwt.data.tables import ClassTable, assign_splits, joint_order, write_classes, write_splits
+from niwt.data.tables import (
+    ClassTable,
+    SplitTable,
+    assign_splits,
+    check_splits,
+    joint_order,
+    write_classes,
+    write_splits,
+)
 from niwt.io.atomic import atomic_path
 from niwt.params import Params
 from niwt.stages import StageResult
 
 
-def load_raw(p: Params, workdir: Path, final: Path) -> RawDataset:
+def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> RawDataset:
     """Read (or generate, or download) the dataset named by ``data.name``.
 
     Args:
@@ -30,16 +38,26 @@ def load_raw(p: Params, workdir: Path, final: Path) -> RawDataset:
         from niwt.data.awa2 import load_awa2
         from niwt.data.synthetic import generate_synthetic
 
-        generate_synthetic(workdir / "raw", p.data.synthetic, seed=p.base.seed)
+        generate_synthetic(workdir / "raw", p.data.synthetic, seed=p.base.seed, progress=progress)
         raw = load_awa2(workdir / "raw", name="synthetic")
         prefix = str(workdir / "raw")
         return _rebase(raw, prefix, str(final / "raw"))
-    from niwt.data.download import ensure_dataset
+    from niwt.data.download import dataset_dir, ensure_dataset
+    from niwt.data.xlsa17 import ATT_SPLITS
 
     root = Path(p.data.root)
-    native = ensure_dataset(name, root, allow_download=p.data.download)
-    xlsa = ensure_dataset("xlsa17", root, allow_download=p.data.download) / {"awa2": "AWA2", "cub": "CUB",
-                                                                             "sun": "SUN"}[name]
+    xlsa = dataset_dir("xlsa17", root) / {"awa2": "AWA2", "cub": "CUB", "sun": "SUN"}.get(name, name)
+    # Only this dataset's xlsa17 folder is needed: a hand-placed xlsa17/data/<DS>/ suffices (the
+    # other datasets' split files are not demanded). Everything missing is reported in one message.
+    problems = []
+    for dataset in [name] + ([] if (xlsa / ATT_SPLITS).is_file() else ["xlsa17"]):
+        try:
+            ensure_dataset(dataset, root, allow_download=p.data.download, progress=progress)
+        except DatasetError as err:
+            problems.append(str(err))
+    if problems:
+        raise DatasetError("\n".join(problems))
+    native = dataset_dir(name, root)
     if name == "awa2":
         from niwt.data.awa2 import load_awa2
         from niwt.data.xlsa17 import apply_xlsa17
@@ -89,7 +107,7 @@ def run(p: Params, out: Path, progress: bool = True) -> StageResult:
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        raw = load_raw(p, tmp, out)
+        raw = load_raw(p, tmp, out, progress)
         order = joint_order(raw)
         domain, dim_names = domain_vectors(raw, p.data.domain, order)
         if not np.isfinite(domain).all():
@@ -103,6 +121,10 @@ def run(p: Params, out: Path, progress: bool = True) -> StageResult:
         write_classes(tmp / "classes.parquet", ClassTable(names, len(names) - len(raw.unseen), domain,
                                                           p.data.domain, dim_names, descriptions))
         ids = np.arange(len(paths), dtype=np.int64)[keep]
+        n_bad = int((~keep).sum())
+        dropped = f" after dropping {n_bad} unreadable images (data.bad_images: skip)" if n_bad else ""
+        check_splits(SplitTable(ids, [paths[i] for i in ids], cls[keep], split[keep]), names,
+                     len(names) - len(raw.unseen), f"{raw.name}{dropped}")
         write_splits(tmp / "splits.parquet", ids, [paths[i] for i in ids], cls[keep], split[keep])
     counts = {f"n_{s}": int((split[keep] == s).sum()) for s in ("train", "val", "test_seen", "test_unseen")}
     metrics = {"n_classes": len(names), "n_seen": len(names) - len(raw.unseen), "n_unseen": len(raw.unseen),

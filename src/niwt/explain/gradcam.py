@@ -1,0 +1,99 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017) at the importance layer, for any class of the joint space.
+
+For image x, class c and layer activations ``A`` (K, h, w)::
+
+    w_k = mean_ij d s_c / d A_kij          (the Grad-CAM neuron importance)
+    L_c = relu(sum_k w_k A_k)              (h, w), bilinearly upsampled to the image
+
+The layer is read with :class:`niwt.importance.capture.LayerCapture` (``detach=True``), so the
+backward pass stops at the layer and never touches parameter gradients. The same backward also
+yields the NIWT importance of the class (the *sum*-pooled gradient), which the textual explanation
+maps to attributes: one forward and one backward give the logits, the heat map and the importance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from niwt.data.images import IMAGENET_MEAN, IMAGENET_STD
+from niwt.importance.capture import LayerCapture, Pooling, pool
+
+
+@dataclass
+class GradCam:
+    """Per-image results of one Grad-CAM pass.
+
+    Attributes:
+        cam: (B, H, W) heat maps in [0, 1] (each divided by its own maximum; all-zero maps stay 0).
+        raw: (B, h, w) un-normalised, un-upsampled ``relu(sum_k w_k A_k)``.
+        importance: (B, K) pooled gradient of the target logit (``pooling`` of :func:`gradcam`).
+        logits: (B, n_classes) detached logits of the forward pass.
+        targets: (B,) the class each map explains.
+    """
+
+    cam: torch.Tensor
+    raw: torch.Tensor
+    importance: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | int | None = None,
+            pooling: Pooling = "sum") -> GradCam:
+    """Grad-CAM of ``targets`` (default: each image's top-1 class) at ``layer``.
+
+    Args:
+        model: the network; put in eval mode for the call (restored afterwards).
+        layer: dotted importance layer (``meta["layer"]`` of a checkpoint).
+        images: (B, 3, H, W) normalised images.
+        targets: (B,) class indices, one int for all images, or None for the predicted class.
+            Any class of the classifier works, injected unseen classes included.
+        pooling: reduction of the returned ``importance`` (``sum``: NIWT's alpha, ``mean``: Grad-CAM's).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with LayerCapture(model, layer, detach=True) as cap, torch.enable_grad():
+            logits = model(images)
+            if targets is None:
+                targets = logits.argmax(1)
+            elif isinstance(targets, int):
+                targets = torch.full((len(images),), targets, dtype=torch.long)
+            targets = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
+            if targets.min() < 0 or targets.max() >= logits.shape[1]:
+                raise ValueError(f"target classes must be in [0, {logits.shape[1]}), got {targets.tolist()}")
+            selected = logits.gather(1, targets[:, None]).sum()
+            act = cap.activation
+            (grad,) = torch.autograd.grad(selected, act)
+    finally:
+        model.train(was_training)
+    act = act.detach()
+    if act.ndim != 4:
+        raise ValueError(f"Grad-CAM needs a spatial (B, K, h, w) layer; {layer!r} gives {tuple(act.shape)}")
+    weights = grad.mean((2, 3))  # Grad-CAM's global-average-pooled gradients
+    raw = F.relu((weights[:, :, None, None] * act).sum(1))
+    up = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = up.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    cam = (up / peak).clamp(0, 1)
+    return GradCam(cam.float().cpu(), raw.float().cpu(), pool(grad, pooling).float().cpu(),
+                   logits.detach().float().cpu(), targets.cpu())
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """Undo the ImageNet normalisation of one (3, H, W) tensor: (H, W, 3) floats in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (image.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray | torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] heat map over an (H, W, 3) image: (H, W, 3) floats in [0, 1]."""
+    import matplotlib
+
+    heat = matplotlib.colormaps[cmap](np.asarray(cam, dtype=np.float64))[..., :3]
+    return np.clip((1 - alpha) * rgb + alpha * heat, 0, 1)

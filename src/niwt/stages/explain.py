@@ -1,0 +1,282 @@
+"""``explain``: why the injected model predicts what it does, visually and in words.
+
+Outputs (in ``out``, written atomically):
+
+* ``inverse_map.pt``: the importance -> domain-vector map (:mod:`niwt.explain.inverse`), fit on
+  the extracted importances of the seen training images with ``mapping``'s settings, and
+  ``inverse_map_history.csv`` (its model-selection trace);
+* ``neuron_names.parquet`` / ``.csv`` / ``.md``: each neuron of the importance layer named by the
+  attributes its column of the inverse map points to;
+* ``panels/<class>.png``: for a seeded sample of unseen-test images of every unseen class, the
+  image, the prediction of the NIWT model and the Grad-CAM of the predicted class;
+  ``panels/unseen_overview.png`` has all classes on one page;
+* ``explanations.csv``: per sampled image, the prediction and the attributes that the observed
+  importance of the predicted class maps to;
+* ``report.md`` and a self-contained ``report.html`` (comparison table and per-class accuracies
+  from ``evaluate`` when present, panels, explanations, neuron names).
+
+Metrics: the inverse map's selection numbers and, over all unseen-test images, how well the
+textual explanation agrees with the predicted class's own attributes (cosine, top-k overlap).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from niwt.data.images import make_loader
+from niwt.data.tables import ClassTable, read_classes, read_splits
+from niwt.explain import report as rp
+from niwt.explain.figures import Explained, draw_class_panel, draw_overview
+from niwt.explain.gradcam import gradcam, to_rgb
+from niwt.explain.inverse import fit_inverse_map, neuron_names, predict_domain
+from niwt.io.atomic import atomic_path
+from niwt.io.parquet import ImportanceFileError, read_importances
+from niwt.mapping.linear import MappingConfig, normalize_domain
+from niwt.models.checkpoint import check_classes, load_checkpoint
+from niwt.params import Params
+from niwt.report import COLUMNS
+from niwt.stages import StageResult
+from niwt.stages.evaluate import METHOD_ORDER, method_checkpoints
+from niwt.stages.fit_mapping import held_out_classes
+from niwt.training import resolve_device
+
+IMAGES_PER_CLASS = 4  # panel columns per unseen class
+TOP_ATTRIBUTES = 5  # attributes in a textual explanation
+REPORT_NEURONS = 20  # neurons listed in the report (all are in neuron_names.*)
+
+
+def explained_checkpoint(injected: Path) -> Path:
+    """The model to explain: ``niwt.pt`` when present, else the first method in evaluate's order."""
+    return method_checkpoints(Path(injected))[0]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
+
+
+def run(p: Params, data: Path, injected: Path, importances: Path, out: Path,
+        comparison: Path | None = None, per_class: Path | None = None, progress: bool = True,
+        images_per_class: int = IMAGES_PER_CLASS, top_k: int = TOP_ATTRIBUTES) -> StageResult:
+    device = resolve_device(p.base.device)
+    torch.manual_seed(p.base.seed)
+    classes = read_classes(data / "classes.parquet")
+    splits = read_splits(data / "splits.parquet")
+    checkpoint = explained_checkpoint(injected)
+    model, meta = load_checkpoint(checkpoint, device)
+    check_classes(meta, classes.names, checkpoint)
+    if len(meta["class_names"]) != len(classes.names):
+        raise ValueError(f"{checkpoint}: {len(meta['class_names'])} outputs, {len(classes.names)} classes in "
+                         f"{data}; explain needs an injected (seen + unseen) checkpoint")
+    imp = read_importances(importances)
+    if imp.meta.get("layer") and imp.meta["layer"] != meta["layer"]:
+        raise ImportanceFileError(f"{importances}: extracted at layer {imp.meta['layer']!r}, {checkpoint} explains "
+                                  f"{meta['layer']!r}; rerun extract")
+    labels = imp.target_id.astype(np.int64)
+    if labels.max() >= classes.n_seen:
+        raise ImportanceFileError(f"{importances}: class ids up to {labels.max()} but only "
+                                  f"{classes.n_seen} seen classes")
+    attr_names = classes.attribute_names or [f"dim_{i}" for i in range(classes.domain.shape[1])]
+
+    m = p.mapping
+    cfg = MappingConfig(epochs=m.epochs, lr=m.lr, batch_size=m.batch_size, weight_decay=m.weight_decay,
+                        seed=p.base.seed)
+    val = held_out_classes(classes.n_seen, m.n_val_classes, p.base.seed)
+    inverse = fit_inverse_map(classes.domain, labels, imp.values, val, cfg, selection=m.selection)
+    best = next(h for h in inverse.history if h["epoch"] == inverse.best_epoch)
+
+    names = neuron_names(inverse.weight, attr_names)
+    unit = imp.values / np.maximum(np.linalg.norm(imp.values, axis=1, keepdims=True), 1e-12)
+    share = np.abs(unit).mean(0)
+    for row, s in zip(names, share, strict=True):
+        row["mean_abs_importance"] = float(s)
+
+    test = splits.select("test_unseen")
+    explained, agreement = _explain_unseen(model, meta, classes, test, inverse.weight, inverse.bias,
+                                           p.evaluate.batch_size, device, top_k, progress)
+    sample = _sample(test, classes, images_per_class, p.base.seed)
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        torch.save({**inverse.state(), "attribute_names": list(attr_names), "layer": meta["layer"],
+                    "pooling": imp.meta.get("pooling", ""), "domain_kind": classes.domain_kind,
+                    "val_classes": torch.as_tensor(val)}, tmp / "inverse_map.pt")
+        _write_csv(tmp / "inverse_map_history.csv", inverse.history, ["epoch", "val_loss", "val_rank_corr"])
+        _write_neuron_names(tmp, names)
+        panels: dict[str, list[Explained]] = {}
+        rows = []
+        for c, idx in sample.items():
+            panels[classes.names[c]] = [explained[i] for i in idx]
+            for i in idx:
+                e = explained[i]
+                rows.append({"image": test.path[i], "class": classes.names[c], "predicted": e.pred_name,
+                             "predicted_unseen": e.pred_unseen, "prob": round(e.prob, 4),
+                             "top_attributes": ", ".join(e.attributes),
+                             "cosine": round(float(agreement["cosine"][i]), 4)})
+        _write_csv(tmp / "explanations.csv", rows, list(rows[0]) if rows else ["image"])
+        panel_files = [draw_class_panel(tmp / "panels" / f"{slug(n)}.png", n, items) for n, items in panels.items()]
+        overview = draw_overview(tmp / "panels" / "unseen_overview.png", panels)
+        blocks = _report(p, checkpoint, meta, classes, inverse, best, names, rows, agreement,
+                         [f.relative_to(tmp).as_posix() for f in panel_files], overview.relative_to(tmp).as_posix(),
+                         comparison, per_class, top_k)
+        (tmp / "report.md").write_text(rp.to_markdown(blocks))
+        (tmp / "report.html").write_text(rp.to_html(blocks, tmp, "NIWT explanations"))
+        relative = [f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()]
+    metrics = {"inverse/best_epoch": inverse.best_epoch, "inverse/val_rank_corr": best["val_rank_corr"],
+               "inverse/val_loss": best["val_loss"], "n_neurons": len(names),
+               "unseen/attr_cosine": float(agreement["cosine"].mean()),
+               f"unseen/attr_top{top_k}_overlap": float(agreement["overlap"].mean()),
+               "unseen/accuracy": float(agreement["correct"].mean()),
+               "n_panel_images": int(sum(len(v) for v in sample.values()))}
+    return StageResult(metrics, sorted(out / r for r in relative))
+
+
+def _explain_unseen(model, meta: dict, classes: ClassTable, test, weight: torch.Tensor, bias: torch.Tensor,
+                    batch_size: int, device: torch.device, top_k: int,
+                    progress: bool) -> tuple[list[Explained], dict[str, np.ndarray]]:
+    """Grad-CAM of the predicted class and textual explanation of every unseen-test image."""
+    from tqdm.auto import tqdm
+
+    dom = normalize_domain(torch.tensor(classes.domain, dtype=torch.float32))
+    k = min(top_k, dom.shape[1])
+    class_top = torch.topk(dom, k, dim=1).indices
+    attr = classes.attribute_names or [f"dim_{i}" for i in range(dom.shape[1])]
+    explained: list[Explained] = []
+    cosine, overlap, correct = [], [], []
+    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size)
+    for images, y, _ in tqdm(loader, desc="explain", unit="batch", disable=not progress, leave=False):
+        cam = gradcam(model, meta["layer"], images.to(device))
+        probs = torch.softmax(cam.logits, 1)
+        pred_dom = predict_domain(weight, bias, cam.importance)
+        top = torch.topk(pred_dom, k, dim=1).indices
+        for i in range(len(images)):
+            c = int(cam.targets[i])
+            cosine.append(float(torch.nn.functional.cosine_similarity(pred_dom[i], dom[c], dim=0)))
+            overlap.append(len(set(top[i].tolist()) & set(class_top[c].tolist())) / k)
+            correct.append(c == int(y[i]))
+            explained.append(Explained(to_rgb(images[i]), cam.cam[i].numpy(), classes.names[int(y[i])],
+                                       classes.names[c], float(probs[i, c]), c >= classes.n_seen,
+                                       [attr[j] for j in top[i].tolist()]))
+    return explained, {"cosine": np.array(cosine), "overlap": np.array(overlap), "correct": np.array(correct)}
+
+
+def _sample(test, classes: ClassTable, n: int, seed: int) -> dict[int, list[int]]:
+    """Seeded sample of ``n`` unseen-test images per unseen class (positions in ``test``)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in range(classes.n_seen, len(classes.names)):
+        idx = np.flatnonzero(test.class_id == c)
+        if len(idx):
+            out[c] = sorted(rng.choice(idx, size=min(n, len(idx)), replace=False).tolist())
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _write_neuron_names(directory: Path, rows: list[dict]) -> None:
+    fields = list(rows[0])
+    pq.write_table(pa.Table.from_pylist(rows), directory / "neuron_names.parquet")
+    _write_csv(directory / "neuron_names.csv", rows, fields)
+    blocks = [rp.h1("Neuron names"),
+              rp.para("Each neuron of the importance layer, named by the attributes that a unit importance on it "
+                      "alone adds most to through the inverse map (importance -> attributes); `against` is "
+                      "the attribute it speaks most against; `mean |alpha|` is its mean absolute value in the "
+                      "unit-normalised importance vectors of the seen training images."),
+              _neuron_table(rows)]
+    (directory / "neuron_names.md").write_text(rp.to_markdown(blocks))
+
+
+def _neuron_table(rows: list[dict]) -> rp.Block:
+    ranks = [k.split("_")[1] for k in rows[0] if k.startswith("attribute_")] if rows else []
+    header = ["neuron", *[f"attribute {i} (weight)" for i in ranks], "against", "mean |alpha|"]
+    body = [[r["neuron"], *[f"{r['attribute_' + i]} ({r['weight_' + i]:+.3f})" for i in ranks],
+             f"{r['negative_attribute']} ({r['negative_weight']:+.3f})", f"{r['mean_abs_importance']:.4f}"]
+            for r in rows]
+    return rp.table(header, body)
+
+
+def _comparison_block(path: Path | None) -> list[rp.Block]:
+    if path is None or not Path(path).is_file():
+        return [rp.para("(no `metrics/evaluate.json`: run the evaluate stage for the comparison table)")]
+    metrics = json.loads(Path(path).read_text())
+    methods = [mth for mth in METHOD_ORDER if mth in metrics] + sorted(set(metrics) - set(METHOD_ORDER))
+    cols = [c for c in COLUMNS if any(c in metrics[mth] for mth in methods)]
+    best = {c: max(metrics[mth].get(c, float("-inf")) for mth in methods) for c in cols}
+    rows = []
+    for mth in methods:
+        cells = []
+        for c in cols:
+            v = metrics[mth].get(c)
+            text = "–" if v is None else f"{100 * v:.1f}"
+            cells.append(f"**{text}**" if v is not None and v == best[c] else text)
+        rows.append([mth, *cells])
+    return [rp.para("GZSL comparison (%), from `evaluate` (S/U/H: joint label space; cal_*: calibrated stacking "
+                    "with gamma chosen on val; best of each column in bold)."), rp.table(["method", *cols], rows)]
+
+
+def _per_class_blocks(path: Path | None, classes: ClassTable) -> list[rp.Block]:
+    if path is None or not Path(path).is_file():
+        return [rp.para("(no per-class accuracies: run the evaluate stage)")]
+    acc: dict[str, dict[str, str]] = {}
+    methods: list[str] = []
+    with Path(path).open() as fh:
+        for r in csv.DictReader(fh):
+            if r["method"] not in methods:
+                methods.append(r["method"])
+            acc.setdefault(r["class"], {})[r["method"]] = f"{100 * float(r['accuracy']):.1f}"
+    out = []
+    for kind, names in (("unseen", classes.names[classes.n_seen:]), ("seen", classes.names[:classes.n_seen])):
+        rows = [[n, *[acc.get(n, {}).get(mth, "–") for mth in methods]] for n in names]
+        out += [rp.para(f"**{kind.capitalize()} classes** (GZSL top-1 %, per method):"),
+                rp.table(["class", *methods], rows)]
+    return out
+
+
+def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, inverse, best: dict, names: list[dict],
+            rows: list[dict], agreement: dict, panel_files: list[str], overview: str, comparison: Path | None,
+            per_class: Path | None, top_k: int) -> list[rp.Block]:
+    b = [rp.h1("NIWT explanations"),
+         rp.para(f"Model `{checkpoint}` ({meta['arch']}, method `{meta.get('method', '?')}`), importance layer "
+                 f"`{meta['layer']}`; {classes.n_seen} seen + {classes.n_unseen} unseen classes, domain "
+                 f"`{classes.domain_kind}` ({classes.domain.shape[1]} dimensions)."),
+         rp.h2("Generalized zero-shot results"), *_comparison_block(comparison),
+         rp.h2("Where the model looks: unseen test images"),
+         rp.para(f"{len(rows)} unseen-test images ({IMAGES_PER_CLASS} per unseen class, "
+                 "seeded sample). Each overlay is the Grad-CAM of the class the model predicts, at the importance "
+                 f"layer `{meta['layer']}`; green titles are correct predictions, red ones wrong."),
+         rp.image(overview, "Grad-CAM of the predicted class, all unseen classes")]
+    b += [rp.image(f, f"unseen class {Path(f).stem}") for f in panel_files]
+    b += [rp.h2("Why: textual explanations"),
+          rp.para(f"The observed importance of the predicted class on each image (NIWT's alpha at `{meta['layer']}`) "
+                  f"mapped to attributes by the inverse map; the top {top_k} are listed. `cos` is the cosine between "
+                  "that attribute vector and the predicted class's own one. Over all "
+                  f"{len(agreement['cosine'])} unseen-test images: mean cos {agreement['cosine'].mean():.3f}, "
+                  f"{100 * agreement['overlap'].mean():.1f}% of the top-{top_k} explanation attributes are among "
+                  f"the predicted class's top-{top_k}, accuracy {100 * agreement['correct'].mean():.1f}%."),
+          rp.table(["class", "image", "predicted", "p", "because", "cos"],
+                   [[r["class"], Path(r["image"]).name, r["predicted"] + (" [unseen]" if r["predicted_unseen"] else ""),
+                     f"{r['prob']:.2f}", r["top_attributes"], f"{r['cosine']:.2f}"] for r in rows]),
+          rp.h2("Inverse map (importance -> attributes)"),
+          rp.para(f"Linear, cosine loss, fit like `fit_mapping` the other way round on the extracted importances "
+                  f"of the seen training images; epochs chosen on {p.mapping.n_val_classes} held-out seen classes "
+                  f"by `{p.mapping.selection}`: best epoch {inverse.best_epoch}, held-out rank correlation "
+                  f"{best['val_rank_corr']:.3f}, held-out cosine distance {best['val_loss']:.3f}."),
+          rp.h2("Neuron names"),
+          rp.para(f"The {min(REPORT_NEURONS, len(names))} neurons with the largest mean |alpha|, named by "
+                  "the attributes their column of the inverse map points to (all neurons: `neuron_names.csv`, "
+                  "`neuron_names.parquet`, `neuron_names.md`)."),
+          _neuron_table(sorted(names, key=lambda r: -r["mean_abs_importance"])[:REPORT_NEURONS])]
+    return b

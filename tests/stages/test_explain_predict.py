@@ -1,0 +1,209 @@
+"""The explain stage, ``niwt predict`` and the MLflow registry on a tiny project built by the real stages."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from niwt import cli
+from niwt.data.images import make_loader
+from niwt.data.tables import read_classes, read_splits
+from niwt.io.atomic import write_json
+from niwt.models.checkpoint import load_checkpoint
+from niwt.params import load_params
+from niwt.stages import evaluate, extract, finetune, fit_mapping, inject, prepare
+from niwt.training import predict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_project import TINY, merge  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """prepare -> finetune -> extract -> fit_mapping -> inject (NIWT) -> evaluate, tiny, in a temp dir."""
+    root = tmp_path_factory.mktemp("explain_project")
+    raw = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY),
+                {"base": {"device": "cpu"}, "finetune": {"epochs": 3}, "inject": {"methods": ["niwt"]}})
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = load_params(root / "params.yaml")
+    data, ckpt, imp, mapping, injected = (root / "data", root / "finetuned.pt", root / "importances",
+                                          root / "mapping.pt", root / "injected")
+    torch.set_num_threads(1)
+    prepare.run(p, data, progress=False)
+    finetune.run(p, data, ckpt, root / "finetune.csv", progress=False)
+    extract.run(p, data, ckpt, imp, progress=False)
+    fit_mapping.run(p, data, imp, mapping, root / "mapping.csv")
+    inject.run(p, data, ckpt, mapping, injected)
+    result = evaluate.run(p, data, injected, root / "plots", progress=False)
+    write_json(root / "evaluate.json", result.metrics)
+    return root
+
+
+@pytest.fixture(scope="module")
+def explained(project):
+    """``niwt explain`` through the CLI, with MLflow tracking (and registration) into the temp dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)  # MLflow artifacts go under the project root (no dvc.yaml: the cwd)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.setenv("DO_NOT_TRACK", "true")
+        mp.setenv("NIWT_TRACKING", "on")
+        mp.setenv("NIWT_PROGRESS", "0")
+        rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
+                       "--importances", "importances", "--out", "reports/explain", "--metrics", "explain.json",
+                       "--comparison", "evaluate.json", "--per-class", "plots/per_class_accuracy.csv"])
+    assert rc == 0
+    return project / "reports" / "explain"
+
+
+def test_explain_stage_outputs(project, explained) -> None:
+    import pyarrow.parquet as pq
+
+    classes = read_classes(project / "data" / "classes.parquet")
+    unseen = classes.names[classes.n_seen:]
+    for name in ("report.md", "report.html", "inverse_map.pt", "neuron_names.parquet", "neuron_names.csv",
+                 "neuron_names.md", "explanations.csv", "panels/unseen_overview.png"):
+        assert (explained / name).is_file(), name
+    panels = {p.stem for p in (explained / "panels").glob("*.png")}
+    assert panels == set(unseen) | {"unseen_overview"}
+    assert (explained / "panels" / f"{unseen[0]}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    channels = 4 * TINY["model"]["width"]
+    table = pq.read_table(explained / "neuron_names.parquet").to_pylist()
+    assert [r["neuron"] for r in table] == list(range(channels))
+    assert all(r["attribute_1"] in classes.attribute_names for r in table)
+    inv = torch.load(explained / "inverse_map.pt", weights_only=True)
+    assert inv["weight"].shape == (len(classes.attribute_names), channels)
+    assert inv["attribute_names"] == classes.attribute_names
+
+    md = (explained / "report.md").read_text()
+    assert "| niwt |" in md  # the comparison table from evaluate.json
+    assert all(f"panels/{n}.png" in md for n in unseen)
+    page = (explained / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(unseen) + 1
+    assert not re.search(r"(src|href)=\"https?://", page)
+    assert "<td>" + unseen[0] + "</td>" in page  # per-class accuracies
+
+    metrics = json.loads((project / "explain.json").read_text())
+    assert 0 <= metrics["unseen/accuracy"] <= 1 and metrics["n_neurons"] == channels
+    assert metrics["n_panel_images"] == 4 * len(unseen)
+    assert -1 <= metrics["unseen/attr_cosine"] <= 1
+
+
+def test_explain_logs_to_mlflow_and_registers_the_model(project, explained) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("niwt")
+    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "explain"]
+    assert "explain/inverse/best_epoch" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.html", "unseen_overview.png", "neuron_names.csv"} <= logged
+    versions = client.search_model_versions("name='niwt-injected'")
+    assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
+
+
+def _evaluate_top1(project: Path, paths: list[str]) -> list[str]:
+    """``evaluate``'s prediction: argmax of score_methods on penultimate features."""
+    classes = read_classes(project / "data" / "classes.parquet")
+    ckpt = project / "injected" / "niwt.pt"
+    base, meta = load_checkpoint(ckpt)
+    feats, _ = predict(base, make_loader(paths, np.zeros(len(paths)), meta["image_size"], train=False,
+                                         batch_size=7), torch.device("cpu"), features=True)
+    scores = evaluate.score_methods([ckpt], feats, classes.names)["niwt"]
+    return [classes.names[i] for i in scores.argmax(1)]
+
+
+def _images(project: Path, per_split: int = 3) -> list[str]:
+    splits = read_splits(project / "data" / "splits.parquet")
+    return [p for s in ("test_unseen", "test_seen") for p in splits.select(s).path[:: 7][:per_split]]
+
+
+def test_predict_top1_equals_evaluate_and_explains(project, explained, capsys) -> None:
+    paths = _images(project)
+    out = project / "predict_out"
+    classes = read_classes(project / "data" / "classes.parquet")
+    n = len(classes.names)
+    rc = cli.main(["predict", *paths, "--model", str(project / "injected" / "niwt.pt"), "--data",
+                   str(project / "data"), "--top-k", str(n), "--explain", str(out),
+                   "--inverse-map", str(explained / "inverse_map.pt")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    top1 = re.findall(r"^\s+1\. (\S+)", printed, flags=re.M)
+    assert top1 == _evaluate_top1(project, paths)
+    ranks = re.findall(r"^\s+\d+\. (\S+) .*$", printed, flags=re.M)
+    assert len(ranks) == n * len(paths)  # every class ranked; exactly the unseen ones marked
+    assert printed.count("[unseen]") == classes.n_unseen * len(paths)
+    marked = re.findall(r"^\s+\d+\. (\S+) .*\[unseen\]$", printed, flags=re.M)
+    assert set(marked) == set(classes.names[classes.n_seen:])
+    for i, path in enumerate(paths):
+        stem = f"{i:03d}_{Path(path).stem}"
+        assert (out / f"{stem}_gradcam.png").read_bytes()[:4] == b"\x89PNG"
+        info = json.loads((out / f"{stem}_explanation.json").read_text())
+        assert info["explained_class"] == top1[i] == info["ranked"][0]["name"]
+        assert info["ranked"][0]["unseen"] == (classes.names.index(top1[i]) >= classes.n_seen)
+        probs = [r["prob"] for r in info["ranked"]]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+        assert len(info["top_attributes"]) == 5
+        assert {a["attribute"] for a in info["top_attributes"]} <= set(classes.attribute_names)
+
+
+def test_predict_any_target_class_and_errors(project, capsys, tmp_path) -> None:
+    classes = read_classes(project / "data" / "classes.parquet")
+    unseen = classes.names[-1]
+    seen_image = read_splits(project / "data" / "splits.parquet").select("test_seen").path[0]
+    rc = cli.main(["predict", seen_image, "--model", str(project / "injected" / "niwt.pt"), "--data",
+                   str(project / "data"), "--explain", str(tmp_path), "--target", unseen,
+                   "--inverse-map", str(tmp_path / "missing.pt")])
+    assert rc == 0
+    info = json.loads(next(tmp_path.glob("*_explanation.json")).read_text())
+    assert info["explained_class"] == unseen and "note" in info  # no inverse map: no attributes
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "nope.jpg"), "--model", str(project / "injected" / "niwt.pt"),
+                     "--data", str(project / "data")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_registry_round_trip(project, explained, monkeypatch) -> None:
+    """register_model outside any run (the explain stage registers inside its run), in the temp
+    project's SQLite store (shared with ``explained``: creating a store costs seconds)."""
+    import mlflow
+    import pandas as pd
+
+    from niwt.registry import register_model
+
+    monkeypatch.chdir(project)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    ckpt = project / "injected" / "niwt.pt"
+    mv = register_model(ckpt, "niwt-roundtrip", uri)
+    assert (mv.name, str(mv.version)) == ("niwt-roundtrip", "1")
+    loaded = mlflow.pyfunc.load_model("models:/niwt-roundtrip/1")
+    assert loaded.metadata.get_input_schema().input_names() == ["path"]
+
+    paths = _images(project)
+    got = loaded.predict(pd.DataFrame({"path": paths}))
+    model, meta = load_checkpoint(ckpt)
+    from niwt.predict import load_images
+
+    images = load_images(paths, meta["image_size"])
+    with torch.no_grad():
+        probs = torch.softmax(model(images), 1)
+    assert got["class"].tolist() == [meta["class_names"][i] for i in probs.argmax(1)]
+    assert got["class"].tolist() == _evaluate_top1(project, paths)
+    np.testing.assert_allclose(got["score"].to_numpy(), probs.max(1).values.numpy(), rtol=1e-5)
+    assert got["unseen"].tolist() == [i >= meta["n_seen"] for i in probs.argmax(1).tolist()]
+    raw = loaded.unwrap_python_model().predict(None, images.numpy())  # the tensor input
+    pd.testing.assert_frame_equal(raw, got)
+    classes = json.loads(Path(mlflow.artifacts.download_artifacts("models:/niwt-roundtrip/1/artifacts/classes.json"))
+                         .read_text())
+    assert [c["name"] for c in classes["classes"]] == meta["class_names"]
