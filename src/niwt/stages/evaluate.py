@@ -43,16 +43,23 @@ def method_checkpoints(directory: Path) -> list[Path]:
     return [found[m] for m in METHOD_ORDER if m in found] + sorted(v for k, v in found.items() if k not in METHOD_ORDER)
 
 
-def score_methods(checkpoints: list[Path], feats: np.ndarray, class_names: list[str]) -> dict[str, np.ndarray]:
-    """Joint-space scores (N, S+U) of each method on precomputed penultimate features."""
-    x = torch.as_tensor(feats)
-    scores = {}
+def load_methods(checkpoints: list[Path], class_names: list[str]) -> dict[str, tuple]:
+    """Load every checkpoint once and check its classes, before any feature is computed."""
+    loaded = {}
     for path in checkpoints:
         model, meta = load_checkpoint(path)
-        check_classes(meta, class_names, path, exact=True)
-        with torch.no_grad():
-            scores[path.stem] = model.classifier(x).numpy()
-    return scores
+        check_classes(meta, class_names, path, exact=True, what="classes (seen + unseen)")
+        loaded[path.stem] = (model, meta)
+    return loaded
+
+
+def score_methods(checkpoints: list[Path], feats: np.ndarray, class_names: list[str],
+                  loaded: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
+    """Joint-space scores (N, S+U) of each method on precomputed penultimate features."""
+    loaded = loaded or load_methods(checkpoints, class_names)
+    x = torch.as_tensor(feats)
+    with torch.no_grad():
+        return {name: model.classifier(x).numpy() for name, (model, _) in loaded.items()}
 
 
 def calibration_gamma(calibration: dict, val_feats: np.ndarray, val_y: np.ndarray) -> float:
@@ -94,21 +101,21 @@ def run(p: Params, data: Path, injected: Path, plots: Path, progress: bool = Tru
     used = splits.select("test_seen", "test_unseen", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
     checkpoints = method_checkpoints(injected)
-    for path in checkpoints:  # every checkpoint, before any feature is computed
-        check_classes(load_checkpoint(path)[1], classes.names, path, exact=True, what="classes (seen + unseen)")
-    base, meta = load_checkpoint(checkpoints[0], device)
+    loaded = load_methods(checkpoints, classes.names)
+    base, meta = loaded[checkpoints[0].stem]
+    base = base.to(device)
     size, bs = meta["image_size"], p.evaluate.batch_size
     feats, y = predict(base, make_loader(test.path, test.class_id, size, train=False, batch_size=bs), device,
                        features=True, progress=progress, desc="test features")
     val_feats, val_y = predict(base, make_loader(val.path, val.class_id, size, train=False, batch_size=bs),
                                device, features=True, progress=progress, desc="val features")
-    scores = score_methods(checkpoints, feats, classes.names)
+    scores = score_methods(checkpoints, feats, classes.names, {k: (m.cpu(), mt) for k, (m, mt) in loaded.items()})
     metrics: dict[str, dict[str, float]] = {}
     curves, per_class = {}, {}
     seen_mask = np.arange(len(classes.names)) < classes.n_seen
-    for path, (method, s) in zip(checkpoints, scores.items(), strict=True):
+    for method, s in scores.items():
         metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
-        calibration = load_checkpoint(path)[1].get("calibration")
+        calibration = loaded[method][1].get("calibration")
         if calibration is not None:
             gamma = calibration_gamma(calibration, val_feats, val_y)
             cal = gzsl_metrics(s, y, seen_mask, y >= classes.n_seen, gamma=gamma)
