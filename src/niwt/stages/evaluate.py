@@ -126,6 +126,10 @@ def run(p: Params, data: Path, injected: Path, plots: Path, progress: bool = Tru
         written = [_write_per_class(staged / "per_class_accuracy.csv", per_class, classes.names, classes.n_seen),
                    _write_curves(staged / "seen_unseen_curve.csv", curves)]
         written += _draw(staged, metrics, curves, per_class, classes.names, classes.n_seen)
+        written.append(_write_per_class_parquet(staged / "per_class_accuracy.parquet", per_class, classes.names,
+                                                classes.n_seen))
+        written.append(_draw_confusion(staged / "confusion_niwt.png", scores.get("niwt", next(iter(scores.values()))),
+                                       y, classes.names, classes.n_seen))
         table = staged / "comparison.md"
         table.write_text("GZSL comparison (%); cal_* use calibrated stacking with gamma chosen on val.\n\n"
                          + comparison_markdown(metrics))
@@ -140,6 +144,46 @@ def _write_per_class(path: Path, per_class: dict, names: list[str], n_seen: int)
         for method, accs in per_class.items():
             for c, acc in sorted(accs.items()):
                 w.writerow([method, names[c], "seen" if c < n_seen else "unseen", f"{acc:.6f}"])
+    return path
+
+
+def _write_per_class_parquet(path: Path, per_class: dict, names: list[str], n_seen: int) -> Path:
+    """The per-class table as Parquet (method, class, seen, accuracy), for Polars/pandas users."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(m, names[c], c < n_seen, float(a)) for m, accs in per_class.items() for c, a in sorted(accs.items())]
+    table = pa.table({"method": [r[0] for r in rows], "class": [r[1] for r in rows],
+                      "seen": [r[2] for r in rows], "accuracy": pa.array([r[3] for r in rows], pa.float64())})
+    pq.write_table(table, path)
+    return path
+
+
+def _draw_confusion(path: Path, scores: np.ndarray, y: np.ndarray, names: list[str], n_seen: int) -> Path:
+    """Where unseen-test images go (rows: true unseen class; columns: unseen classes + 'any seen')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from niwt.metrics import confusion_matrix
+
+    n = len(names)
+    conf = confusion_matrix(y, scores.argmax(1), n)[n_seen:]  # (U, C)
+    table = np.concatenate([conf[:, n_seen:], conf[:, :n_seen].sum(1, keepdims=True)], 1).astype(float)
+    table /= np.maximum(table.sum(1, keepdims=True), 1)
+    labels = [names[c] for c in range(n_seen, n)]
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(labels) + 2), max(4, 0.5 * len(labels) + 1.5)))
+    ax.imshow(table, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels) + 1), labels + ["(any seen)"], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i, j in zip(*np.nonzero(table >= 0.05), strict=True):
+        ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                color="white" if table[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true unseen class", title="GZSL confusion of unseen-test images (niwt)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
     return path
 
 
