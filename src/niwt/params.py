@@ -247,6 +247,10 @@ def _check_ranges(p: Params, source: str) -> None:
         raise ParamsError(f"{source}: " + "; ".join(problems))
 
 
+class _DuplicateKey(Exception):
+    """Raised inside the YAML loader; load_params turns it into a ParamsError naming the file."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently)."""
 
@@ -255,7 +259,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ParamsError(f"{self.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+                raise _DuplicateKey(f"{key_node.start_mark.line + 1}: duplicate key {key!r}")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -272,6 +276,8 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raise ParamsError(f"{path}: params file not found")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as err:
+        raise ParamsError(f"{path}:{err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ParamsError(f"{path}: cannot be read as UTF-8 text ({err})") from err
     except yaml.YAMLError as err:

@@ -426,8 +426,6 @@ def test_params_not_yaml_or_missing(proj: Project, tmp_path: Path, capsys: pytes
     assert_failed_cleanly(rc, err, r"absent\.yaml: params file not found", out)
 
 
-@pytest.mark.xfail(reason="PyYAML keeps the last of duplicate keys silently; params.load_params should reject "
-                          "them (a loader that raises on duplicates, naming the key and line)", strict=False)
 def test_duplicate_params_key_is_an_error(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     params = write_params(tmp_path / "params.yaml")
     # the second value would make the run fail fast if the duplicate were silently accepted
