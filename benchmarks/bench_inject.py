@@ -18,7 +18,10 @@ order, same number of Adam iterations: ``patience`` is set huge so every run doe
   or ``--quick``).
 * ``(ii) double_backprop``: :func:`niwt.injection.niwt.inject` on activations cached once.
 * ``(iii) jacobian``: the same with the pooled head Jacobian precomputed by
-  :func:`channel_jacobian` (precompute timed separately and included end to end).
+  :func:`head_jacobian`: for this head (max-pool, fc, ReLU) the exact gated form, one ReLU gate
+  per hidden unit and image (precompute timed separately and included end to end).
+* ``(iv) jacobian, dense``: the generic form any head can use, ``(P, C, D)`` floats from
+  :func:`channel_jacobian` (C forward-mode JVPs per image), for context; timed once.
 
 End-to-end times include computing the pool's activations for (ii) and (iii) (and the Jacobian
 for (iii)); per-iteration times exclude them. Target: the best variant >= 50x faster per
@@ -40,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Report, base_parser, load_images, load_model, setup, sync, timed  # noqa: E402
 
 from niwt.importance.capture import LayerCapture, pool  # noqa: E402
+from niwt.injection.jacobian import DenseJacobian, channel_jacobian, head_jacobian  # noqa: E402
 from niwt.injection.niwt import (  # noqa: E402
     InjectConfig,
-    channel_jacobian,
     inject,
     niwt_loss,
     observed_importance,
@@ -108,10 +111,13 @@ def main() -> None:
                                                     "--quick 1)")
     parser.add_argument("--whole-graph-iters", type=int, default=50,
                         help="iterations of (i-b) (a prefix of the same trajectory; default 50)")
+    parser.add_argument("--no-dense", action="store_true",
+                        help="skip (iv), the dense jvp Jacobian (always skipped with --quick)")
     parser.add_argument("--no-whole-graph", action="store_true",
                         help="skip the (i-b) naive whole-graph port (always skipped with --quick)")
     args = parser.parse_args()
     args.no_whole_graph = args.no_whole_graph or args.quick
+    args.no_dense = args.no_dense or args.quick
     repeats = args.repeats or (1 if args.quick else 3)
     iters = args.iters or (8 if args.quick else 200)
     n_pool = args.pool_size or (64 if args.quick else 1024)
@@ -150,7 +156,8 @@ def main() -> None:
     if not args.no_whole_graph:
         reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, whole_graph=True)
     inject(head, acts, alpha_hat, w_seen, warm, "double_backprop")
-    inject(head, acts[:64], alpha_hat, w_seen, warm, "jacobian")
+    inject(head, acts, alpha_hat, w_seen, warm, "jacobian")
+    inject(head, acts[:64], alpha_hat, w_seen, warm, "jacobian", channel_jacobian(head, acts[:64], cfg.pooling))
     # The reference runs once (minutes) and is timed per iteration: its median iteration time is
     # robust to bursts of other load. The cached variants are cheap: best of ``repeats`` runs.
     w_ref, h_ref, s_ref = reference_full_network(model, layer, images, alpha_hat, w_seen, cfg, device)
@@ -170,9 +177,13 @@ def main() -> None:
         keep_best("acts", activations)
         acts = best["acts"][1]
         keep_best("dbp", lambda a=acts: inject(head, a, alpha_hat, w_seen, cfg, "double_backprop"))
-        keep_best("jac_pre", lambda a=acts: channel_jacobian(head, a, cfg.pooling))
+        keep_best("jac_pre", lambda a=acts: head_jacobian(head, a, cfg.pooling))
         jac = best["jac_pre"][1]
         keep_best("jac", lambda a=acts, j=jac: inject(head, a, alpha_hat, w_seen, cfg, "jacobian", j))
+    if not args.no_dense:  # tens of seconds of precompute: once
+        keep_best("dense_pre", lambda a=acts: DenseJacobian(channel_jacobian(head, a, cfg.pooling)))
+        dense = best["dense_pre"][1]
+        keep_best("dense", lambda a=acts: inject(head, a, alpha_hat, w_seen, cfg, "jacobian", dense))
     sync(device)
     t_acts, t_jac_pre = best["acts"][0], best["jac_pre"][0]
     (t_dbp, res_dbp), (t_jac, res_jac) = best["dbp"], best["jac"]
@@ -183,6 +194,10 @@ def main() -> None:
         "(ii) double_backprop": (t_dbp, t_acts, res_dbp.history, res_dbp.weight),
         "(iii) jacobian": (t_jac, t_acts + t_jac_pre, res_jac.history, res_jac.weight),
     }
+    if not args.no_dense:
+        t_dense, res_dense = best["dense"]
+        variants["(iv) jacobian, dense"] = (t_dense, t_acts + best["dense_pre"][0], res_dense.history,
+                                            res_dense.weight)
     for name, (w, hist, secs) in runs.items():  # fewer iterations: no final W to compare
         variants[name] = (statistics.median(secs) * len(secs), 0.0, hist, w if len(hist) == iters else None)
     for name, (t_opt, t_pre, hist, _) in variants.items():
@@ -191,8 +206,11 @@ def main() -> None:
         report.info(f"{name}: final loss", hist[-1], "{:.6f}")
     report.info("(i) full-network: measured wall s (incl. load bursts)", sum(s_ref), "{:.3f}")
     report.info("pool activations (trunk, once), s", t_acts, "{:.3f}")
-    report.info("channel_jacobian precompute, s", t_jac_pre, "{:.3f}")
-    report.info("jacobian memory, MiB", jac.numel() * jac.element_size() / 2**20, "{:.0f}")
+    report.info(f"head_jacobian ({jac.kind}) precompute, s", t_jac_pre, "{:.3f}")
+    report.info(f"head_jacobian ({jac.kind}) memory, MiB", jac.nbytes / 2**20, "{:.2f}")
+    if not args.no_dense:
+        report.info("channel_jacobian (dense) precompute, s", best["dense_pre"][0], "{:.3f}")
+        report.info("channel_jacobian (dense) memory, MiB", dense.nbytes / 2**20, "{:.0f}")
     for name in [k for k in variants if k != "(i) full-network"]:
         if variants[name][3] is not None:
             report.info(f"max abs W_u diff {name} vs (i)", (variants[name][3] - w_ref).abs().max().item(),

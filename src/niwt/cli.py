@@ -165,10 +165,11 @@ def _numeric(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from niwt.data.raw import DatasetError
+    from niwt.injection.jacobian import JacobianError
     from niwt.io.parquet import ImportanceFileError
     from niwt.models.networks import ModelError
 
-    return ParamsError, DatasetError, ModelError, ImportanceFileError, FileNotFoundError
+    return ParamsError, DatasetError, ModelError, ImportanceFileError, JacobianError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,7 @@ class ExtractParams:
     target: Literal["ground_truth", "predicted"] = "ground_truth"
     batch_size: int = 64
     shard_size: int = 512
+    channels_last: bool = True
     runner: Literal["local", "dask"] = "local"
     dask_address: str = ""
     dask_workers: int = 2
@@ -109,7 +110,7 @@ class InjectParams:
     min_improvement: float = 0.01
     pool: Literal["train", "noise"] = "train"
     pool_size: int = 1024
-    solver: Literal["jacobian", "double_backprop"] = "double_backprop"
+    solver: Literal["jacobian", "double_backprop"] = "jacobian"
     init: Literal["seen_centered", "mean"] = "seen_centered"
 
 

@@ -32,7 +32,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from niwt.importance.capture import LayerCapture, batch_importance, importance, pool
+from niwt.importance.capture import (
+    LayerCapture,
+    batch_importance,
+    importance,
+    pool,
+    prepare_for_extraction,
+    to_model_format,
+)
 from niwt.models.networks import ModelError, NiwtNet, small_cnn
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -144,6 +151,30 @@ def test_batched_equals_per_image_loop_with_batchnorm(pooling: str) -> None:
         train_mode, _ = batch_importance(model, cap, images, targets, pooling)
     model.load_state_dict(before)
     assert not torch.allclose(train_mode, batched, atol=1e-3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_prepared_model_gives_the_same_importances(channels_last: bool) -> None:
+    """What the extract stage runs (frozen parameters, optionally channels-last) matches the
+    plain model, batched and per image, and autograd records no graph below the layer."""
+    model = tiny_cnn()
+    torch.manual_seed(2)
+    images = torch.randn(6, 3, 32, 32)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    expected = importance(model, "body.block4", images, targets)
+    prepared = prepare_for_extraction(tiny_cnn(), channels_last)
+    assert not prepared.training and not any(p.requires_grad for p in prepared.parameters())
+    x = to_model_format(images, channels_last)
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+    trunk_records = []
+    prepared.body.block3.register_forward_hook(lambda m, i, out: trunk_records.append(out.requires_grad))
+    with LayerCapture(prepared, "body.block4") as cap:
+        got, logits = batch_importance(prepared, cap, x, targets)
+        assert trunk_records == [False]  # no autograd graph below the layer (True on an unprepared model)
+        singles = torch.cat([batch_importance(prepared, cap, x[i:i + 1], targets[i:i + 1])[0] for i in range(6)])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(singles, expected, rtol=1e-5, atol=1e-5)
+    assert logits.shape == (6, 5)
 
 
 def test_hook_removed_after_exit_and_on_exception() -> None:

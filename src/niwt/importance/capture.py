@@ -54,6 +54,26 @@ class LayerCapture:
         self.activation = None
 
 
+def prepare_for_extraction(model: nn.Module, channels_last: bool = False) -> nn.Module:
+    """Put a model private to extraction in its fastest exact state, in place.
+
+    Eval mode; parameters frozen, so autograd records nothing below the captured layer (no
+    max-pool indices, no saved inputs in the trunk: only the head is differentiated);
+    optionally channels-last memory format (oneDNN's vectorised conv and pooling path, about 2x
+    on this CPU; feed images with :func:`to_model_format`). Importances change only in the last
+    float bits.
+    """
+    model.eval().requires_grad_(False)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_model_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``images`` in the memory format :func:`prepare_for_extraction` gave the model."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def pool(grad: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     """Reduce (B, C, *spatial) gradients to (B, C) by sum (NIWT) or mean (Grad-CAM)."""
     dims = tuple(range(2, grad.ndim))

@@ -8,8 +8,9 @@ Two solvers reach the same optimum:
 
 * ``double_backprop`` (the reference): per iteration, backprop through the head to get
   ``alpha_obs`` with ``create_graph=True``, then backprop the loss to ``W_u``.
-* ``jacobian``: compute ``M(x)`` once for the image pool with forward-mode AD along each channel
-  direction (``torch.func.jvp``), after which each iteration is a batched matrix product.
+* ``jacobian``: hold ``M(x)`` for the image pool once (:mod:`niwt.injection.jacobian`: per-image
+  ReLU gates for pooling + MLP heads, forward-mode AD otherwise), after which each iteration is
+  a few matrix products.
 
 Both cache the pool's activations at the layer once: the trunk is never recomputed.
 """
@@ -25,6 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from niwt.importance.capture import Pooling, pool
+from niwt.injection.jacobian import DenseJacobian, PooledJacobian, channel_jacobian, head_jacobian
+
+__all__ = ["InjectConfig", "InjectResult", "PlateauStopper", "channel_jacobian", "inject", "niwt_loss",
+           "observed_importance", "seen_centered_init"]
 
 
 @dataclass(frozen=True)
@@ -106,36 +111,6 @@ def observed_importance(head: nn.Module, acts: torch.Tensor, w_rows: torch.Tenso
     return pool(grad, pooling)
 
 
-def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch: int = 64,
-                     max_elements: int = 1 << 24) -> torch.Tensor:
-    """``M[b, k, :] = pool_ij d head(acts)[b] / d acts[b, k, i, j]`` by forward-mode AD.
-
-    One jvp per channel, with the tangent equal to 1 over that channel's whole spatial map
-    (divided by H*W for mean pooling), gives column k of the pooled Jacobian for every sample;
-    ``vmap`` runs as many channels at once as fit in ``max_elements`` tangent entries.
-    Memory: the result holds P*C*D floats.
-
-    Args:
-        acts: (P, C, H, W)
-
-    Returns:
-        (P, C, D)
-    """
-    c = acts.shape[1]
-    scale = 1.0 if pooling == "sum" else 1.0 / acts[0, 0].numel()
-    out = []
-    with torch.no_grad():
-        for part in acts.split(batch):
-            # (C, B, C, H, W) one-hot channel tangents as an expanded view: no copy until used
-            eye = torch.eye(c, dtype=part.dtype, device=part.device) * scale
-            tangents = eye[:, None, :, None, None].expand(c, *part.shape)
-            chunk = max(1, min(c, max_elements // part.numel()))
-            cols = torch.func.vmap(lambda t, p=part: torch.func.jvp(head, (p,), (t,))[1],
-                                   chunk_size=chunk)(tangents)  # (C, B, D)
-            out.append(cols.permute(1, 0, 2))
-    return torch.cat(out).contiguous()
-
-
 def _optimise(step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w0: torch.Tensor,
               n_pairs: int, cfg: InjectConfig, generator: torch.Generator) -> InjectResult:
     """Adam on W_u over shuffled minibatches of (pool image, unseen class) pairs."""
@@ -165,7 +140,7 @@ def inject(
     w_seen: torch.Tensor,
     cfg: InjectConfig,
     solver: Literal["jacobian", "double_backprop"] = "jacobian",
-    jacobian: torch.Tensor | None = None,
+    jacobian: torch.Tensor | PooledJacobian | None = None,
 ) -> InjectResult:
     """Learn one classifier row per unseen class, all classes in one batched graph.
 
@@ -179,7 +154,8 @@ def inject(
         w_seen: (S, D) seen classifier rows (init statistics and regulariser target).
         cfg: optimisation settings.
         solver: ``jacobian`` (precomputed products) or ``double_backprop`` (reference).
-        jacobian: optional precomputed (P, C, D) from :func:`channel_jacobian`.
+        jacobian: optional precomputed :func:`~niwt.injection.jacobian.head_jacobian` (or a dense
+            (P, C, D) tensor from :func:`channel_jacobian`), to share it between calls.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     n_pool, n_unseen = acts.shape[0], alpha_hat.shape[0]
@@ -188,10 +164,14 @@ def inject(
     img_of = torch.arange(n_pool).repeat(n_unseen)  # pair p -> pool image
     cls_of = torch.arange(n_unseen).repeat_interleave(n_pool)  # pair p -> unseen class
     if solver == "jacobian":
-        m = jacobian if jacobian is not None else channel_jacobian(head, acts, cfg.pooling)
+        if jacobian is None:
+            jacobian = head_jacobian(head, acts, cfg.pooling)
+        elif isinstance(jacobian, torch.Tensor):
+            jacobian = DenseJacobian(jacobian)
+        m = jacobian
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            obs = torch.bmm(m[img_of[idx]], w_u[cls_of[idx]].unsqueeze(2)).squeeze(2)  # (B, C)
+            obs = m.apply(img_of[idx], w_u[cls_of[idx]])  # (B, C)
             return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
     elif solver == "double_backprop":
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

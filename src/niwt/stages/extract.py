@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
-from niwt.importance.capture import LayerCapture, batch_importance
+from niwt.importance.capture import LayerCapture, batch_importance, prepare_for_extraction, to_model_format
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
 from niwt.params import Params
@@ -51,16 +51,17 @@ class ShardJob:
     target: str
     batch_size: int
     device: str
+    channels_last: bool
     meta: tuple[tuple[str, str], ...]
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(checkpoint: str, device: str, identity: tuple):
-    """One model per worker process; ``identity`` (the job's file metadata, which holds a digest of
-    the checkpoint bytes) keys the cache, so a retrained checkpoint at the same path is never
-    served from a stale entry."""
+def _cached_model(checkpoint: str, device: str, channels_last: bool, identity: tuple):
+    """One model per worker process, prepared for extraction; ``identity`` (the job's file
+    metadata, which holds a digest of the checkpoint bytes) keys the cache, so a retrained
+    checkpoint at the same path is never served from a stale entry."""
     model, meta = load_checkpoint(checkpoint, resolve_device(device))
-    return model, meta
+    return prepare_for_extraction(model, channels_last), meta
 
 
 def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> str:
@@ -68,7 +69,7 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     target = Path(job.partial_dir) / shard_name(job.index)
     if target.is_file():
         return target.name
-    model, meta = _cached_model(job.checkpoint, job.device, job.meta)
+    model, meta = _cached_model(job.checkpoint, job.device, job.channels_last, job.meta)
     device = next(model.parameters()).device
     loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
                          batch_size=job.batch_size)
@@ -76,7 +77,8 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     with LayerCapture(model, job.layer) as cap:
         for images, labels, _ in loader:
             wanted = labels.to(device) if job.target == "ground_truth" else None
-            alpha, logits = batch_importance(model, cap, images.to(device), wanted, job.pooling)
+            images = to_model_format(images.to(device), job.channels_last)
+            alpha, logits = batch_importance(model, cap, images, wanted, job.pooling)
             parts.append(alpha.numpy())
             targets.append((labels if wanted is not None else logits.argmax(1)).cpu().numpy())
             if progress is not None:
@@ -93,7 +95,7 @@ def fingerprint(checkpoint: Path, p: Params) -> str:
     the numbers; where they run (``runner``, Dask settings) does not count."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes())
     e = p.extract
-    shaping = [e.pooling, e.target, e.batch_size, e.shard_size, p.model.layer]
+    shaping = [e.pooling, e.target, e.batch_size, e.shard_size, p.model.layer, e.channels_last]
     digest.update(json.dumps(shaping).encode())
     return digest.hexdigest()
 
@@ -125,7 +127,7 @@ def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[Shard
                              tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
                              tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial),
                              p.model.layer, p.extract.pooling, p.extract.target, p.extract.batch_size,
-                             p.base.device, file_meta))
+                             p.base.device, p.extract.channels_last, file_meta))
     return jobs, partial
 
 

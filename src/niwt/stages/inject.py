@@ -17,7 +17,8 @@ import torch
 
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, SplitTable, read_tables
-from niwt.injection.niwt import InjectConfig, channel_jacobian, inject
+from niwt.injection.jacobian import head_jacobian
+from niwt.injection.niwt import InjectConfig, inject
 from niwt.io.atomic import atomic_path
 from niwt.mapping.linear import normalize_domain, predict_importance
 from niwt.models.checkpoint import check_classes, load_checkpoint, save_checkpoint
@@ -98,7 +99,7 @@ def niwt_rows(ctx: Context, seen: np.ndarray, unseen: np.ndarray, heldout: bool)
     jac = None
     if i.solver == "jacobian":
         if "jacobian" not in ctx.cache:
-            ctx.cache["jacobian"] = channel_jacobian(head, acts, cfg.pooling)
+            ctx.cache["jacobian"] = head_jacobian(head, acts, cfg.pooling)
         jac = ctx.cache["jacobian"]
     result = inject(head, acts, alpha_hat, ctx.seen_rows(seen)[0], cfg, i.solver, jac)
     stats = {"iterations": result.iterations, "final_loss": result.final_loss, "pool_size": int(acts.shape[0])}
