@@ -147,10 +147,6 @@ for _ in range(300):
 """
 
 
-@pytest.mark.xfail(reason="scipy.io.loadmat (scipy 1.17.1) segfaults in mio5_utils on some single-byte-corrupted "
-                          "cell arrays (e.g. byte 297 of the test file set to 94); niwt.data.xlsa17.loadmat cannot "
-                          "catch a segfault. Fix: read untrusted .mat files in a subprocess or pre-validate the "
-                          "MAT v5 element tags/sizes before scipy sees them.", strict=False)
 def test_corrupted_att_splits_never_crash_the_interpreter(tmp_path: Path) -> None:
     """300 seeded single-byte corruptions, in a child process so that a crash fails only this test."""
     proc = subprocess.run([sys.executable, "-c", _FLIP_SCRIPT, str(tmp_path)], capture_output=True, text=True,

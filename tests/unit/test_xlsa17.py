@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -167,6 +168,21 @@ def test_malformed_files_name_the_file(tmp_path: Path) -> None:
         load_att_splits(tmp_path / "junk.mat")
     with pytest.raises(DatasetError, match="file not found"):
         load_att_splits(tmp_path / "absent.mat")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash guard needs os.fork")
+def test_file_that_crashes_scipy_is_a_clear_error(tmp_path: Path) -> None:
+    """scipy 1.17's MAT reader dies with SIGSEGV on this one-byte corruption (found by the fuzz
+    test); parsed in a forked child, it must be an error naming the file, and this process lives."""
+    good = {"allclasses_names": _cell(["a", "b", "c", "d"]), "att": np.eye(3, 4), "original_att": np.eye(3, 4) * 9,
+            "trainval_loc": np.array([[1], [2], [3]]), "test_seen_loc": np.array([[4]]),
+            "test_unseen_loc": np.array([[5], [6]])}
+    data = bytearray(_save(tmp_path / "good.mat", **good).read_bytes())
+    data[297] = 94
+    (tmp_path / "bad.mat").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"bad\.mat: not a readable MATLAB \.mat file"):
+        load_att_splits(tmp_path / "bad.mat")
+    assert load_att_splits(tmp_path / "good.mat").n_images is None  # and reading goes on
 
 
 def test_res101_image_list_and_path_mapping(tmp_path: Path) -> None:
