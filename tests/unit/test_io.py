@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from niwt.data.tables import (
     write_classes,
     write_splits,
 )
-from niwt.io.atomic import atomic_path, write_json
+from niwt.io.atomic import atomic_files, atomic_path, write_json
 from niwt.io.parquet import (
     ImportanceFileError,
     importance_schema,
@@ -70,6 +74,47 @@ def test_atomic_path_directories(tmp_path: Path) -> None:
         (tmp / "a.txt").write_text("a")
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["shards"]
+
+
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from niwt.io.atomic import atomic_files, atomic_path
+out = Path(sys.argv[1])
+with atomic_path(out / "model.pt") as tmp, atomic_files(out / "plots") as staged:
+    tmp.write_bytes(b"half")
+    (staged / "a.png").write_bytes(b"half")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX only")
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the next write of the same target removes what the dead process
+    left (inside a DVC output directory it would otherwise become part of the output), and never
+    touches the temporaries of a live writer."""
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    live = [p for p in tmp_path.iterdir() if p.name.startswith(".model.pt.")]
+    staged = [p for p in (tmp_path / "plots").iterdir() if p.name.startswith(".staged.")]
+    assert len(live) == 1 and len(staged) == 1
+    # a live writer's temporaries survive another writer's start
+    with atomic_path(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"other")
+    assert live[0].exists()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)  # reaped: its pid no longer exists
+    child.stdout.close()
+    assert live[0].exists()  # SIGKILL ran no cleanup
+    with atomic_path(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"full")
+    with atomic_files(tmp_path / "plots") as out:
+        (out / "a.png").write_bytes(b"full")
+    assert not live[0].exists() and not staged[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "plots"]
+    assert (tmp_path / "model.pt").read_bytes() == b"full"
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["a.png"]
 
 
 def test_write_json_sorted_and_atomic(tmp_path: Path) -> None:

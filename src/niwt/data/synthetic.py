@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from niwt.data.raw import DatasetError
+from niwt.io.atomic import fresh_temporary
 from niwt.params import ParamsError, SyntheticParams
 
 # Bump when the output for a given (params, seed) changes, so stale generated copies are rebuilt.
@@ -464,7 +464,7 @@ def generate_synthetic(root: Path, params: SyntheticParams, seed: int, progress:
     _check_target(root)
     design = design_benchmark(params, seed)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    tmp = fresh_temporary(root.parent, f".{root.name}.")  # also clears what a killed run left
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
     try:
         _write_tables(tmp, design, params)

@@ -3,6 +3,10 @@
 DVC (and a human) must never mistake a half-written file for a complete one: every output is
 written to a temporary sibling and moved into place with ``os.replace``, which is atomic on POSIX
 within one filesystem.
+
+Temporaries are named ``.<target>.<pid>.<random>.tmp``. A process killed mid-write (SIGKILL, OOM)
+cannot clean up, so every new write first removes the temporaries of the same target whose
+writing process no longer exists; those of live writers are left alone.
 """
 
 from __future__ import annotations
@@ -10,11 +14,44 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_TMP_TAIL = re.compile(r"(\d+)\.[a-z0-9_]{8}\.tmp")  # after the prefix: pid, mkdtemp's 8 random chars
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path, prefix: str) -> list[Path]:
+    """Delete ``<prefix><pid>.<random>.tmp`` entries in ``directory`` left by dead processes."""
+    removed = []
+    for entry in directory.iterdir() if directory.is_dir() else ():
+        if not entry.name.startswith(prefix):
+            continue
+        match = _TMP_TAIL.fullmatch(entry.name[len(prefix):])
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def fresh_temporary(directory: Path, prefix: str) -> Path:
+    """A new private temporary directory ``<prefix><pid>.<random>.tmp`` in ``directory``, after
+    removing the ones dead writers left there."""
+    remove_stale_temporaries(directory, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=directory))
 
 
 @contextlib.contextmanager
@@ -26,7 +63,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = fresh_temporary(path.parent, f".{path.name}.")
     target = tmp / path.name
     try:
         yield target
@@ -47,7 +84,7 @@ def atomic_files(directory: str | Path) -> Iterator[Path]:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=directory))
+    tmp = fresh_temporary(directory, ".staged.")
     try:
         yield tmp
         for item in sorted(tmp.iterdir()):
