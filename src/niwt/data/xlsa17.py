@@ -16,13 +16,14 @@ Folder layout (``xlsa17/data/<DATASET>/``)::
 ``att_splits.mat`` alone does not say which classes are unseen (its indices point into the image
 list of ``res101.mat``), so seen/unseen come from ``res101.mat`` labels or the two class lists;
 with neither, :func:`apply_xlsa17` refuses rather than guess. Files are read with
-``scipy.io.loadmat`` only, never unpickled; the parse runs in a forked child (see :func:`loadmat`).
+``scipy.io.loadmat`` only (no pickles), after a forked child has checked that parsing does not
+crash the interpreter (see :func:`loadmat`).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
-import pickle
 import signal
 import warnings
 from dataclasses import dataclass, replace
@@ -93,53 +94,42 @@ def loadmat(path: Path, variable_names: list[str] | None = None) -> dict[str, np
 
     scipy's MAT v5 reader can crash the interpreter outright (SIGSEGV in ``mio5_utils``) on some
     corrupted files, which no ``except`` can catch and which would take the whole stage down
-    with it. Where ``os.fork`` exists the file is parsed in a forked child (a few ms) and the
-    arrays come back over a pipe, pickled by that child; a crash there becomes a DatasetError.
+    with it. Where ``os.fork`` exists, a forked child parses the file first (a few ms; it only
+    reports whether parsing worked) and a crash there becomes a DatasetError; the parser is
+    deterministic, so the file is then read here.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    outcome = _parse_in_child(path, variable_names) if hasattr(os, "fork") else _parse(path, variable_names)
-    kind, value = outcome
-    if kind == "ok":
-        return value
-    if kind == "v73":
-        raise DatasetError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save it with -v7 ({value})")
-    raise DatasetError(f"{path}: not a readable MATLAB .mat file ({value})")
-
-
-def _parse(path: Path, variable_names: list[str] | None) -> tuple[str, object]:
-    """("ok", dict) or (failure kind, message); never raises for a bad file."""
+    if hasattr(os, "fork"):
+        _check_in_child(path, variable_names)
     try:
-        return "ok", scipy.io.loadmat(str(path), variable_names=variable_names)
+        return scipy.io.loadmat(str(path), variable_names=variable_names)
     except NotImplementedError as err:  # MATLAB v7.3 (HDF5) files
-        return "v73", str(err)
+        raise DatasetError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save it with -v7 ({err})") \
+            from err
     except Exception as err:  # scipy's parser raises many types (MatReadError, IndexError, ...) on junk
-        return "error", f"{type(err).__name__}: {err}"
+        raise DatasetError(f"{path}: not a readable MATLAB .mat file ({type(err).__name__}: {err})") from err
 
 
-def _parse_in_child(path: Path, variable_names: list[str] | None) -> tuple[str, object]:
-    read_fd, write_fd = os.pipe()
+def _check_in_child(path: Path, variable_names: list[str] | None) -> None:
+    """Raise a DatasetError if parsing ``path`` kills the process; Python errors are left to the
+    caller's own parse (same parser, same message)."""
     pid = os.fork()
-    if pid == 0:  # child: parse, send, and leave without running any of the parent's exit handlers
-        status = 1
+    if pid == 0:  # child: parse, and leave without running any of the parent's exit handlers
+        status = 0
         try:
-            os.close(read_fd)
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(pickle.dumps(_parse(path, variable_names), protocol=pickle.HIGHEST_PROTOCOL))
-            status = 0
+            faulthandler.disable()  # a crash is reported by the parent, not as a traceback dump
+            scipy.io.loadmat(str(path), variable_names=variable_names)
+        except BaseException:  # noqa: B036 - any Python-level failure is reported by the parent's parse
+            status = 1
         finally:
             os._exit(status)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        payload = pipe.read()
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
-        return "error", f"the MAT parser crashed ({sig}) on it: the file is corrupted"
-    if os.WEXITSTATUS(status) != 0 or not payload:
-        return "error", f"the MAT parser process failed (exit status {os.WEXITSTATUS(status)})"
-    return pickle.loads(payload)  # written by our own child above, never read from the file
+        raise DatasetError(f"{path}: not a readable MATLAB .mat file (the MAT parser crashed with {sig} on it: "
+                           "the file is corrupted)")
 
 
 def require(mat: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:

@@ -165,10 +165,9 @@ def inject(
     cls_of = torch.arange(n_unseen).repeat_interleave(n_pool)  # pair p -> unseen class
     if solver == "jacobian":
         if jacobian is None:
-            jacobian = head_jacobian(head, acts, cfg.pooling)
-        elif isinstance(jacobian, torch.Tensor):
-            jacobian = DenseJacobian(jacobian)
-        m = jacobian
+            m = head_jacobian(head, acts, cfg.pooling)
+        else:
+            m = DenseJacobian(jacobian) if isinstance(jacobian, torch.Tensor) else jacobian
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             obs = m.apply(img_of[idx], w_u[cls_of[idx]])  # (B, C)
