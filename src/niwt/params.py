@@ -110,7 +110,7 @@ class InjectParams:
     min_improvement: float = 0.01
     pool: Literal["train", "noise"] = "train"
     pool_size: int = 1024
-    solver: Literal["jacobian", "double_backprop"] = "jacobian"
+    solver: Literal["auto", "jacobian", "double_backprop"] = "auto"
     init: Literal["seen_centered", "mean"] = "seen_centered"
 
 

@@ -6,15 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+from niwt.injection import jacobian as jacobian_module
 from niwt.injection.jacobian import (
     DenseJacobian,
     GatedJacobian,
     JacobianError,
+    JacobianTooLarge,
     channel_jacobian,
     gated_jacobian,
     head_jacobian,
 )
-from niwt.injection.niwt import InjectConfig, inject, observed_importance
+from niwt.injection.niwt import InjectConfig, inject, observed_importance, resolve_solver
 from niwt.models.networks import small_cnn, split_at, vgg16
 
 pytestmark = [
@@ -116,7 +118,7 @@ def test_other_heads_use_the_dense_form_and_stay_exact(head: nn.Module) -> None:
 def test_dense_form_too_large_and_training_head_are_clear_errors() -> None:
     head = frozen(nn.Sequential(nn.Conv2d(C, 4, 3), nn.Flatten(), nn.Linear(4 * 16, 7)))
     acts = torch.randn(3, C, S, S)
-    with pytest.raises(JacobianError, match=r"inject\.solver: double_backprop"):
+    with pytest.raises(JacobianTooLarge, match=r"inject\.solver: double_backprop"):
         head_jacobian(head, acts, "sum", dense_limit_bytes=100)
     train_head = GATED_HEADS["maxpool_mlp"]().train()
     with pytest.raises(JacobianError, match="eval mode"):
@@ -153,3 +155,27 @@ def test_inject_with_gated_jacobian_matches_double_backprop() -> None:
     assert jac.history[-1] < jac.history[0]
     assert max(abs(a - b) for a, b in zip(jac.history, dbp.history, strict=True)) < 1e-5
     torch.testing.assert_close(jac.weight, dbp.weight, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_solver_falls_back_to_double_backprop_when_the_dense_form_is_too_large(monkeypatch) -> None:
+    conv = frozen(nn.Sequential(nn.Conv2d(C, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 7)))
+    mlp = frozen(GATED_HEADS["maxpool_mlp"]())
+    torch.manual_seed(5)
+    acts = torch.randn(6, C, S, S)
+    assert resolve_solver(mlp, acts, "sum", "auto")[0] == "jacobian"
+    assert resolve_solver(conv, acts, "sum", "auto")[0] == "jacobian"  # dense fits
+    assert resolve_solver(conv, acts, "sum", "double_backprop") == ("double_backprop", None)
+    monkeypatch.setattr(jacobian_module, "DENSE_LIMIT_BYTES", 100)
+    assert resolve_solver(conv, acts, "sum", "auto") == ("double_backprop", None)
+    assert resolve_solver(mlp, acts, "sum", "auto")[0] == "jacobian"  # the gated form needs no dense memory
+    with pytest.raises(JacobianTooLarge):
+        resolve_solver(conv, acts, "sum", "jacobian")
+    with pytest.raises(ValueError, match="unknown solver"):
+        resolve_solver(conv, acts, "sum", "newton")
+    cfg = InjectConfig(lr=0.01, batch_size=4, max_iters=5, patience=1000)
+    alpha_hat, w_seen = torch.randn(2, C), torch.randn(3, 7)
+    auto = inject(conv, acts, alpha_hat, w_seen, cfg)  # the default solver is auto
+    reference = inject(conv, acts, alpha_hat, w_seen, cfg, solver="double_backprop")
+    assert auto.solver == reference.solver == "double_backprop"
+    assert torch.equal(auto.weight, reference.weight)
+    assert inject(mlp, acts, alpha_hat, w_seen, cfg).solver == "jacobian (gated)"

@@ -37,6 +37,10 @@ class JacobianError(ValueError):
     """A pooled head Jacobian that cannot be built as asked (too large, training-mode head)."""
 
 
+class JacobianTooLarge(JacobianError):
+    """The head has no gated form and its dense Jacobian exceeds the memory limit."""
+
+
 def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch: int = 64,
                      max_elements: int = 1 << 24) -> torch.Tensor:
     """``M[b, k, :] = pool_ij d head(acts)[b] / d acts[b, k, i, j]`` by forward-mode AD.
@@ -198,12 +202,13 @@ def gated_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch:
 
 
 def head_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling,
-                  dense_limit_bytes: int = DENSE_LIMIT_BYTES) -> PooledJacobian:
+                  dense_limit_bytes: int | None = None) -> PooledJacobian:
     """The cheapest exact pooled Jacobian of ``head`` (in eval mode) over the pool ``acts``.
 
     Raises:
         JacobianError: the head is in training mode (dropout / batch statistics would make
-            ``M`` random), or it needs the dense form and that would exceed ``dense_limit_bytes``.
+            ``M`` random).
+        JacobianTooLarge: it needs the dense form and that would exceed ``dense_limit_bytes``.
     """
     if any(m.training for m in head.modules() if isinstance(m, _STOCHASTIC)):
         raise JacobianError("the head must be in eval mode (dropout and batch norm make M random otherwise)")
@@ -213,10 +218,10 @@ def head_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling,
     with torch.no_grad():
         d = head(acts[:1]).shape[1]
     need = acts.shape[0] * acts.shape[1] * d * acts.element_size()
-    if need > dense_limit_bytes:
-        raise JacobianError(
+    if need > (DENSE_LIMIT_BYTES if dense_limit_bytes is None else dense_limit_bytes):
+        raise JacobianTooLarge(
             f"this head ({type(_leaves(head)[0]).__name__} above the layer) has no gated form, and its dense "
             f"pooled Jacobian would take {need / 2**30:.1f} GiB ({acts.shape[0]} pool images x "
             f"{acts.shape[1]} channels x {d} features); set inject.solver: double_backprop or reduce "
-            "inject.pool_size")
+            "inject.pool_size (inject.solver: auto falls back to double_backprop by itself)")
     return DenseJacobian(channel_jacobian(head, acts, pooling))

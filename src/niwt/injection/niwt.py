@@ -26,10 +26,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from niwt.importance.capture import Pooling, pool
-from niwt.injection.jacobian import DenseJacobian, PooledJacobian, channel_jacobian, head_jacobian
+from niwt.injection.jacobian import (
+    DenseJacobian,
+    JacobianTooLarge,
+    PooledJacobian,
+    channel_jacobian,
+    head_jacobian,
+)
 
-__all__ = ["InjectConfig", "InjectResult", "PlateauStopper", "channel_jacobian", "inject", "niwt_loss",
-           "observed_importance", "seen_centered_init"]
+__all__ = ["InjectConfig", "InjectResult", "PlateauStopper", "Solver", "channel_jacobian", "inject", "niwt_loss",
+           "observed_importance", "resolve_solver", "seen_centered_init"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class InjectResult:
     iterations: int
     final_loss: float
     history: list[float] = field(default_factory=list)
+    solver: str = ""  # what ran: "jacobian (gated)", "jacobian (dense)" or "double_backprop"
 
 
 class PlateauStopper:
@@ -133,13 +140,36 @@ def _optimise(step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w
     return InjectResult(w_u.detach(), it, history[-1] if history else float("nan"), history)
 
 
+Solver = Literal["auto", "jacobian", "double_backprop"]
+
+
+def resolve_solver(head: nn.Module, acts: torch.Tensor, pooling: Pooling,
+                   solver: Solver) -> tuple[str, PooledJacobian | None]:
+    """The solver to run and its precomputed Jacobian: ``("jacobian", M)`` or ``("double_backprop", None)``.
+
+    ``auto`` takes the Jacobian whenever it fits (always for pooling + MLP heads, whose gated form
+    is tiny) and double backprop otherwise; ``jacobian`` raises
+    :class:`~niwt.injection.jacobian.JacobianTooLarge` instead of falling back.
+    """
+    if solver == "double_backprop":
+        return solver, None
+    if solver not in ("auto", "jacobian"):
+        raise ValueError(f"unknown solver {solver!r}; valid: auto, jacobian, double_backprop")
+    try:
+        return "jacobian", head_jacobian(head, acts, pooling)
+    except JacobianTooLarge:
+        if solver == "jacobian":
+            raise
+        return "double_backprop", None
+
+
 def inject(
     head: nn.Module,
     acts: torch.Tensor,
     alpha_hat: torch.Tensor,
     w_seen: torch.Tensor,
     cfg: InjectConfig,
-    solver: Literal["jacobian", "double_backprop"] = "jacobian",
+    solver: Solver = "auto",
     jacobian: torch.Tensor | PooledJacobian | None = None,
 ) -> InjectResult:
     """Learn one classifier row per unseen class, all classes in one batched graph.
@@ -153,9 +183,11 @@ def inject(
         alpha_hat: (U, C) predicted importances of the unseen classes.
         w_seen: (S, D) seen classifier rows (init statistics and regulariser target).
         cfg: optimisation settings.
-        solver: ``jacobian`` (precomputed products) or ``double_backprop`` (reference).
+        solver: ``jacobian`` (precomputed products), ``double_backprop`` (reference), or ``auto``
+            (the Jacobian when it fits in memory): see :func:`resolve_solver`.
         jacobian: optional precomputed :func:`~niwt.injection.jacobian.head_jacobian` (or a dense
-            (P, C, D) tensor from :func:`channel_jacobian`), to share it between calls.
+            (P, C, D) tensor from :func:`channel_jacobian`), to share it between calls; it implies
+            the ``jacobian`` solver unless ``double_backprop`` is asked for.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     n_pool, n_unseen = acts.shape[0], alpha_hat.shape[0]
@@ -163,20 +195,21 @@ def inject(
     mu = w_seen.mean(0)
     img_of = torch.arange(n_pool).repeat(n_unseen)  # pair p -> pool image
     cls_of = torch.arange(n_unseen).repeat_interleave(n_pool)  # pair p -> unseen class
-    if solver == "jacobian":
-        if jacobian is None:
-            m = head_jacobian(head, acts, cfg.pooling)
-        else:
-            m = DenseJacobian(jacobian) if isinstance(jacobian, torch.Tensor) else jacobian
+    if jacobian is not None and solver != "double_backprop":
+        solver, m = "jacobian", DenseJacobian(jacobian) if isinstance(jacobian, torch.Tensor) else jacobian
+    else:
+        solver, m = resolve_solver(head, acts, cfg.pooling, solver)
+    if m is not None:
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             obs = m.apply(img_of[idx], w_u[cls_of[idx]])  # (B, C)
             return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
-    elif solver == "double_backprop":
+    else:
+
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             obs = observed_importance(head, acts[img_of[idx]], w_u[cls_of[idx]], cfg.pooling, True)
             return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
-    else:
-        raise ValueError(f"unknown solver {solver!r}; valid: jacobian, double_backprop")
     with torch.enable_grad():
-        return _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen)
+        result = _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen)
+    result.solver = f"jacobian ({m.kind})" if m is not None else "double_backprop"
+    return result

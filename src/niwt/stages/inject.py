@@ -17,8 +17,7 @@ import torch
 
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, SplitTable, read_tables
-from niwt.injection.jacobian import head_jacobian
-from niwt.injection.niwt import InjectConfig, inject
+from niwt.injection.niwt import InjectConfig, inject, resolve_solver
 from niwt.io.atomic import atomic_path
 from niwt.mapping.linear import normalize_domain, predict_importance
 from niwt.models.checkpoint import check_classes, load_checkpoint, save_checkpoint
@@ -96,13 +95,12 @@ def niwt_rows(ctx: Context, seen: np.ndarray, unseen: np.ndarray, heldout: bool)
     cfg = InjectConfig(lr=i.lr, lambda_=i.lambda_, batch_size=i.batch_size, max_iters=i.max_iters,
                        patience=i.patience, min_improvement=i.min_improvement, init=i.init,
                        pooling=p.extract.pooling, seed=p.base.seed)
-    jac = None
-    if i.solver == "jacobian":
-        if "jacobian" not in ctx.cache:
-            ctx.cache["jacobian"] = head_jacobian(head, acts, cfg.pooling)
-        jac = ctx.cache["jacobian"]
-    result = inject(head, acts, alpha_hat, ctx.seen_rows(seen)[0], cfg, i.solver, jac)
-    stats = {"iterations": result.iterations, "final_loss": result.final_loss, "pool_size": int(acts.shape[0])}
+    if "solver" not in ctx.cache:  # one Jacobian for the pool, shared by both NIWT runs
+        ctx.cache["solver"] = resolve_solver(head, acts, cfg.pooling, i.solver)
+    solver, jac = ctx.cache["solver"]
+    result = inject(head, acts, alpha_hat, ctx.seen_rows(seen)[0], cfg, solver, jac)
+    stats = {"iterations": result.iterations, "final_loss": result.final_loss, "pool_size": int(acts.shape[0]),
+             "solver": result.solver}
     return result.weight, torch.zeros(len(unseen)), None, stats
 
 
