@@ -145,7 +145,7 @@ def _gated_plan(head: nn.Module, acts_shape: torch.Size) -> tuple[list[nn.Module
     """Split ``head`` into (poolings, MLP after Flatten) when it has the gated structure."""
     leaves = _leaves(head)
     flat = next((i for i, m in enumerate(leaves) if isinstance(m, nn.Flatten)), None)
-    if flat is None or len(acts_shape) != 4:
+    if flat is None or len(acts_shape) != 4 or (leaves[flat].start_dim, leaves[flat].end_dim) != (1, -1):
         return None
     pools, mlp = leaves[:flat], leaves[flat + 1:]
     if not all(isinstance(m, _POOLS) for m in pools):
@@ -173,7 +173,7 @@ def gated_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch:
     if first.shape[1] != c * r.numel():
         return None
     scale = 1.0 if pooling == "sum" else 1.0 / acts[0, 0].numel()
-    w1_bar = (first.double().view(first.shape[0], c, r.numel()) * r).sum(2) * scale  # (D1, C)
+    w1_bar = (first.double().view(first.shape[0], c, r.numel()) * r.to(first.device)).sum(2) * scale  # (D1, C)
     gates: list[list[torch.Tensor]] = [[] for m in mlp if isinstance(m, nn.ReLU)]
     with torch.no_grad():
         for part in acts.split(batch):
