@@ -115,6 +115,12 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "plots"]
     assert (tmp_path / "model.pt").read_bytes() == b"full"
     assert [p.name for p in (tmp_path / "plots").iterdir()] == ["a.png"]
+    # another host's temporary on a shared filesystem: its pid means nothing here, so it stays
+    foreign = tmp_path / f".model.pt.otherhost-{child.pid}.abcdefgh.tmp"
+    foreign.mkdir()
+    with atomic_path(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"again")
+    assert foreign.is_dir()
 
 
 def test_write_json_sorted_and_atomic(tmp_path: Path) -> None:

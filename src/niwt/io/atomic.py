@@ -4,9 +4,10 @@ DVC (and a human) must never mistake a half-written file for a complete one: eve
 written to a temporary sibling and moved into place with ``os.replace``, which is atomic on POSIX
 within one filesystem.
 
-Temporaries are named ``.<target>.<pid>.<random>.tmp``. A process killed mid-write (SIGKILL, OOM)
-cannot clean up, so every new write first removes the temporaries of the same target whose
-writing process no longer exists; those of live writers are left alone.
+Temporaries are named ``.<target>.<host>-<pid>.<random>.tmp``. A process killed mid-write
+(SIGKILL, OOM) cannot clean up, so every new write first removes the temporaries of the same
+target whose writing process no longer exists on this host; those of live writers, and any from
+other hosts sharing the filesystem, are left alone.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_TMP_TAIL = re.compile(r"(\d+)\.[a-z0-9_]{8}\.tmp")  # after the prefix: pid, mkdtemp's 8 random chars
+# after the prefix: host, pid, and mkdtemp's 8 random characters
+_TMP_TAIL = re.compile(r"([A-Za-z0-9]+)-(\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
 
 
 def _alive(pid: int) -> bool:
@@ -35,23 +42,25 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory: Path, prefix: str) -> list[Path]:
-    """Delete ``<prefix><pid>.<random>.tmp`` entries in ``directory`` left by dead processes."""
+    """Delete ``<prefix><host>-<pid>.<random>.tmp`` entries in ``directory`` left by dead
+    processes of this host."""
     removed = []
+    host = _host()
     for entry in directory.iterdir() if directory.is_dir() else ():
         if not entry.name.startswith(prefix):
             continue
         match = _TMP_TAIL.fullmatch(entry.name[len(prefix):])
-        if match and not _alive(int(match.group(1))):
+        if match and match.group(1) == host and not _alive(int(match.group(2))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
 
 
 def fresh_temporary(directory: Path, prefix: str) -> Path:
-    """A new private temporary directory ``<prefix><pid>.<random>.tmp`` in ``directory``, after
-    removing the ones dead writers left there."""
+    """A new private temporary directory ``<prefix><host>-<pid>.<random>.tmp`` in ``directory``,
+    after removing the ones dead writers of this host left there."""
     remove_stale_temporaries(directory, prefix)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=directory))
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host()}-{os.getpid()}.", suffix=".tmp", dir=directory))
 
 
 @contextlib.contextmanager
