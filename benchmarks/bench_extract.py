@@ -105,6 +105,9 @@ def main() -> None:
     report.ratio("batched_speedup", t_loop / best["extract"], ">=", 10, suffix="x")
     report.ratio("forward_batched_speedup", best["forward_per_image"] / best["forward"], suffix="x",
                  note="context: what batching gains on the forward pass alone on this machine")
+    report.ratio("batched_speedup_ceiling", t_loop / best["forward"], suffix="x",
+                 note="per-image extraction / batched inference forward: the most any batched extraction, "
+                      "which needs at least a forward pass, could gain")
     diff = (batched - per_image).abs().max().item()
     scale = batched.abs().max().item()
     report.ratio("max_abs_diff_batched_vs_per_image", diff, "<=", 1e-5, fmt="{:.2e}")
