@@ -32,6 +32,7 @@ Usage: ``python benchmarks/bench_inject.py [--quick] [--device cpu|cuda] [--iter
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -45,18 +46,20 @@ from _common import Report, base_parser, load_images, load_model, setup, sync, t
 from niwt.importance.capture import LayerCapture, pool  # noqa: E402
 from niwt.injection.jacobian import DenseJacobian, channel_jacobian, head_jacobian  # noqa: E402
 from niwt.injection.niwt import (  # noqa: E402
-    InjectConfig,
     inject,
     niwt_loss,
     observed_importance,
     seen_centered_init,
 )
 from niwt.models.networks import split_at  # noqa: E402
+from niwt.params import InjectParams  # noqa: E402
+
+POOLING = "sum"  # NIWT's pooling, as the default extract.pooling
 
 
 def reference_full_network(model, layer: str, images: torch.Tensor, alpha_hat: torch.Tensor,
-                           w_seen: torch.Tensor, cfg: InjectConfig, device: torch.device,
-                           whole_graph: bool = False) -> tuple[torch.Tensor, list[float], list[float]]:
+                           w_seen: torch.Tensor, cfg: InjectParams, device: torch.device,
+                           whole_graph: bool = False, seed: int = 0) -> tuple[torch.Tensor, list[float], list[float]]:
     """The original's loop: per iteration, images -> whole network -> double backprop -> Adam on W_u.
 
     Draws the init and the minibatch order from one generator exactly as ``inject`` does, so the
@@ -66,7 +69,7 @@ def reference_full_network(model, layer: str, images: torch.Tensor, alpha_hat: t
     Returns:
         (W_u, loss per iteration, wall seconds per iteration)
     """
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     n_pool, n_unseen = images.shape[0], alpha_hat.shape[0]
     w0 = seen_centered_init(w_seen.cpu(), n_unseen, gen, cfg.init).to(device)
     mu = w_seen.mean(0)
@@ -84,7 +87,7 @@ def reference_full_network(model, layer: str, images: torch.Tensor, alpha_hat: t
                 feats = model.features(images[img_of[idx].to(device)])  # trunk recomputed every time
                 logit = (feats * rows).sum()  # unseen logits (the bias has no gradient w.r.t. A)
                 (grad,) = torch.autograd.grad(logit, cap.activation, create_graph=True)
-                loss = niwt_loss(pool(grad, cfg.pooling), alpha_hat[cls_of[idx].to(device)], w_u, mu,
+                loss = niwt_loss(pool(grad, POOLING), alpha_hat[cls_of[idx].to(device)], w_u, mu,
                                  cfg.lambda_)
                 opt.zero_grad()
                 loss.backward()
@@ -129,8 +132,9 @@ def main() -> None:
     images = images.to(device)
     trunk, head = split_at(model, layer)
     w_seen = model.classifier.weight.detach()
-    cfg = InjectConfig(lr=args.lr, lambda_=args.lambda_, batch_size=args.batch_size, max_iters=iters,
-                       patience=10**9, min_improvement=0.01, pooling="sum", seed=args.seed)
+    cfg = InjectParams(lr=args.lr, lambda_=args.lambda_, batch_size=args.batch_size, max_iters=iters,
+                       patience=10**9, min_improvement=0.01)
+    run = {"pooling": POOLING, "seed": args.seed}  # inject()'s keywords
     print(f"# model: {model_desc}; layer {layer}; pool: {data_desc}; {n_unseen} unseen classes; "
           f"{iters} iterations of batch {args.batch_size}", flush=True)
 
@@ -151,21 +155,22 @@ def main() -> None:
     report = Report(f"bench_inject ({'quick' if args.quick else 'full'}, {iters} iterations, {device})")
     # warm-up every path (allocator, kernel selection, vmap/jvp tracing) so timings are steady state
     timed(activations, device)
-    warm = InjectConfig(**{**cfg.__dict__, "max_iters": 2})
-    reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device)
+    warm = dataclasses.replace(cfg, max_iters=2)
+    reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, seed=args.seed)
     if not args.no_whole_graph:
-        reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, whole_graph=True)
-    inject(head, acts, alpha_hat, w_seen, warm, "double_backprop")
-    inject(head, acts, alpha_hat, w_seen, warm, "jacobian")
-    inject(head, acts[:64], alpha_hat, w_seen, warm, "jacobian", channel_jacobian(head, acts[:64], cfg.pooling))
+        reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, whole_graph=True,
+                               seed=args.seed)
+    inject(head, acts, alpha_hat, w_seen, warm, "double_backprop", **run)
+    inject(head, acts, alpha_hat, w_seen, warm, "jacobian", **run)
+    inject(head, acts[:64], alpha_hat, w_seen, warm, "jacobian", channel_jacobian(head, acts[:64], POOLING), **run)
     # The reference runs once (minutes) and is timed per iteration: its median iteration time is
     # robust to bursts of other load. The cached variants are cheap: best of ``repeats`` runs.
-    w_ref, h_ref, s_ref = reference_full_network(model, layer, images, alpha_hat, w_seen, cfg, device)
+    w_ref, h_ref, s_ref = reference_full_network(model, layer, images, alpha_hat, w_seen, cfg, device, seed=args.seed)
     runs = {}
     if not args.no_whole_graph:
-        cfg_whole = InjectConfig(**{**cfg.__dict__, "max_iters": min(iters, args.whole_graph_iters)})
-        runs["(i-b) full-network, whole graph"] = reference_full_network(model, layer, images, alpha_hat, w_seen,
-                                                                         cfg_whole, device, whole_graph=True)
+        cfg_whole = dataclasses.replace(cfg, max_iters=min(iters, args.whole_graph_iters))
+        runs["(i-b) full-network, whole graph"] = reference_full_network(
+            model, layer, images, alpha_hat, w_seen, cfg_whole, device, whole_graph=True, seed=args.seed)
     best: dict[str, tuple[float, object]] = {}
 
     def keep_best(name: str, fn) -> None:
@@ -176,14 +181,14 @@ def main() -> None:
     for _ in range(repeats):
         keep_best("acts", activations)
         acts = best["acts"][1]
-        keep_best("dbp", lambda a=acts: inject(head, a, alpha_hat, w_seen, cfg, "double_backprop"))
-        keep_best("jac_pre", lambda a=acts: head_jacobian(head, a, cfg.pooling))
+        keep_best("dbp", lambda a=acts: inject(head, a, alpha_hat, w_seen, cfg, "double_backprop", **run))
+        keep_best("jac_pre", lambda a=acts: head_jacobian(head, a, POOLING))
         jac = best["jac_pre"][1]
-        keep_best("jac", lambda a=acts, j=jac: inject(head, a, alpha_hat, w_seen, cfg, "jacobian", j))
+        keep_best("jac", lambda a=acts, j=jac: inject(head, a, alpha_hat, w_seen, cfg, "jacobian", j, **run))
     if not args.no_dense:  # tens of seconds of precompute: once
-        keep_best("dense_pre", lambda a=acts: DenseJacobian(channel_jacobian(head, a, cfg.pooling)))
+        keep_best("dense_pre", lambda a=acts: DenseJacobian(channel_jacobian(head, a, POOLING)))
         dense = best["dense_pre"][1]
-        keep_best("dense", lambda a=acts: inject(head, a, alpha_hat, w_seen, cfg, "jacobian", dense))
+        keep_best("dense", lambda a=acts: inject(head, a, alpha_hat, w_seen, cfg, "jacobian", dense, **run))
     sync(device)
     t_acts, t_jac_pre = best["acts"][0], best["jac_pre"][0]
     (t_dbp, res_dbp), (t_jac, res_jac) = best["dbp"], best["jac"]

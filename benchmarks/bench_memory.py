@@ -40,16 +40,16 @@ from _common import REPO, Report, base_parser  # noqa: E402
 QUICK_SYNTHETIC = {"n_classes": 12, "n_unseen": 3, "images_per_class": 16, "image_size": 32}
 
 
-def write_params(path: Path, synthetic: dict[str, Any], device: str) -> dict[str, Any]:
-    """The repository's params.yaml with the synthetic block and device overridden."""
+def write_params(path: Path, synthetic: dict[str, Any]) -> dict[str, Any]:
+    """The repository's params.yaml with the synthetic block overridden (the device is NIWT_DEVICE)."""
     src = REPO / "params.yaml"
     raw = (yaml.safe_load(src.read_text()) or {}) if src.is_file() else {}
     data = raw.setdefault("data", {})
     data["name"] = "synthetic"
     data["synthetic"] = {**data.get("synthetic", {}), **synthetic}
-    raw.setdefault("base", {})["device"] = device
     model = raw.setdefault("model", {})
-    model.update(arch="smallcnn", layer="body.block4", pretrained=False)
+    model.update(arch="smallcnn", pretrained=False)
+    raw.setdefault("extract", {})["layer"] = "body.block4"
     if "image_size" in synthetic:
         model["image_size"] = synthetic["image_size"]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -67,14 +67,14 @@ def prepare_dataset(params_path: Path, out: Path, seed_checkpoint: int) -> tuple
     from niwt.data.tables import read_classes, read_splits
     from niwt.models.checkpoint import save_checkpoint
     from niwt.models.networks import small_cnn
-    from niwt.params import load_params
+    from niwt.params import load_params, load_runtime
     from niwt.stages import prepare
 
     p = load_params(params_path)
     start = time.perf_counter()
     seconds = 0.0
     if not (out / "splits.parquet").is_file():
-        prepare.run(p, out, progress=False)
+        prepare.run(p, load_runtime({"NIWT_PROGRESS": "0"}), out)
         seconds = time.perf_counter() - start
     classes = read_classes(out / "classes.parquet")
     n_images = len(read_splits(out / "splits.parquet").select("train", "val").image_id)
@@ -84,7 +84,7 @@ def prepare_dataset(params_path: Path, out: Path, seed_checkpoint: int) -> tuple
         m = p.model
         model = small_cnn(classes.n_seen, width=m.width, hidden=m.hidden, image_size=m.image_size)
         save_checkpoint(ckpt, model, {"arch": "smallcnn", "class_names": classes.names[: classes.n_seen],
-                                      "n_seen": classes.n_seen, "layer": m.layer, "image_size": m.image_size,
+                                      "n_seen": classes.n_seen, "image_size": m.image_size,
                                       "width": m.width, "hidden": m.hidden})
     return ckpt, seconds, n_images
 
@@ -132,7 +132,7 @@ def main() -> None:
         ckpts = {}
         for name, synthetic in (("small", small), ("large", large)):
             params = work / f"params-{tag}-{name}.yaml"
-            write_params(params, synthetic, args.device)
+            write_params(params, synthetic)
             data = work / f"data-{tag}-{name}"
             ckpt, prep_s, n_images = prepare_dataset(params, data, args.seed)
             ckpts[name] = ckpt
@@ -141,7 +141,8 @@ def main() -> None:
             out = work / f"importances-{tag}-{name}"
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, "-m", "niwt.cli", "extract", "--data", str(data), "--model", str(ckpt),
-                   "--out", str(out), "--params", str(params), "--quiet", "--metrics", str(work / f"{name}.json")]
+                   "--out", str(out), "--params", str(params), "--quiet", "--metrics", str(work / f"{name}.json"),
+                   "--device", str(args.device)]
             r = run_child(cmd, work, args.threads)
             rows = json.loads((out / "_manifest.json").read_text())["n_rows"]
             if rows != n_images:

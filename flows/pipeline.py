@@ -2,7 +2,8 @@
 
 Each stage is a sub-flow run named after the stage, holding one task that calls
 ``dvc repro --single-item <stage>``. The flow opens one MLflow parent run; every stage's MLflow
-run becomes its child, so one pipeline run is one row (with children) in the MLflow UI.
+run becomes its child, so one pipeline run is one row (with children) in the MLflow UI. After the
+stages, ``niwt register`` puts the injected NIWT model into the MLflow model registry.
 
     python -m flows.pipeline                      # run once
     python -m flows.pipeline --serve --cron "0 3 * * *"   # a deployment on a schedule
@@ -11,43 +12,31 @@ run becomes its child, so one pipeline run is one row (with children) in the MLf
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from tasks.dvc_stage import PIPELINE_STAGES, dvc_status_clean, run_dvc_stage
+from tasks.dvc_stage import PIPELINE_STAGES, dvc_status_clean, register_injected, run_dvc_stage
 from tasks.reporting import publish_summary
 
 
-def _mlflow_client(workdir: Path):
-    """An MlflowClient on the project's tracking URI (used from the flow's own thread only)."""
-    from niwt import tracking
-
-    tracking.quiet_telemetry()
-    from mlflow import MlflowClient
-
-    cwd = Path.cwd()
-    try:
-        os.chdir(workdir)
-        uri = tracking.tracking_uri()
-    finally:
-        os.chdir(cwd)
-    return MlflowClient(tracking_uri=uri), uri
-
-
-def open_parent_run(workdir: Path, experiment: str = "niwt") -> tuple[object, str] | tuple[None, None]:
-    """Create the ACTIVE parent run the stage runs attach to (skipped when tracking is off)."""
-    from niwt import tracking
+def open_parent_run(workdir: Path) -> tuple[object, str] | tuple[None, None]:
+    """Create the ACTIVE parent run the stage runs attach to (skipped when tracking is off), in the
+    experiment named by the project's ``tracking.experiment``."""
+    from niwt.integration import tracking
 
     if not tracking.enabled():
         return None, None
-    client, uri = _mlflow_client(workdir)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=(tracking.project_root(Path(workdir)) / "mlartifacts").as_uri())
-    run = client.create_run(exp_id, run_name="pipeline",
+    tracking.quiet_telemetry()
+    from mlflow import MlflowClient
+
+    from niwt.params import load_params
+
+    root = tracking.project_root(Path(workdir))
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
+    experiment = load_params(root / "params.yaml").tracking.experiment
+    run = client.create_run(tracking.experiment_id(client, experiment, root), run_name="pipeline",
                             tags={"niwt.stage": "pipeline", "niwt.pipeline_id": str(flow_run.get_id() or "")})
     return client, run.info.run_id
 
@@ -59,13 +48,16 @@ def stage_flow(stage: str, workdir: str = ".", parent_run_id: str | None = None,
 
 
 @flow(name="niwt-pipeline", log_prints=True)
-def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = False) -> str:
-    """Run the stages in DAG order through DVC, then publish the comparison table.
+def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = False,
+             register_as: str = "niwt-injected") -> str:
+    """Run the stages in DAG order through DVC, publish the comparison table, register the model.
 
     Args:
         workdir: the project checkout (holding dvc.yaml).
         stages: a subset of stages (default: all, in order).
         force: rerun stages even when DVC finds them up to date.
+        register_as: registered model name of the injected NIWT model ('' to skip the register step;
+            it runs only when the whole pipeline ran).
     """
     logger = get_run_logger()
     selected = list(stages or PIPELINE_STAGES)
@@ -81,6 +73,8 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
         if not dvc_status_clean(workdir):
             raise RuntimeError("dvc status still reports changes after the run; see `dvc status`")
         summary = publish_summary(workdir) if "evaluate" in selected else ""
+        if register_as and client is not None and set(selected) == set(PIPELINE_STAGES):
+            register_injected(workdir, register_as, parent)
         status = "FINISHED"
         return summary
     finally:

@@ -16,7 +16,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-PIPELINE_STAGES = ("prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain")
+from niwt.stages import STAGE_NAMES
+
+PIPELINE_STAGES = STAGE_NAMES  # the one stage list (niwt.stages.STAGES), in pipeline order
 
 
 def stage_env(parent_run_id: str | None, pipeline_id: str | None) -> dict[str, str]:
@@ -52,3 +54,16 @@ def dvc_status_clean(workdir: str = ".") -> bool:
     proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=workdir,
                           env=stage_env(None, None), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     return proc.returncode == 0
+
+
+@task(cache_policy=NO_CACHE, retries=0, log_prints=True)
+def register_injected(workdir: str = ".", name: str = "niwt-injected", parent_run_id: str | None = None) -> str:
+    """``niwt register``: the injected NIWT model into the MLflow registry (a step of the flow, never
+    a side effect of a stage, so DVC experiment sweeps do not flood the registry)."""
+    cmd = [str(Path(sys.executable).parent / "niwt"), "register", "--name", name]
+    proc = subprocess.run(cmd, cwd=workdir, env=stage_env(parent_run_id, None), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    print(proc.stdout[-2000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"niwt register failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout.strip()

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from niwt.report import comparison_markdown
+from niwt.evaluation.report import comparison_markdown
 
 
 @task(cache_policy=NO_CACHE)

@@ -58,13 +58,15 @@ def make_project(tmp: Path, overrides: dict | None = None) -> Path:
     return tmp
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env(cwd), capture_output=True, text=True, timeout=timeout,
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,
+        env_: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env_ or env(cwd), capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
-def dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check=check)
+def dvc(args: list[str], cwd: Path, check: bool = True,
+        env_: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check=check, env_=env_)

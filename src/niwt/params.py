@@ -18,14 +18,18 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 
-class ParamsError(ValueError):
+class InputError(ValueError):
+    """A problem with the user's input (params, data, checkpoints, files) that the CLI reports in one
+    line (``niwt <stage>: error: ...``) instead of a traceback. Every such error derives from it."""
+
+
+class ParamsError(InputError):
     """A params file that does not match the schema (unknown key, wrong type, bad value)."""
 
 
 @dataclass(frozen=True)
 class BaseParams:
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -36,26 +40,27 @@ class SyntheticParams:
     n_unseen: int = 10
     images_per_class: int = 100
     image_size: int = 64
-    dominant_prob: float = 0.9
+    dominant_prob: float = 0.97
     clutter: float = 0.3
 
 
 @dataclass(frozen=True)
 class DataParams:
     name: Literal["synthetic", "awa2", "cub", "sun"] = "synthetic"
-    root: str = "data/raw/synthetic"
+    root: str = "data/raw"
+    download: bool = False
     domain: Literal["attributes", "attributes_binary", "sentences", "text"] = "attributes"
     val_fraction: float = 0.1
     test_seen_fraction: float = 0.2
     bad_images: Literal["fail", "skip"] = "fail"
-    download: bool = False
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
 
 
 @dataclass(frozen=True)
 class ModelParams:
+    """The network that ``finetune`` builds and trains (the importance layer belongs to ``extract``)."""
+
     arch: Literal["smallcnn", "vgg16", "resnet101"] = "smallcnn"
-    layer: str = "body.block4"
     pretrained: bool = False
     width: int = 32
     hidden: int = 256
@@ -65,28 +70,28 @@ class ModelParams:
 @dataclass(frozen=True)
 class FinetuneParams:
     mode: Literal["fixed", "full"] = "full"
-    epochs: int = 12
     head_epochs: int = 0
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 0.003
-    lr_full: float = 0.001
+    lr_full: float = 0.003
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-    num_workers: int = 0
     amp: bool = False
     channels_last: bool = False
 
 
 @dataclass(frozen=True)
 class ExtractParams:
+    """What an importance is: the layer, the pooling and the target class. Downstream stages read
+    the layer and pooling from the importances' metadata, never from here."""
+
+    layer: str = "body.block4"
     pooling: Literal["sum", "mean"] = "sum"
     target: Literal["ground_truth", "predicted"] = "ground_truth"
     batch_size: int = 64
     shard_size: int = 512
     channels_last: bool = True
-    runner: Literal["local", "dask"] = "local"
-    dask_address: str = ""
-    dask_workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,17 @@ class MappingParams:
     selection: Literal["rank_corr", "val_loss"] = "rank_corr"
 
 
+def _method_names() -> tuple[str, ...]:
+    """Every method of the registry (``niwt.injection.registry``), in its order; imported lazily so
+    reading params stays cheap."""
+    from niwt.injection.registry import METHODS
+
+    return tuple(METHODS)
+
+
 @dataclass(frozen=True)
 class InjectParams:
-    methods: tuple[str, ...] = ("niwt",)
+    methods: tuple[str, ...] = field(default_factory=_method_names)
     lr: float = 0.001
     lambda_: float = 1e-3
     batch_size: int = 64
@@ -112,11 +125,19 @@ class InjectParams:
     pool_size: int = 1024
     solver: Literal["auto", "jacobian", "double_backprop"] = "auto"
     init: Literal["seen_centered", "mean"] = "seen_centered"
+    feature_batch_size: int = 128
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ExplainParams:
+    batch_size: int = 128
+    images_per_class: int = 4
+    top_attributes: int = 5
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,7 @@ class Params:
     mapping: MappingParams = field(default_factory=MappingParams)
     inject: InjectParams = field(default_factory=InjectParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    explain: ExplainParams = field(default_factory=ExplainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 
@@ -236,14 +258,15 @@ def _check_ranges(p: Params, source: str) -> None:
     if not 0.0 < p.data.val_fraction + p.data.test_seen_fraction < 1.0:
         problems.append("data.val_fraction + data.test_seen_fraction must be in (0, 1)")
     for name in ("finetune.batch_size", "extract.batch_size", "extract.shard_size", "mapping.batch_size",
-                 "inject.batch_size", "evaluate.batch_size", "finetune.epochs", "mapping.epochs"):
+                 "inject.batch_size", "inject.feature_batch_size", "evaluate.batch_size", "explain.batch_size",
+                 "explain.images_per_class", "explain.top_attributes", "finetune.epochs", "mapping.epochs"):
         section, key = name.split(".")
         if getattr(getattr(p, section), key) <= 0:
             problems.append(f"{name} must be positive")
-    unknown = set(p.inject.methods) - {"niwt", "icis", "regression", "regression_rescaled", "eszsl"}
+    valid = _method_names()
+    unknown = set(p.inject.methods) - set(valid)
     if unknown:
-        problems.append(f"inject.methods: unknown {sorted(unknown)}; valid: niwt icis regression "
-                        "regression_rescaled eszsl")
+        problems.append(f"inject.methods: unknown {sorted(unknown)}; valid: {' '.join(valid)}")
     if problems:
         raise ParamsError(f"{source}: " + "; ".join(problems))
 
@@ -305,3 +328,85 @@ def section_dict(section: Any) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+class _Undeclared:
+    """A params section (or the undeclared keys of one) that a stage did not declare as a dependency.
+
+    Reading it is a programming error: DVC would not rerun the stage when the value changes."""
+
+    def __init__(self, stage: str, section: str, value: Any, allowed: frozenset[str]) -> None:
+        self._stage, self._section, self._value, self._allowed = stage, section, value, allowed
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._allowed:
+            return getattr(self._value, name)
+        raise AttributeError(f"stage {self._stage!r} reads {self._section}.{name} but does not declare it "
+                             "(niwt.stages.STAGES and dvc.yaml `params:`)")
+
+
+def declared_view(params: Params, stage: str, keys: tuple[str, ...]) -> Params:
+    """``params`` as a stage may see it: the sections and single keys it declares, nothing else.
+
+    Args:
+        keys: whole sections (``"mapping"``) or single keys (``"base.seed"``), as in ``dvc.yaml``.
+    """
+    view: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.name in keys:
+            view[f.name] = value
+        else:
+            allowed = frozenset(k.split(".", 1)[1] for k in keys if k.startswith(f.name + "."))
+            view[f.name] = _Undeclared(stage, f.name, value, frozenset(_KEYWORD_FIELDS.get(k, k) for k in allowed))
+    return types.SimpleNamespace(**view)  # type: ignore[return-value]
+
+
+# Execution settings: where and how a stage runs, never what it computes. They are not in
+# params.yaml (no stage lists them), so switching to a GPU, to Dask or to more loader workers
+# never makes DVC rerun anything. Each comes from an environment variable (which `dvc repro`
+# passes to its stages) and may be overridden by the matching `niwt` flag.
+RUNTIME_ENV = {"device": "NIWT_DEVICE", "workers": "NIWT_WORKERS", "runner": "NIWT_RUNNER",
+               "dask_address": "NIWT_DASK_ADDRESS", "dask_workers": "NIWT_DASK_WORKERS", "progress": "NIWT_PROGRESS"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    runner: Literal["local", "dask"] = "local"  # where extraction shards run
+    dask_address: str = ""  # empty: a LocalCluster of dask_workers processes; else a scheduler address
+    dask_workers: int = 2
+    progress: bool = True
+
+
+def _from_env(text: str, hint: Any, where: str) -> Any:
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            raise ParamsError(f"{where}: expected 1/0/true/false, got {text!r}")
+        return lowered in {"1", "true", "yes", "on"}
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError as err:
+            raise ParamsError(f"{where}: expected an integer, got {text!r}") from err
+    return text
+
+
+def load_runtime(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> Runtime:
+    """The execution settings from ``NIWT_*`` environment variables, then ``overrides`` (CLI flags;
+    None values are ignored)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Runtime)
+    raw: dict[str, Any] = {}
+    for key, var in RUNTIME_ENV.items():
+        if environ.get(var, "") != "":
+            raw[key] = _from_env(environ[var], hints[key], var)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    runtime = _build(Runtime, raw, "execution settings (NIWT_* environment variables, niwt flags)")
+    if runtime.workers < 0 or runtime.dask_workers < 1:
+        raise ParamsError("NIWT_WORKERS must be >= 0 and NIWT_DASK_WORKERS >= 1")
+    return runtime

@@ -1,4 +1,4 @@
-"""Extraction shards as Prefect tasks on a 2-worker Dask LocalCluster give the local result."""
+"""Extraction shards on a 2-worker Dask LocalCluster (``NIWT_RUNNER=dask``) give the local result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_project import env, make_project, run  # noqa: E402
+from tiny_project import make_project, run  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -18,28 +18,17 @@ def _niwt(project: Path, *args: str) -> None:
     run([str(Path(sys.executable).parent / "niwt"), *args], project)
 
 
-def test_dask_runner_matches_local(tmp_path: Path, monkeypatch, prefect_harness) -> None:
+def test_dask_runner_matches_local(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
-    for key, value in env(project).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("NIWT_TRACKING", "off")
-    from prefect.settings import PREFECT_API_URL
-
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # workers reuse the harness server
     _niwt(project, "prepare", "--out", "data/prepared")
     _niwt(project, "finetune", "--data", "data/prepared", "--out", "models/finetuned.pt", "--history", "h.csv")
     _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out", "local")
+    _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out", "dask",
+          "--runner", "dask", "--dask-workers", "2", "--metrics", "dask.json")
+    import json
 
-    from niwt.params import load_params
-    from niwt.stages import extract
-
-    monkeypatch.chdir(project)
-    params = load_params("params.yaml", {"extract.runner": "dask", "extract.dask_workers": 2})
-    from flows.extract import dask_runner
-
-    result = extract.run(params, Path("data/prepared"), Path("models/finetuned.pt"), Path("dask"),
-                         progress=False, runner=dask_runner("", params.extract.dask_workers))
-    assert result.metrics["shards_computed"] == result.metrics["n_shards"] > 1
+    metrics = json.loads((project / "dask.json").read_text())
+    assert metrics["shards_computed"] == metrics["n_shards"] > 1
     assert sorted(p.name for p in (project / "local").glob("part-*")) == sorted(
         p.name for p in (project / "dask").glob("part-*"))
     from niwt.io.parquet import read_importances

@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_project import dvc, env, make_project  # noqa: E402
 
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain"]
-METHODS = {"niwt", "icis", "regression", "regression_rescaled", "eszsl"}
+from niwt.injection.registry import METHODS  # noqa: E402
+from niwt.stages import STAGE_NAMES as STAGES  # noqa: E402
 
 
 def _mlflow_runs(project: Path):
@@ -28,7 +29,7 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     dvc(["repro"], project)
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(metrics) == METHODS
+    assert set(metrics) == set(METHODS)
     for m in metrics.values():
         assert {"S", "U", "H", "zsl_top1", "ausuc", "seen_acc"} <= set(m)
         assert all(0.0 <= v <= 1.0 for v in m.values())
@@ -43,11 +44,23 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     assert all(r.info.status == "FINISHED" for r in runs)
     evaluate_run = next(r for r in runs if r.info.run_name == "evaluate")
     assert evaluate_run.data.metrics["evaluate/niwt/H"] == pytest.approx(metrics["niwt"]["H"])
-    # a param change reruns only the affected stages
-    params = (project / "params.yaml").read_text().replace("max_iters: 20", "max_iters: 21")
+    # execution settings are not params: switching device, loader workers or runner reruns nothing
+    moved = {**env(project), "NIWT_DEVICE": "cpu", "NIWT_WORKERS": "1", "NIWT_RUNNER": "dask",
+             "NIWT_DASK_WORKERS": "3"}
+    assert "Running stage" not in dvc(["repro"], project, env_=moved).stdout
+    # editing a file that a stage imports makes DVC report exactly the stages that import it
+    store = project / "src" / "niwt" / "mapping" / "store.py"
+    store.write_text(store.read_text() + "\n# edited\n")
+    status = dvc(["status"], project).stdout
+    assert {"fit_mapping:", "inject:", "explain:"} <= set(status.split())
+    assert not {"prepare:", "finetune:", "extract:", "evaluate:"} & set(status.split()), status
+    # the importance layer belongs to extract: changing it reruns extract and after, never finetune
+    params = (project / "params.yaml").read_text().replace("layer: body.block4", "layer: body.block3")
     (project / "params.yaml").write_text(params)
-    third = dvc(["repro"], project)
-    assert "Running stage 'inject'" in third.stdout and "Running stage 'finetune'" not in third.stdout
+    third = dvc(["repro"], project).stdout
+    ran = [s for s in STAGES if f"Running stage '{s}'" in third]
+    assert ran == ["extract", "fit_mapping", "inject", "evaluate", "explain"], third
+    assert torch.load(project / "models" / "injected" / "niwt.pt", weights_only=True)["layer"] == "body.block3"
 
 
 def test_prefect_flow_runs_pipeline_with_mlflow_parent(tmp_path: Path, monkeypatch, prefect_harness) -> None:
@@ -57,10 +70,16 @@ def test_prefect_flow_runs_pipeline_with_mlflow_parent(tmp_path: Path, monkeypat
     from flows.pipeline import pipeline
 
     summary = pipeline(workdir=str(project))
-    assert "| niwt |" in summary and "zsl_top1" in summary
+    assert "| NIWT |" in summary and "zsl_top1" in summary
     runs = _mlflow_runs(project)
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     assert parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == sorted(STAGES)
+    assert sorted(r.info.run_name for r in children) == sorted([*STAGES, "register"])
     assert dvc(["status", "--quiet"], project, check=False).returncode == 0
+    # the register step, not a stage, put the model into the registry: one version
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_model_versions(
+        "name='niwt-injected'")
+    assert [str(v.version) for v in versions] == ["1"]

@@ -15,11 +15,12 @@ import yaml
 from niwt import cli
 from niwt.data.images import make_loader
 from niwt.data.tables import read_classes, read_splits
+from niwt.evaluation.gzsl import load_methods, score_methods
 from niwt.io.atomic import write_json
 from niwt.models.checkpoint import load_checkpoint
-from niwt.params import load_params
+from niwt.models.training import predict
+from niwt.params import load_params, load_runtime
 from niwt.stages import evaluate, extract, finetune, fit_mapping, inject, prepare
-from niwt.training import predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_project import TINY, merge  # noqa: E402
@@ -33,25 +34,26 @@ def project(tmp_path_factory):
     """prepare -> finetune -> extract -> fit_mapping -> inject (NIWT) -> evaluate, tiny, in a temp dir."""
     root = tmp_path_factory.mktemp("explain_project")
     raw = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY),
-                {"base": {"device": "cpu"}, "finetune": {"epochs": 3}, "inject": {"methods": ["niwt"]}})
+                {"finetune": {"epochs": 3}, "inject": {"methods": ["niwt"]}})
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     p = load_params(root / "params.yaml")
+    rt = load_runtime({"NIWT_DEVICE": "cpu", "NIWT_PROGRESS": "0"})
     data, ckpt, imp, mapping, injected = (root / "data", root / "finetuned.pt", root / "importances",
                                           root / "mapping.pt", root / "injected")
     torch.set_num_threads(1)
-    prepare.run(p, data, progress=False)
-    finetune.run(p, data, ckpt, root / "finetune.csv", progress=False)
-    extract.run(p, data, ckpt, imp, progress=False)
-    fit_mapping.run(p, data, imp, mapping, root / "mapping.csv")
-    inject.run(p, data, ckpt, mapping, injected)
-    result = evaluate.run(p, data, injected, root / "plots", progress=False)
+    prepare.run(p, rt, data)
+    finetune.run(p, rt, data, ckpt, root / "finetune.csv")
+    extract.run(p, rt, data, ckpt, imp)
+    fit_mapping.run(p, rt, data, imp, mapping, root / "inverse_map.pt", root / "mapping.csv")
+    inject.run(p, rt, data, ckpt, mapping, injected)
+    result = evaluate.run(p, rt, data, injected, root / "plots")
     write_json(root / "evaluate.json", result.metrics)
     return root
 
 
 @pytest.fixture(scope="module")
 def explained(project):
-    """``niwt explain`` through the CLI, with MLflow tracking (and registration) into the temp dir."""
+    """``niwt explain`` through the CLI, with MLflow tracking into the temp dir."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)  # MLflow artifacts go under the project root (no dvc.yaml: the cwd)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
@@ -60,7 +62,8 @@ def explained(project):
         mp.setenv("NIWT_TRACKING", "on")
         mp.setenv("NIWT_PROGRESS", "0")
         rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
-                       "--importances", "importances", "--out", "reports/explain", "--metrics", "explain.json",
+                       "--importances", "importances", "--inverse-map", "inverse_map.pt",
+                       "--out", "reports/explain", "--metrics", "explain.json",
                        "--comparison", "evaluate.json", "--per-class", "plots/per_class_accuracy.csv"])
     assert rc == 0
     return project / "reports" / "explain"
@@ -71,7 +74,7 @@ def test_explain_stage_outputs(project, explained) -> None:
 
     classes = read_classes(project / "data" / "classes.parquet")
     unseen = classes.names[classes.n_seen:]
-    for name in ("report.md", "report.html", "inverse_map.pt", "neuron_names.parquet", "neuron_names.csv",
+    for name in ("report.md", "report.html", "neuron_names.parquet", "neuron_names.csv",
                  "neuron_names.md", "explanations.csv", "panels/unseen_overview.png"):
         assert (explained / name).is_file(), name
     panels = {p.stem for p in (explained / "panels").glob("*.png")}
@@ -82,12 +85,12 @@ def test_explain_stage_outputs(project, explained) -> None:
     table = pq.read_table(explained / "neuron_names.parquet").to_pylist()
     assert [r["neuron"] for r in table] == list(range(channels))
     assert all(r["attribute_1"] in classes.attribute_names for r in table)
-    inv = torch.load(explained / "inverse_map.pt", weights_only=True)
+    inv = torch.load(project / "inverse_map.pt", weights_only=True)
     assert inv["weight"].shape == (len(classes.attribute_names), channels)
     assert inv["attribute_names"] == classes.attribute_names
 
     md = (explained / "report.md").read_text()
-    assert "| niwt |" in md  # the comparison table from evaluate.json
+    assert "| NIWT |" in md  # the comparison table from evaluate.json, with the registry's labels
     assert all(f"panels/{n}.png" in md for n in unseen)
     page = (explained / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(unseen) + 1
@@ -100,17 +103,18 @@ def test_explain_stage_outputs(project, explained) -> None:
     assert -1 <= metrics["unseen/attr_cosine"] <= 1
 
 
-def test_explain_logs_to_mlflow_and_registers_the_model(project, explained) -> None:
+def test_explain_logs_to_mlflow_and_registers_nothing(project, explained) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("niwt")
     (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "explain"]
-    assert "explain/inverse/best_epoch" in run.data.metrics
+    assert "explain/unseen/attr_cosine" in run.data.metrics
+    assert run.data.params == {"base.seed": "0", "explain.batch_size": "128", "explain.images_per_class": "4",
+                               "explain.top_attributes": "5"}  # exactly its declared params
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "unseen_overview.png", "neuron_names.csv"} <= logged
-    versions = client.search_model_versions("name='niwt-injected'")
-    assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
+    assert client.search_model_versions("name='niwt-injected'") == []  # registering is `niwt register`
 
 
 def _evaluate_top1(project: Path, paths: list[str]) -> list[str]:
@@ -120,7 +124,7 @@ def _evaluate_top1(project: Path, paths: list[str]) -> list[str]:
     base, meta = load_checkpoint(ckpt)
     feats, _ = predict(base, make_loader(paths, np.zeros(len(paths)), meta["image_size"], train=False,
                                          batch_size=7), torch.device("cpu"), features=True)
-    scores = evaluate.score_methods([ckpt], feats, classes.names)["niwt"]
+    scores = score_methods(load_methods([ckpt], classes.names), feats)["niwt"]
     return [classes.names[i] for i in scores.argmax(1)]
 
 
@@ -136,7 +140,7 @@ def test_predict_top1_equals_evaluate_and_explains(project, explained, capsys) -
     n = len(classes.names)
     rc = cli.main(["predict", *paths, "--model", str(project / "injected" / "niwt.pt"), "--data",
                    str(project / "data"), "--top-k", str(n), "--explain", str(out),
-                   "--inverse-map", str(explained / "inverse_map.pt")])
+                   "--inverse-map", str(project / "inverse_map.pt")])
     assert rc == 0
     printed = capsys.readouterr().out
     top1 = re.findall(r"^\s+1\. (\S+)", printed, flags=re.M)
@@ -174,26 +178,25 @@ def test_predict_any_target_class_and_errors(project, capsys, tmp_path) -> None:
     assert "error" in capsys.readouterr().err
 
 
-def test_registry_round_trip(project, explained, monkeypatch) -> None:
-    """register_model outside any run (the explain stage registers inside its run), in the temp
-    project's SQLite store (shared with ``explained``: creating a store costs seconds)."""
+def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:
+    """``niwt register`` (a run of its own), in the temp project's SQLite store (shared with
+    ``explained``: creating a store costs seconds)."""
     import mlflow
     import pandas as pd
 
-    from niwt.registry import register_model
-
     monkeypatch.chdir(project)
-    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.setenv("NIWT_TRACKING", "on")
     ckpt = project / "injected" / "niwt.pt"
-    mv = register_model(ckpt, "niwt-roundtrip", uri)
-    assert (mv.name, str(mv.version)) == ("niwt-roundtrip", "1")
+    assert cli.main(["register", "--model", str(ckpt), "--name", "niwt-roundtrip"]) == 0
+    assert "models:/niwt-roundtrip/1" in capsys.readouterr().out
     loaded = mlflow.pyfunc.load_model("models:/niwt-roundtrip/1")
     assert loaded.metadata.get_input_schema().input_names() == ["path"]
 
     paths = _images(project)
     got = loaded.predict(pd.DataFrame({"path": paths}))
     model, meta = load_checkpoint(ckpt)
-    from niwt.predict import load_images
+    from niwt.explain.predict import load_images
 
     images = load_images(paths, meta["image_size"])
     with torch.no_grad():
@@ -207,3 +210,43 @@ def test_registry_round_trip(project, explained, monkeypatch) -> None:
     classes = json.loads(Path(mlflow.artifacts.download_artifacts("models:/niwt-roundtrip/1/artifacts/classes.json"))
                          .read_text())
     assert [c["name"] for c in classes["classes"]] == meta["class_names"]
+
+
+def test_explain_refuses_artifacts_made_at_another_layer(project, tmp_path, monkeypatch, capsys) -> None:
+    """The importance layer has one owner (extract); where two artifacts meet, a disagreement is an error."""
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("NIWT_TRACKING", "off")
+    inverse = torch.load(project / "inverse_map.pt", weights_only=True)
+    torch.save({**inverse, "layer": "body.block3"}, tmp_path / "inverse_map.pt")
+    capsys.readouterr()
+    rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
+                   "--importances", "importances", "--inverse-map", str(tmp_path / "inverse_map.pt"),
+                   "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "inverse_map.pt was made with importance layer 'body.block3'" in err, err
+    assert "injected/niwt.pt with 'body.block4'" in err and not (tmp_path / "out").exists()
+
+
+def test_a_stage_cannot_read_params_it_does_not_declare(project) -> None:
+    """The CLI hands a stage only its declared params (dvc.yaml `params:`), so no read goes stale."""
+    from niwt.params import declared_view
+
+    p = declared_view(load_params(project / "params.yaml"), "evaluate", ("evaluate",))
+    assert p.evaluate == load_params(project / "params.yaml").evaluate
+    with pytest.raises(AttributeError, match=r"stage 'evaluate' reads base\.seed but does not declare it"):
+        _ = p.base.seed
+    q = declared_view(load_params(project / "params.yaml"), "extract", ("base.seed", "extract"))
+    assert q.base.seed == 0 and q.extract.layer == "body.block4"
+    with pytest.raises(AttributeError, match="inject.lr"):
+        _ = q.inject.lr
+
+
+def test_injected_checkpoint_keeps_seen_rows_and_records_the_importance(project) -> None:
+    """Seen rows bit-identical to the finetuned ones; the layer and pooling come from the mapping."""
+    base, _ = load_checkpoint(project / "finetuned.pt")
+    injected, meta = load_checkpoint(project / "injected" / "niwt.pt")
+    n_seen = base.classifier.out_features
+    assert torch.equal(injected.classifier.weight[:n_seen], base.classifier.weight)
+    assert torch.equal(injected.classifier.bias[:n_seen], base.classifier.bias)
+    assert (meta["layer"], meta["pooling"]) == ("body.block4", "sum")
+    assert "layer" not in torch.load(project / "finetuned.pt", weights_only=True)  # extract owns the layer

@@ -218,11 +218,10 @@ def write_params(path: Path, overrides: dict) -> Path:
 
 def small_params(name: str, root: Path, arch: str, layer: str, domain: str = "attributes") -> dict:
     return {
-        "base": {"device": "cpu"},
         "data": {"name": name, "root": str(root), "download": False, "domain": domain},
-        "model": {"arch": arch, "layer": layer, "pretrained": False, "image_size": 32},
+        "model": {"arch": arch, "pretrained": False, "image_size": 32},
         "finetune": {"epochs": 1, "batch_size": 8},
-        "extract": {"batch_size": 8, "shard_size": 16},
+        "extract": {"layer": layer, "batch_size": 8, "shard_size": 16},
         "mapping": {"epochs": 2, "n_val_classes": 1},
         "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8},
         "evaluate": {"batch_size": 16},
@@ -235,6 +234,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     all), which pytest would otherwise keep in its last three basetemps."""
     monkeypatch.setenv("NIWT_TRACKING", "off")
     monkeypatch.setenv("NIWT_PROGRESS", "0")
+    monkeypatch.setenv("NIWT_DEVICE", "cpu")
     yield
     shutil.rmtree(tmp_path / "models", ignore_errors=True)
 
@@ -247,7 +247,7 @@ def stage_argv(work: Path, params: Path) -> dict[str, list[str]]:
         "finetune": ["--data", d / "prepared", "--out", m / "finetuned.pt", "--history", p / "finetune_history.csv"],
         "extract": ["--data", d / "prepared", "--model", m / "finetuned.pt", "--out", d / "importances"],
         "fit_mapping": ["--data", d / "prepared", "--importances", d / "importances", "--out", m / "mapping.pt",
-                        "--history", p / "mapping_history.csv"],
+                        "--inverse-out", m / "inverse_map.pt", "--history", p / "mapping_history.csv"],
         "inject": ["--data", d / "prepared", "--model", m / "finetuned.pt", "--mapping", m / "mapping.pt",
                    "--out", m / "injected"],
         "evaluate": ["--data", d / "prepared", "--injected", m / "injected", "--plots", p / "evaluate"],

@@ -79,7 +79,7 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> Project:
                      ["finetune", "--data", p.data, "--out", p.model, "--history", root / "plots/ft.csv"],
                      ["extract", "--data", p.data, "--model", p.model, "--out", p.importances],
                      ["fit_mapping", "--data", p.data, "--importances", p.importances, "--out", p.mapping,
-                      "--history", root / "plots/map.csv"],
+                      "--inverse-out", root / "models/inverse_map.pt", "--history", root / "plots/map.csv"],
                      ["inject", "--data", p.data, "--model", p.model, "--mapping", p.mapping, "--out", p.injected]):
             assert main([str(a) for a in argv] + ["--params", str(p.params)]) == 0, argv[0]
     return p
@@ -125,7 +125,7 @@ def stage_argv(stage: str, proj: Project, out: Path, params: Path, data: Path | 
         "finetune": ["--data", data, "--out", out / "finetuned.pt", "--history", out / "finetune.csv"],
         "extract": ["--data", data, "--model", model, "--out", out / "importances"],
         "fit_mapping": ["--data", data, "--importances", proj.importances, "--out", out / "mapping.pt",
-                        "--history", out / "mapping.csv"],
+                        "--inverse-out", out / "inverse_map.pt", "--history", out / "mapping.csv"],
         "inject": ["--data", data, "--model", model, "--mapping", mapping or proj.mapping, "--out", out / "injected"],
         "evaluate": ["--data", data, "--injected", injected or proj.injected, "--plots", out / "plots"],
     }[stage]
@@ -372,12 +372,11 @@ def test_truncated_image_in_split_fails_training_naming_it(proj: Project, tmp_pa
 # ----------------------------------------------------------------- params and model choices
 
 
-@pytest.mark.parametrize("stage", ["finetune", "extract"])
-def test_unknown_layer_lists_valid_layers(stage: str, proj: Project, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture, untouched: None) -> None:
-    params = write_params(tmp_path / "params.yaml", {"model": {"layer": "body.block9"}})
+def test_unknown_layer_lists_valid_layers(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          untouched: None) -> None:
+    params = write_params(tmp_path / "params.yaml", {"extract": {"layer": "body.block9"}})
     out = tmp_path / "out"
-    rc, err = cli(capsys, *stage_argv(stage, proj, out, params))
+    rc, err = cli(capsys, *stage_argv("extract", proj, out, params))
     assert_failed_cleanly(rc, err, r"unknown importance layer 'body\.block9'; valid layers: body\.block1\.conv, "
                                    r".*body\.block4, body\.pool4", out)
 
@@ -395,8 +394,10 @@ PARAM_CASES = {
     "bool for an integer": ({"finetune": {"batch_size": True}},
                             r"params\.yaml\.finetune\.batch_size: expected an integer, got bool True"),
     "string for a bool": ({"finetune": {"amp": "yes"}}, r"params\.yaml\.finetune\.amp: expected true/false"),
-    "not one of the choices": ({"base": {"device": "gpu"}},
-                               r"params\.yaml\.base\.device: 'gpu' is not one of \['auto', 'cpu', 'cuda'\]"),
+    "not one of the choices": ({"finetune": {"mode": "head"}},
+                               r"params\.yaml\.finetune\.mode: 'head' is not one of \['fixed', 'full'\]"),
+    "execution setting in params": ({"base": {"device": "cpu"}},
+                                    r"params\.yaml\.base: unknown key 'device'; valid keys: \['seed'\]"),
     "section not a mapping": ({"model": 3}, r"params\.yaml\.model: expected a mapping, got int 3"),
     "scalar for a list": ({"inject": {"methods": "niwt"}}, r"params\.yaml\.inject\.methods: expected a list"),
     "unknown inject method": ({"inject": {"methods": ["niwt", "nwit"]}},
@@ -508,10 +509,6 @@ def _mapping_other_domain(m: dict) -> dict:
 
 
 MAPPING_CASES = {
-    "fit on another layer": (
-        lambda m: {**m, "layer": "body.block3"},
-        r"mapping\.pt: mapping was fit on layer 'body\.block3', model\.layer is 'body\.block4'; rerun extract "
-        r"and fit_mapping"),
     "fit on other domain vectors": (
         _mapping_other_domain,
         r"mapping\.pt: mapping takes 15-dimensional domain vectors, \S+classes\.parquet has 16-dimensional ones "
@@ -521,7 +518,7 @@ MAPPING_CASES = {
         r"mapping\.pt: held-out classes \[0, 11\] are not seen classes of this dataset"),
     "not a mapping": (
         lambda m: {"weight": m["weight"]},
-        r"mapping\.pt: not a mapping written by fit_mapping \(missing \['bias', 'heldout_weight'"),
+        r"mapping\.pt: not a mapping written by fit_mapping \(missing \['bias', 'best_epoch'"),
 }
 
 

@@ -12,10 +12,11 @@ from torch.nn import functional as F
 
 from niwt.explain import report as rp
 from niwt.explain.gradcam import gradcam, overlay, to_rgb
-from niwt.explain.inverse import fit_inverse_map, neuron_names, predict_domain, top_attributes
+from niwt.explain.inverse import neuron_names, predict_domain, top_attributes
 from niwt.importance.capture import importance
-from niwt.mapping.linear import MappingConfig, normalize_domain
+from niwt.mapping.linear import fit_inverse_map, normalize_domain
 from niwt.models.networks import small_cnn, split_at
+from niwt.params import MappingParams
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -83,15 +84,15 @@ def _planted(n_classes=12, a=6, k=10, per_class=20, seed=0):
 
 def test_inverse_map_recovers_domain_vectors() -> None:
     domain, labels, alphas = _planted()
-    cfg = MappingConfig(epochs=40, lr=0.02, batch_size=32, seed=0)
-    inv = fit_inverse_map(domain, labels, alphas, np.array([1, 5]), cfg)
+    cfg = MappingParams(epochs=40, lr=0.02, batch_size=32)
+    inv = fit_inverse_map(domain, labels, alphas, np.array([1, 5]), cfg, seed=0)
     assert len(inv.history) == 40 and 1 <= inv.best_epoch <= 40
     assert {"epoch", "val_loss", "val_rank_corr"} <= set(inv.history[0])
-    pred = inv.predict(alphas)
+    pred = predict_domain(inv.weight, inv.bias, alphas)
     target = normalize_domain(torch.as_tensor(domain))[labels]
     assert float(F.cosine_similarity(pred, target, dim=1).mean()) > 0.95
     # deterministic given the seed; scale-free in the importance
-    again = fit_inverse_map(domain, labels, alphas, np.array([1, 5]), cfg)
+    again = fit_inverse_map(domain, labels, alphas, np.array([1, 5]), cfg, seed=0)
     torch.testing.assert_close(inv.weight, again.weight)
     torch.testing.assert_close(predict_domain(inv.weight, inv.bias, alphas[:3] * 7), pred[:3])
 
@@ -99,7 +100,7 @@ def test_inverse_map_recovers_domain_vectors() -> None:
 def test_inverse_map_needs_images_on_both_sides() -> None:
     domain, labels, alphas = _planted()
     with pytest.raises(ValueError, match="held-out"):
-        fit_inverse_map(domain, labels, alphas, np.arange(12), MappingConfig(epochs=1))
+        fit_inverse_map(domain, labels, alphas, np.arange(12), MappingParams(epochs=1), seed=0)
 
 
 def test_top_attributes_and_neuron_names_follow_the_weights() -> None:

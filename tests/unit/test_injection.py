@@ -9,7 +9,6 @@ from torch.nn import functional as F
 
 from niwt.importance.capture import importance
 from niwt.injection.niwt import (
-    InjectConfig,
     PlateauStopper,
     channel_jacobian,
     inject,
@@ -18,6 +17,7 @@ from niwt.injection.niwt import (
     seen_centered_init,
 )
 from niwt.models.networks import small_cnn, split_at
+from niwt.params import InjectParams
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),
@@ -133,9 +133,9 @@ def test_solvers_agree_from_same_seed() -> None:
     acts = torch.randn(6, C, H, H)
     alpha_hat = torch.randn(2, C)
     w_seen = torch.randn(5, D)
-    cfg = InjectConfig(lr=0.01, lambda_=1e-3, batch_size=4, max_iters=40, patience=1000, seed=7)
-    jac = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian")
-    dbp = inject(head, acts, alpha_hat, w_seen, cfg, solver="double_backprop")
+    cfg = InjectParams(lr=0.01, lambda_=1e-3, batch_size=4, max_iters=40, patience=1000)
+    jac = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", pooling="sum", seed=7)
+    dbp = inject(head, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=7)
     assert jac.iterations == dbp.iterations == 40
     assert len(jac.history) == 40
     assert jac.history[0] == pytest.approx(dbp.history[0], abs=1e-6)  # same init, same first batch
@@ -143,10 +143,10 @@ def test_solvers_agree_from_same_seed() -> None:
     torch.testing.assert_close(jac.weight, dbp.weight, rtol=1e-4, atol=1e-4)
     assert jac.history[-1] < jac.history[0]
     pre = channel_jacobian(head, acts, "sum")  # precomputed products give the same run
-    again = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", jacobian=pre)
+    again = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", jacobian=pre, pooling="sum", seed=7)
     assert torch.equal(again.weight, jac.weight)
     with pytest.raises(ValueError, match="unknown solver"):
-        inject(head, acts, alpha_hat, w_seen, cfg, solver="newton")
+        inject(head, acts, alpha_hat, w_seen, cfg, solver="newton", pooling="sum", seed=7)
 
 
 def test_recovers_planted_row_when_cosine_one_is_reachable() -> None:
@@ -162,8 +162,8 @@ def test_recovers_planted_row_when_cosine_one_is_reachable() -> None:
     torch.testing.assert_close(channel_jacobian(head, acts, "sum"), lin.T.expand(8, c, d))
     w_star = torch.randn(2, d)
     alpha_hat = w_star @ lin
-    cfg = InjectConfig(lr=0.05, lambda_=0.0, batch_size=8, max_iters=3000, patience=100)
-    res = inject(head, acts, alpha_hat, torch.randn(5, d), cfg)
+    cfg = InjectParams(lr=0.05, lambda_=0.0, batch_size=8, max_iters=3000, patience=100)
+    res = inject(head, acts, alpha_hat, torch.randn(5, d), cfg, pooling="sum", seed=0)
     assert res.final_loss < 1e-4
     assert res.history[0] > 0.05
     assert F.cosine_similarity(res.weight @ lin, alpha_hat, dim=1).min() > 0.9999
@@ -179,9 +179,10 @@ def test_large_lambda_pulls_rows_to_mean_seen_row() -> None:
     w_seen = torch.randn(5, d)
     mu = w_seen.mean(0)
     far = inject(head, acts, alpha_hat, w_seen,
-                 InjectConfig(lr=0.01, lambda_=0.0, batch_size=8, max_iters=300, patience=10**6))
+                 InjectParams(lr=0.01, lambda_=0.0, batch_size=8, max_iters=300, patience=10**6), pooling="sum", seed=0)
     near = inject(head, acts, alpha_hat, w_seen,
-                  InjectConfig(lr=0.05, lambda_=1e3, batch_size=8, max_iters=300, patience=10**6))
+                  InjectParams(lr=0.05, lambda_=1e3, batch_size=8, max_iters=300, patience=10**6),
+                  pooling="sum", seed=0)
     assert (far.weight - mu).abs().max() > 0.5
     assert (near.weight - mu).abs().max() < 1e-2
 
@@ -219,13 +220,13 @@ def test_plateau_stopper_follows_original_rule() -> None:
 def test_optimise_stops_on_plateau_with_iteration_count() -> None:
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
     acts = torch.randn(4, 3, 2, 2)
-    cfg = InjectConfig(lr=0.0, lambda_=0.0, batch_size=4, max_iters=100, patience=5)
-    res = inject(head, acts, torch.randn(1, 3), torch.randn(3, 2), cfg)
+    cfg = InjectParams(lr=0.0, lambda_=0.0, batch_size=4, max_iters=100, patience=5)
+    res = inject(head, acts, torch.randn(1, 3), torch.randn(3, 2), cfg, pooling="sum", seed=0)
     # lr 0: the loss never changes; counter 1 -> 2 (2nd) ... -> 5 (5th call); the 6th call stops
     assert res.iterations == 6 and len(res.history) == 6
     assert len(set(res.history)) == 1
     res = inject(head, acts, torch.randn(1, 3), torch.randn(3, 2),
-                 InjectConfig(lr=0.0, batch_size=4, max_iters=3, patience=50))
+                 InjectParams(lr=0.0, batch_size=4, max_iters=3, patience=50), pooling="sum", seed=0)
     assert res.iterations == 3
 
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from niwt import metrics as M
+from niwt.evaluation import metrics as M
 
 # Hand-made 4-sample GZSL case: seen classes {0, 1}, unseen {2, 3}, one sample per class.
 # Flip points delta = max seen - max unseen: s0 -> 1, s1 -> 3, u2 -> 2, u3 -> -1; every

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_repo_params_yaml_loads() -> None:
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
-    assert p.model.arch == "smallcnn" and p.model.layer == "body.block4"
+    assert p.model.arch == "smallcnn" and p.extract.layer == "body.block4"
     assert p.inject.lambda_ == pytest.approx(1e-3) and isinstance(p.inject.lambda_, float)
     assert isinstance(p.inject.methods, tuple) and "niwt" in p.inject.methods
     assert p.extract.pooling in ("sum", "mean")
@@ -59,7 +59,7 @@ def test_unknown_key_names_key_and_valid_keys() -> None:
     ({"inject": {"lr": "x"}}, r"inject\.lr: expected a number, got 'x'"),
     ({"inject": {"lr": True}}, r"inject\.lr: expected a number, got bool"),
     ({"inject": {"lr": None}}, r"inject\.lr: expected a number"),
-    ({"model": {"layer": 4}}, r"model\.layer: expected a string, got int 4"),
+    ({"extract": {"layer": 4}}, r"extract\.layer: expected a string, got int 4"),
     ({"inject": {"methods": "niwt"}}, r"inject\.methods: expected a list"),
     ({"inject": {"methods": ["niwt", 3]}}, r"inject\.methods\[1\]: expected a string"),
     ({"data": {"synthetic": 5}}, r"data\.synthetic: expected a mapping, got int 5"),
@@ -153,3 +153,21 @@ def test_section_dict_flattening() -> None:
     full = section_dict(p)
     assert full["inject.lambda"] == 0.5 and full["data.synthetic.n_unseen"] == 10
     assert full["base.seed"] == 0
+
+
+def test_execution_settings_come_from_the_environment_and_flags() -> None:
+    from niwt.params import Runtime, load_runtime
+
+    assert load_runtime({}) == Runtime()
+    rt = load_runtime({"NIWT_DEVICE": "cpu", "NIWT_WORKERS": "3", "NIWT_RUNNER": "dask",
+                       "NIWT_DASK_ADDRESS": "tcp://h:8786", "NIWT_DASK_WORKERS": "4", "NIWT_PROGRESS": "0"})
+    assert rt == Runtime("cpu", 3, "dask", "tcp://h:8786", 4, False)
+    assert load_runtime({"NIWT_WORKERS": "3"}, {"workers": 1, "device": None}).workers == 1  # a flag wins
+    with pytest.raises(ParamsError, match="NIWT_WORKERS: expected an integer, got 'many'"):
+        load_runtime({"NIWT_WORKERS": "many"})
+    with pytest.raises(ParamsError, match=r"device: 'gpu' is not one of \['auto', 'cpu', 'cuda'\]"):
+        load_runtime({"NIWT_DEVICE": "gpu"})
+    with pytest.raises(ParamsError, match="NIWT_PROGRESS: expected 1/0/true/false"):
+        load_runtime({"NIWT_PROGRESS": "maybe"})
+    with pytest.raises(ParamsError, match="NIWT_WORKERS must be >= 0"):
+        load_runtime({"NIWT_WORKERS": "-1"})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from niwt.metrics import mean_per_class_accuracy
+from niwt.evaluation.metrics import mean_per_class_accuracy
 from niwt.peers.eszsl import eszsl_scores, fit_eszsl, grid_search_eszsl
 from niwt.peers.icis import (
     IcisConfig,

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from niwt.params import InputError
 
-class DatasetError(ValueError):
+
+class DatasetError(InputError):
     """A dataset on disk that cannot be read: the message names the file and the problem."""
 
 

@@ -2,5 +2,5 @@
 and neuron names (which attributes each neuron of the importance layer stands for).
 
 Pure PyTorch/NumPy/matplotlib; no MLflow, DVC or Prefect here (the ``explain`` stage and
-``niwt.registry`` do the I/O and tracking).
+``niwt.integration.registry`` do the I/O and tracking).
 """

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from niwt.data.images import IMAGENET_MEAN, IMAGENET_STD
-from niwt.importance.capture import LayerCapture, Pooling, pool
+from niwt.importance.capture import LayerCapture, Pooling, layer_gradient, pool
 
 
 @dataclass
@@ -58,18 +58,11 @@ def gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.T
     was_training = model.training
     model.eval()
     try:
-        with LayerCapture(model, layer, detach=True) as cap, torch.enable_grad():
-            logits = model(images)
-            if targets is None:
-                targets = logits.argmax(1)
-            elif isinstance(targets, int):
-                targets = torch.full((len(images),), targets, dtype=torch.long)
-            targets = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
-            if targets.min() < 0 or targets.max() >= logits.shape[1]:
-                raise ValueError(f"target classes must be in [0, {logits.shape[1]}), got {targets.tolist()}")
-            selected = logits.gather(1, targets[:, None]).sum()
+        if isinstance(targets, int):
+            targets = torch.full((len(images),), targets, dtype=torch.long)
+        with LayerCapture(model, layer, detach=True) as cap:
+            grad, logits, targets = layer_gradient(model, cap, images, targets)
             act = cap.activation
-            (grad,) = torch.autograd.grad(selected, act)
     finally:
         model.train(was_training)
     act = act.detach()

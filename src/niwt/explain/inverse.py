@@ -1,12 +1,8 @@
 """The inverse of NIWT's map: neuron importances -> class domain vectors (attributes).
 
-Fit with the machinery of :mod:`niwt.mapping.linear` the other way round: each pair is
-(importance of image i, domain vector of image i's class), the loss is the mean cosine distance
-between the predicted and the (L2-normalised) class domain vector, the number of epochs is chosen
-on held-out seen classes, and the map is refit on all seen classes. Importances are L2-normalised
-per image on the way in (their scale varies by orders of magnitude between images, and sum- and
-mean-pooled importances then give the same map), exactly as domain vectors are on the way into the
-forward map, so :func:`niwt.mapping.linear.predict_importance` applies a fitted inverse map as is.
+The map is fit by ``fit_mapping`` with the forward map's machinery the other way round
+(:func:`niwt.mapping.linear.fit_inverse_map`) and saved as ``models/inverse_map.pt``; this module
+applies it.
 
 Uses (NIWT §5, "explaining NIWT"):
 
@@ -19,111 +15,18 @@ Uses (NIWT §5, "explaining NIWT"):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from niwt.mapping.linear import (
-    MappingConfig,
-    _train,
-    cosine_distance,
-    normalize_domain,
-    predict_importance,
-    rank_correlation,
-)
-
-
-@dataclass
-class InverseMap:
-    """A fitted importance -> domain map and its selection trace."""
-
-    weight: torch.Tensor  # (a, K)
-    bias: torch.Tensor  # (a,)
-    best_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def predict(self, alphas: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(n, K) importances (any scale) -> (n, a) predicted domain vectors (unit-norm scale)."""
-        return predict_domain(self.weight, self.bias, alphas)
-
-    def state(self) -> dict:
-        return {"weight": self.weight, "bias": self.bias, "best_epoch": self.best_epoch}
+from niwt.mapping.linear import normalize_domain, predict_importance
 
 
 def predict_domain(weight: torch.Tensor, bias: torch.Tensor, alphas: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Apply a fitted inverse map (importances are L2-normalised first, as domain vectors forward)."""
     return predict_importance(weight, bias, alphas)
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op torch thread: (64, K) minibatches are too small to share, and on a loaded
-    2-CPU machine the thread pool's spinning made the fit 10x slower (60 s instead of 6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def fit_inverse_map(
-    domain: np.ndarray,
-    labels: np.ndarray,
-    alphas: np.ndarray,
-    val_classes: np.ndarray,
-    cfg: MappingConfig,
-    selection: str = "rank_corr",
-) -> InverseMap:
-    """Fit importance -> domain with the cosine loss; pick the epoch on held-out seen classes.
-
-    Args:
-        domain: (n_classes, a) class domain vectors, indexed by ``labels``.
-        labels: (N,) class of each image (the class whose logit gave the importance).
-        alphas: (N, K) importance of each image.
-        val_classes: seen classes held out for model selection (non-empty).
-        cfg: optimisation settings (those of ``fit_mapping``).
-        selection: ``rank_corr`` (Spearman correlation, over attributes, between each held-out
-            class's mean predicted domain vector and its true one; higher is better) or
-            ``val_loss`` (held-out cosine distance; lower is better).
-
-    Returns:
-        The map refit on all classes for the selected number of epochs, and the trace.
-    """
-    dom = normalize_domain(torch.tensor(np.asarray(domain), dtype=torch.float32))
-    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    unit = F.normalize(torch.tensor(np.asarray(alphas), dtype=torch.float32), dim=1)
-    val_c = torch.as_tensor(np.asarray(val_classes), dtype=torch.long)
-    is_val = torch.isin(lab, val_c)
-    if not is_val.any() or is_val.all():
-        raise ValueError("held-out classes must leave images on both sides of the split")
-    target = dom[lab]  # (N, a): each image's class vector is the regression target
-    history: list[dict[str, float]] = []
-
-    def score(epoch: int, linear: torch.nn.Linear) -> None:
-        with torch.no_grad():
-            pred = linear(unit[is_val])
-            val_loss = cosine_distance(pred, target[is_val]).item()
-            mean_pred = torch.stack([pred[lab[is_val] == c].mean(0) for c in val_c.tolist()])
-        history.append({"epoch": epoch, "val_loss": val_loss,
-                        "val_rank_corr": rank_correlation(mean_pred, dom[val_c])})
-
-    # ``_train`` indexes its inputs by ``labels``; an identity index makes every image its own row.
-    keep = torch.nonzero(~is_val).flatten()
-    with single_thread():
-        _train(unit[keep], torch.arange(len(keep)), target[keep], cfg, cfg.epochs, on_epoch=score)
-    if selection == "rank_corr":
-        best = max(history, key=lambda h: (np.nan_to_num(h["val_rank_corr"], nan=-np.inf), -h["epoch"]))
-    else:
-        best = min(history, key=lambda h: (h["val_loss"], h["epoch"]))
-    epoch = int(best["epoch"])
-    with single_thread():
-        final = _train(unit, torch.arange(len(lab)), target, cfg, epoch)
-    return InverseMap(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history)
 
 
 @dataclass(frozen=True)

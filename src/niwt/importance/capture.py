@@ -82,6 +82,32 @@ def pool(grad: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     return grad.sum(dims) if pooling == "sum" else grad.mean(dims)
 
 
+def layer_gradient(
+    model: nn.Module,
+    capture: LayerCapture,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of each image's target logit w.r.t. the captured layer, in one forward + one backward.
+
+    Args:
+        targets: (B,) class per image, or None for each image's predicted class.
+
+    Returns:
+        (gradient like the layer's output, logits (B, n_classes) detached, targets (B,)).
+    """
+    with torch.enable_grad():
+        logits = model(images)
+        if targets is None:
+            targets = logits.argmax(1)
+        targets = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
+        if len(targets) and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+            raise ValueError(f"target classes must be in [0, {logits.shape[1]}), got {targets.tolist()}")
+        selected = logits.gather(1, targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(selected, capture.activation)
+    return grad, logits.detach(), targets
+
+
 def batch_importance(
     model: nn.Module,
     capture: LayerCapture,
@@ -101,13 +127,8 @@ def batch_importance(
     Returns:
         (importances (B, C) float32 on CPU, logits (B, n_classes) detached).
     """
-    with torch.enable_grad():
-        logits = model(images)
-        if targets is None:
-            targets = logits.argmax(1)
-        selected = logits.gather(1, targets.to(logits.device)[:, None]).sum()
-        (grad,) = torch.autograd.grad(selected, capture.activation)
-    return pool(grad, pooling).float().cpu(), logits.detach()
+    grad, logits, _ = layer_gradient(model, capture, images, targets)
+    return pool(grad, pooling).float().cpu(), logits
 
 
 def importance(

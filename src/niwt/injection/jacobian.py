@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from niwt.importance.capture import Pooling
+from niwt.params import InputError
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
@@ -33,7 +34,7 @@ _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)  
 DENSE_LIMIT_BYTES = 4 << 30
 
 
-class JacobianError(ValueError):
+class JacobianError(InputError):
     """A pooled head Jacobian that cannot be built as asked (too large, training-mode head)."""
 
 

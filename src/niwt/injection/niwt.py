@@ -33,22 +33,10 @@ from niwt.injection.jacobian import (
     channel_jacobian,
     head_jacobian,
 )
+from niwt.params import InjectParams
 
-__all__ = ["InjectConfig", "InjectResult", "PlateauStopper", "Solver", "channel_jacobian", "inject", "niwt_loss",
+__all__ = ["InjectResult", "PlateauStopper", "Solver", "channel_jacobian", "inject", "niwt_loss",
            "observed_importance", "resolve_solver", "seen_centered_init"]
-
-
-@dataclass(frozen=True)
-class InjectConfig:
-    lr: float = 0.01
-    lambda_: float = 1e-5
-    batch_size: int = 64
-    max_iters: int = 3000
-    patience: int = 40
-    min_improvement: float = 0.01
-    init: Literal["seen_centered", "mean"] = "seen_centered"
-    pooling: Pooling = "sum"
-    seed: int = 0
 
 
 @dataclass
@@ -119,7 +107,7 @@ def observed_importance(head: nn.Module, acts: torch.Tensor, w_rows: torch.Tenso
 
 
 def _optimise(step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w0: torch.Tensor,
-              n_pairs: int, cfg: InjectConfig, generator: torch.Generator) -> InjectResult:
+              n_pairs: int, cfg: InjectParams, generator: torch.Generator) -> InjectResult:
     """Adam on W_u over shuffled minibatches of (pool image, unseen class) pairs."""
     w_u = w0.clone().requires_grad_(True)
     opt = torch.optim.Adam([w_u], lr=cfg.lr)
@@ -168,9 +156,12 @@ def inject(
     acts: torch.Tensor,
     alpha_hat: torch.Tensor,
     w_seen: torch.Tensor,
-    cfg: InjectConfig,
-    solver: Solver = "auto",
+    cfg: InjectParams,
+    solver: Solver | None = None,
     jacobian: torch.Tensor | PooledJacobian | None = None,
+    *,
+    pooling: Pooling,
+    seed: int,
 ) -> InjectResult:
     """Learn one classifier row per unseen class, all classes in one batched graph.
 
@@ -182,14 +173,17 @@ def inject(
         acts: (P, C, H, W) cached activations of the image pool.
         alpha_hat: (U, C) predicted importances of the unseen classes.
         w_seen: (S, D) seen classifier rows (init statistics and regulariser target).
-        cfg: optimisation settings.
-        solver: ``jacobian`` (precomputed products), ``double_backprop`` (reference), or ``auto``
-            (the Jacobian when it fits in memory): see :func:`resolve_solver`.
+        cfg: the ``inject`` params (lr, lambda, batch size, stopping rule, init, solver).
+        solver: overrides ``cfg.solver``: ``jacobian`` (precomputed products), ``double_backprop``
+            (reference), or ``auto`` (the Jacobian when it fits in memory): see :func:`resolve_solver`.
         jacobian: optional precomputed :func:`~niwt.injection.jacobian.head_jacobian` (or a dense
             (P, C, D) tensor from :func:`channel_jacobian`), to share it between calls; it implies
             the ``jacobian`` solver unless ``double_backprop`` is asked for.
+        pooling: how the importances were pooled (the mapping's provenance, from extract).
+        seed: ``base.seed``.
     """
-    gen = torch.Generator().manual_seed(cfg.seed)
+    solver = cfg.solver if solver is None else solver
+    gen = torch.Generator().manual_seed(seed)
     n_pool, n_unseen = acts.shape[0], alpha_hat.shape[0]
     w0 = seen_centered_init(w_seen, n_unseen, gen, cfg.init)
     mu = w_seen.mean(0)
@@ -198,7 +192,7 @@ def inject(
     if jacobian is not None and solver != "double_backprop":
         solver, m = "jacobian", DenseJacobian(jacobian) if isinstance(jacobian, torch.Tensor) else jacobian
     else:
-        solver, m = resolve_solver(head, acts, cfg.pooling, solver)
+        solver, m = resolve_solver(head, acts, pooling, solver)
     if m is not None:
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -207,7 +201,7 @@ def inject(
     else:
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            obs = observed_importance(head, acts[img_of[idx]], w_u[cls_of[idx]], cfg.pooling, True)
+            obs = observed_importance(head, acts[img_of[idx]], w_u[cls_of[idx]], pooling, True)
             return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
     with torch.enable_grad():
         result = _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen)

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from niwt.io.atomic import atomic_path
+from niwt.params import InputError
 
 
-class ImportanceFileError(ValueError):
+class ImportanceFileError(InputError):
     """An importance dataset that is missing, incomplete or does not match its declared schema."""
 
 

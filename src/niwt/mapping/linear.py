@@ -8,6 +8,8 @@ and its observed mean (unit-normalised) importance. The paper early-stops on tha
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,32 +18,21 @@ from scipy.stats import spearmanr
 from torch import nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class MappingConfig:
-    epochs: int = 60
-    lr: float = 0.01
-    batch_size: int = 64
-    weight_decay: float = 0.0
-    seed: int = 0
+from niwt.params import MappingParams
 
 
 @dataclass
 class MappingResult:
-    """A fitted map and its selection trace."""
+    """A fitted linear cosine map and its selection trace."""
 
-    weight: torch.Tensor  # (C, a)
-    bias: torch.Tensor  # (C,)
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor  # (out,)
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     # the map at the selected epoch, fit WITHOUT the held-out classes: used to calibrate GZSL
     # on those classes without any leak of their importances
     heldout_weight: torch.Tensor | None = None
     heldout_bias: torch.Tensor | None = None
-
-    def predict(self, domain: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(n, a) domain vectors -> (n, C) predicted importances."""
-        return predict_importance(self.weight, self.bias, domain)
 
 
 def predict_importance(weight: torch.Tensor, bias: torch.Tensor, domain: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -77,10 +68,10 @@ def rank_correlation(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(np.nanmean(rhos))
 
 
-def _train(domain: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor, cfg: MappingConfig,
+def _train(domain: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor, cfg: MappingParams, seed: int,
            epochs: int, on_epoch=None) -> nn.Linear:
-    """Adam on minibatches of (class vector, image importance) pairs with the cosine loss."""
-    gen = torch.Generator().manual_seed(cfg.seed)
+    """Adam on minibatches of pairs ``(domain[labels[i]], alphas[i])`` with the cosine loss."""
+    gen = torch.Generator().manual_seed(seed)
     linear = nn.Linear(domain.shape[1], alphas.shape[1])
     with torch.no_grad():  # NIWT draws from N(0, 1); a small std keeps early cosines informative
         linear.weight.normal_(0, 0.01, generator=gen)
@@ -98,14 +89,46 @@ def _train(domain: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor, cfg
     return linear
 
 
-def fit_mapping(
-    domain: np.ndarray,
-    labels: np.ndarray,
-    alphas: np.ndarray,
-    val_classes: np.ndarray,
-    cfg: MappingConfig,
-    selection: str = "rank_corr",
-) -> MappingResult:
+def select_epoch(history: list[dict[str, float]], selection: str) -> int:
+    """The epoch to keep: highest ``val_rank_corr`` (NaN counts as worst) or lowest ``val_loss``;
+    the earliest epoch wins a tie."""
+    if selection == "rank_corr":
+        best = max(history, key=lambda h: (np.nan_to_num(h["val_rank_corr"], nan=-np.inf), -h["epoch"]))
+    else:
+        best = min(history, key=lambda h: (h["val_loss"], h["epoch"]))
+    return int(best["epoch"])
+
+
+def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, is_val: torch.Tensor,
+                 cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float]) -> MappingResult:
+    """Fit a linear map on pairs ``(inputs[index[i]], targets[i])`` with the cosine loss, choose the
+    number of epochs on the held-out pairs (``is_val``), then refit on all pairs for that many.
+
+    The one fitter behind both directions (domain -> importance in :func:`fit_mapping`,
+    importance -> domain in :func:`fit_inverse_map`); they differ only in their pairs and in how
+    a held-out class's rank correlation is measured (``val_rank_corr``).
+    """
+    if not is_val.any() or is_val.all():
+        raise ValueError("held-out classes must leave images on both sides of the split")
+    history: list[dict[str, float]] = []
+    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def score(epoch: int, linear: nn.Linear) -> None:
+        with torch.no_grad():
+            val_loss = cosine_distance(linear(inputs[index[is_val]]), targets[is_val]).item()
+            rank_corr = val_rank_corr(linear)
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_corr})
+        snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
+
+    _train(inputs, index[~is_val], targets[~is_val], cfg, seed, cfg.epochs, on_epoch=score)
+    epoch = select_epoch(history, cfg.selection)
+    final = _train(inputs, index, targets, cfg, seed, epoch)
+    return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
+                         *snapshots[epoch])
+
+
+def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
+                cfg: MappingParams, *, seed: int) -> MappingResult:
     """Fit domain -> importance, pick the epoch on held-out seen classes, refit on all.
 
     Args:
@@ -113,11 +136,12 @@ def fit_mapping(
         labels: (N,) class index of each training image.
         alphas: (N, C) importance of each training image.
         val_classes: seen classes held out for model selection (non-empty).
-        cfg: optimisation settings.
-        selection: ``rank_corr`` (higher is better) or ``val_loss`` (lower is better).
+        cfg: the ``mapping`` params (epochs, lr, batch size, weight decay, selection rule).
+        seed: ``base.seed``.
 
     Returns:
-        The map refit on all classes for the selected number of epochs, and the trace.
+        The map refit on all classes for the selected number of epochs, the trace, and the map
+        at that epoch fit without the held-out classes.
     """
     dom = normalize_domain(torch.as_tensor(domain))
     lab = torch.as_tensor(labels, dtype=torch.long)
@@ -125,22 +149,42 @@ def fit_mapping(
     val_c = torch.as_tensor(val_classes, dtype=torch.long)
     is_val = torch.isin(lab, val_c)
     target = class_mean_importance(alp[is_val], lab[is_val], val_c)
-    history: list[dict[str, float]] = []
-    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    return fit_selected(dom, lab, alp, is_val, cfg, seed, lambda linear: rank_correlation(linear(dom[val_c]), target))
 
-    def score(epoch: int, linear: nn.Linear) -> None:
-        with torch.no_grad():
-            pred = linear(dom[val_c])
-            val_loss = cosine_distance(linear(dom[lab[is_val]]), alp[is_val]).item()
-        history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_correlation(pred, target)})
-        snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
 
-    _train(dom, lab[~is_val], alp[~is_val], cfg, cfg.epochs, on_epoch=score)
-    if selection == "rank_corr":
-        best = max(history, key=lambda h: h["val_rank_corr"])
-    else:
-        best = min(history, key=lambda h: h["val_loss"])
-    epoch = int(best["epoch"])
-    final = _train(dom, lab, alp, cfg, epoch)
-    return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
-                         *snapshots[epoch])
+def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
+                    cfg: MappingParams, *, seed: int) -> MappingResult:
+    """The inverse map importance -> domain vector, for explanations (NIWT §5).
+
+    Each pair is (importance of image i, L2-normalised domain vector of its class). Importances are
+    L2-normalised per image on the way in (their scale varies by orders of magnitude between
+    images, and sum- and mean-pooled importances then give the same map), exactly as domain
+    vectors are on the way into the forward map, so :func:`predict_importance` applies it as is.
+    ``val_rank_corr`` is the Spearman correlation, over attributes, between each held-out class's
+    mean predicted domain vector and its true one.
+    """
+    dom = normalize_domain(torch.tensor(np.asarray(domain), dtype=torch.float32))
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    unit = F.normalize(torch.tensor(np.asarray(alphas), dtype=torch.float32), dim=1)
+    val_c = torch.as_tensor(np.asarray(val_classes), dtype=torch.long)
+    is_val = torch.isin(lab, val_c)
+
+    def val_rank_corr(linear: nn.Linear) -> float:
+        pred = linear(unit[is_val])
+        mean_pred = torch.stack([pred[lab[is_val] == c].mean(0) for c in val_c.tolist()])
+        return rank_correlation(mean_pred, dom[val_c])
+
+    with single_thread():  # every image is its own input row: an identity index
+        return fit_selected(unit, torch.arange(len(lab)), dom[lab], is_val, cfg, seed, val_rank_corr)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op torch thread: (64, K) minibatches are too small to share, and on a loaded
+    2-CPU machine the thread pool's spinning made the inverse fit 10x slower (60 s instead of 6 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,8 @@
 """Self-describing checkpoints, loaded with ``weights_only=True``.
 
 A checkpoint is a plain dict (nanoGPT/torchvision habit): the state dict plus everything needed
-to rebuild the network and read its outputs (arch, class names, importance layer, image size).
+to rebuild the network and read its outputs (arch, class names, image size). Injected checkpoints
+also carry the importance layer and pooling their rows were built for (``layer``, ``pooling``).
 Only tensors and primitive containers go in, so loading never unpickles code.
 """
 
@@ -16,11 +17,11 @@ import torch
 from niwt.io.atomic import atomic_path
 from niwt.models.networks import ModelError, NiwtNet, build_model
 
-REQUIRED = ("arch", "num_classes", "class_names", "n_seen", "layer", "image_size", "state_dict")
+REQUIRED = ("arch", "num_classes", "class_names", "n_seen", "image_size", "state_dict")
 
 
 def save_checkpoint(path: str | Path, model: NiwtNet, meta: dict[str, Any]) -> None:
-    """Atomically save ``model`` with ``meta`` (arch, class_names, n_seen, layer, ...)."""
+    """Atomically save ``model`` with ``meta`` (arch, class_names, n_seen, image_size, ...)."""
     ckpt = dict(meta)
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt["num_classes"] = model.classifier.out_features

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from niwt.params import InputError
 
-class ModelError(ValueError):
+
+class ModelError(InputError):
     """A model that cannot be built or loaded as asked (unknown layer, missing weights, ...)."""
 
 
@@ -33,27 +35,6 @@ class NiwtNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, D)
         return self.body(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh ``num_classes``-way linear layer (timm idiom)."""
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-
-    def extended(self, weight: torch.Tensor, bias: torch.Tensor) -> NiwtNet:
-        """A copy with rows appended to the classifier; existing rows are copied bit-for-bit.
-
-        Args:
-            weight: (U, D) new rows.
-            bias: (U,) new biases.
-        """
-        old = self.classifier
-        new = nn.Linear(old.in_features, old.out_features + weight.shape[0])
-        with torch.no_grad():
-            new.weight.copy_(torch.cat([old.weight.detach(), weight.to(old.weight)], 0))
-            new.bias.copy_(torch.cat([old.bias.detach(), bias.to(old.bias)], 0))
-        return NiwtNet(self.body, new)
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -144,7 +125,6 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 
 ARCHS = {"smallcnn": small_cnn, "vgg16": vgg16, "resnet101": resnet101}
-DEFAULT_LAYER = {"smallcnn": "body.block4", "vgg16": "body.relu5_3", "resnet101": "body.layer4.0"}
 
 
 def build_model(arch: str, num_classes: int, *, pretrained: bool = False, width: int = 32,

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from niwt.metrics import mean_per_class_accuracy
+from niwt.evaluation.metrics import mean_per_class_accuracy
 
 
 def _label_matrix(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -1,7 +1,13 @@
-"""The I/O layer: one module per pipeline stage, each exposing ``run(params, paths) -> StageResult``.
+"""The stage layer: one module per pipeline stage, each exposing ``run(params, runtime, paths) -> StageResult``.
 
-Stage modules read and write files and may log progress; the numerical work lives in the pure
-core (``niwt.models``, ``niwt.importance``, ``niwt.mapping``, ``niwt.injection``, ...).
+Stages read and write files and may log progress; the numerical work lives in the core packages
+(``niwt.models``, ``niwt.importance``, ``niwt.mapping``, ``niwt.injection``, ...). Stages never import
+each other: what one stage needs from another comes from that stage's output files.
+
+:data:`STAGES` is the one list of stages, in pipeline order, with the params each one reads. The
+CLI, the Prefect flow and the tests use it, and a test holds ``dvc.yaml`` equal to it; the CLI hands
+a stage only the params it declares (:func:`niwt.params.declared_view`), so a stage that reads an
+undeclared key fails instead of going stale under DVC.
 """
 
 from __future__ import annotations
@@ -9,12 +15,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain")
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the dvc.yaml stage, the `niwt` subcommand, the Prefect task run and the MLflow run
+    params: tuple[str, ...]  # params.yaml sections or single keys it reads (= its dvc.yaml `params:`)
+    help: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),
+    Stage("finetune", ("base.seed", "model", "finetune"), "train the classifier on seen classes"),
+    Stage("extract", ("base.seed", "extract"), "neuron importances of every seen training image (sharded Parquet)"),
+    Stage("fit_mapping", ("base.seed", "mapping"), "fit the domain-vector -> importance map and its inverse"),
+    Stage("inject", ("base.seed", "inject"), "add unseen-class rows to the classifier (NIWT and peers)"),
+    Stage("evaluate", ("evaluate",), "GZSL metrics (S, U, H, ZSL T1, AUSUC) of every injected model"),
+    Stage("explain", ("base.seed", "explain"), "Grad-CAM panels, textual explanations, neuron names, report"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 @dataclass
 class StageResult:
     """What a stage hands back to the CLI: metrics (to JSON and MLflow) and small artifacts."""
 
-    metrics: dict[str, float | int | str]
+    metrics: dict
     artifacts: list[Path] = field(default_factory=list)

@@ -2,9 +2,6 @@
 
 Outputs (in ``out``, written atomically):
 
-* ``inverse_map.pt``: the importance -> domain-vector map (:mod:`niwt.explain.inverse`), fit on
-  the extracted importances of the seen training images with ``mapping``'s settings, and
-  ``inverse_map_history.csv`` (its model-selection trace);
 * ``neuron_names.parquet`` / ``.csv`` / ``.md``: each neuron of the importance layer named by the
   attributes its column of the inverse map points to;
 * ``panels/<class>.png``: for a seeded sample of unseen-test images of every unseen class, the
@@ -15,8 +12,12 @@ Outputs (in ``out``, written atomically):
 * ``report.md`` and a self-contained ``report.html`` (comparison table and per-class accuracies
   from ``evaluate`` when present, panels, explanations, neuron names).
 
-Metrics: the inverse map's selection numbers and, over all unseen-test images, how well the
-textual explanation agrees with the predicted class's own attributes (cosine, top-k overlap).
+The inverse map (importance -> domain vector) is an input: ``fit_mapping`` fits it next to the
+forward map (``models/inverse_map.pt``). The importance layer is the injected checkpoint's; the
+importances and the inverse map must have been made at the same layer and pooling.
+
+Metrics: over all unseen-test images, how well the textual explanation agrees with the predicted
+class's own attributes (cosine, top-k overlap).
 """
 
 from __future__ import annotations
@@ -33,28 +34,26 @@ import torch
 
 from niwt.data.images import make_loader
 from niwt.data.tables import ClassTable, read_classes, read_splits
+from niwt.evaluation.report import comparison_rows
 from niwt.explain import report as rp
 from niwt.explain.figures import Explained, draw_class_panel, draw_overview
 from niwt.explain.gradcam import gradcam, to_rgb
-from niwt.explain.inverse import fit_inverse_map, neuron_names, predict_domain
+from niwt.explain.inverse import neuron_names, predict_domain
+from niwt.injection.registry import method_checkpoints
 from niwt.io.atomic import atomic_path
 from niwt.io.parquet import ImportanceFileError, read_importances
-from niwt.mapping.linear import MappingConfig, normalize_domain
+from niwt.mapping.linear import normalize_domain
+from niwt.mapping.store import StoredMap, check_same_importance, load_map
 from niwt.models.checkpoint import check_classes, load_checkpoint
-from niwt.params import Params
-from niwt.report import COLUMNS
+from niwt.models.training import resolve_device
+from niwt.params import Params, Runtime
 from niwt.stages import StageResult
-from niwt.stages.evaluate import METHOD_ORDER, method_checkpoints
-from niwt.stages.fit_mapping import held_out_classes
-from niwt.training import resolve_device
 
-IMAGES_PER_CLASS = 4  # panel columns per unseen class
-TOP_ATTRIBUTES = 5  # attributes in a textual explanation
 REPORT_NEURONS = 20  # neurons listed in the report (all are in neuron_names.*)
 
 
 def explained_checkpoint(injected: Path) -> Path:
-    """The model to explain: ``niwt.pt`` when present, else the first method in evaluate's order."""
+    """The model to explain: ``niwt.pt`` when present, else the first method in registry order."""
     return method_checkpoints(Path(injected))[0]
 
 
@@ -62,35 +61,31 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
 
 
-def run(p: Params, data: Path, injected: Path, importances: Path, out: Path,
-        comparison: Path | None = None, per_class: Path | None = None, progress: bool = True,
-        images_per_class: int = IMAGES_PER_CLASS, top_k: int = TOP_ATTRIBUTES) -> StageResult:
-    device = resolve_device(p.base.device)
+def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, inverse_map: Path, out: Path,
+        comparison: Path | None = None, per_class: Path | None = None) -> StageResult:
+    device = resolve_device(rt.device)
     torch.manual_seed(p.base.seed)
+    e = p.explain
     classes = read_classes(data / "classes.parquet")
     splits = read_splits(data / "splits.parquet")
     checkpoint = explained_checkpoint(injected)
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names, checkpoint)
-    if len(meta["class_names"]) != len(classes.names):
+    if len(meta["class_names"]) != len(classes.names) or "layer" not in meta:
         raise ValueError(f"{checkpoint}: {len(meta['class_names'])} outputs, {len(classes.names)} classes in "
                          f"{data}; explain needs an injected (seen + unseen) checkpoint")
     imp = read_importances(importances)
-    if imp.meta.get("layer") and imp.meta["layer"] != meta["layer"]:
-        raise ImportanceFileError(f"{importances}: extracted at layer {imp.meta['layer']!r}, {checkpoint} explains "
-                                  f"{meta['layer']!r}; rerun extract")
+    inverse = load_map(inverse_map, "inverse map", heldout=False)
+    check_same_importance(imp.meta, importances, meta, checkpoint)
+    check_same_importance(inverse.provenance, inverse_map, meta, checkpoint)
     labels = imp.target_id.astype(np.int64)
     if labels.max() >= classes.n_seen:
         raise ImportanceFileError(f"{importances}: class ids up to {labels.max()} but only "
                                   f"{classes.n_seen} seen classes")
     attr_names = classes.attribute_names or [f"dim_{i}" for i in range(classes.domain.shape[1])]
-
-    m = p.mapping
-    cfg = MappingConfig(epochs=m.epochs, lr=m.lr, batch_size=m.batch_size, weight_decay=m.weight_decay,
-                        seed=p.base.seed)
-    val = held_out_classes(classes.n_seen, m.n_val_classes, p.base.seed)
-    inverse = fit_inverse_map(classes.domain, labels, imp.values, val, cfg, selection=m.selection)
-    best = next(h for h in inverse.history if h["epoch"] == inverse.best_epoch)
+    if inverse.weight.shape[0] != len(attr_names):
+        raise ValueError(f"{inverse_map}: maps to {inverse.weight.shape[0]} dimensions, {data / 'classes.parquet'} "
+                         f"has {len(attr_names)}; rerun fit_mapping")
 
     names = neuron_names(inverse.weight, attr_names)
     unit = imp.values / np.maximum(np.linalg.norm(imp.values, axis=1, keepdims=True), 1e-12)
@@ -100,40 +95,36 @@ def run(p: Params, data: Path, injected: Path, importances: Path, out: Path,
 
     test = splits.select("test_unseen")
     explained, agreement = _explain_unseen(model, meta, classes, test, inverse.weight, inverse.bias,
-                                           p.evaluate.batch_size, device, top_k, progress)
-    sample = _sample(test, classes, images_per_class, p.base.seed)
+                                           e.batch_size, device, e.top_attributes, rt.progress)
+    sample = _sample(test, classes, e.images_per_class, p.base.seed)
 
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        torch.save({**inverse.state(), "attribute_names": list(attr_names), "layer": meta["layer"],
-                    "pooling": imp.meta.get("pooling", ""), "domain_kind": classes.domain_kind,
-                    "val_classes": torch.as_tensor(val)}, tmp / "inverse_map.pt")
-        _write_csv(tmp / "inverse_map_history.csv", inverse.history, ["epoch", "val_loss", "val_rank_corr"])
         _write_neuron_names(tmp, names)
         panels: dict[str, list[Explained]] = {}
         rows = []
         for c, idx in sample.items():
             panels[classes.names[c]] = [explained[i] for i in idx]
             for i in idx:
-                e = explained[i]
-                rows.append({"image": test.path[i], "class": classes.names[c], "predicted": e.pred_name,
-                             "predicted_unseen": e.pred_unseen, "prob": round(e.prob, 4),
-                             "top_attributes": ", ".join(e.attributes),
+                x = explained[i]
+                rows.append({"image": test.path[i], "class": classes.names[c], "predicted": x.pred_name,
+                             "predicted_unseen": x.pred_unseen, "prob": round(x.prob, 4),
+                             "top_attributes": ", ".join(x.attributes),
                              "cosine": round(float(agreement["cosine"][i]), 4)})
         _write_csv(tmp / "explanations.csv", rows, list(rows[0]) if rows else ["image"])
         panel_files = [draw_class_panel(tmp / "panels" / f"{slug(n)}.png", n, items) for n, items in panels.items()]
         overview = draw_overview(tmp / "panels" / "unseen_overview.png", panels)
-        blocks = _report(p, checkpoint, meta, classes, inverse, best, names, rows, agreement,
+        blocks = _report(p, checkpoint, meta, classes, inverse, names, rows, agreement,
                          [f.relative_to(tmp).as_posix() for f in panel_files], overview.relative_to(tmp).as_posix(),
-                         comparison, per_class, top_k)
+                         comparison, per_class)
         (tmp / "report.md").write_text(rp.to_markdown(blocks))
         (tmp / "report.html").write_text(rp.to_html(blocks, tmp, "NIWT explanations"))
         relative = [f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()]
-    metrics = {"inverse/best_epoch": inverse.best_epoch, "inverse/val_rank_corr": best["val_rank_corr"],
-               "inverse/val_loss": best["val_loss"], "n_neurons": len(names),
+    k = e.top_attributes
+    metrics = {"n_neurons": len(names),
                "unseen/attr_cosine": float(agreement["cosine"].mean()),
-               f"unseen/attr_top{top_k}_overlap": float(agreement["overlap"].mean()),
+               f"unseen/attr_top{k}_overlap": float(agreement["overlap"].mean()),
                "unseen/accuracy": float(agreement["correct"].mean()),
                "n_panel_images": int(sum(len(v) for v in sample.values()))}
     return StageResult(metrics, sorted(out / r for r in relative))
@@ -211,20 +202,9 @@ def _neuron_table(rows: list[dict]) -> rp.Block:
 def _comparison_block(path: Path | None) -> list[rp.Block]:
     if path is None or not Path(path).is_file():
         return [rp.para("(no `metrics/evaluate.json`: run the evaluate stage for the comparison table)")]
-    metrics = json.loads(Path(path).read_text())
-    methods = [mth for mth in METHOD_ORDER if mth in metrics] + sorted(set(metrics) - set(METHOD_ORDER))
-    cols = [c for c in COLUMNS if any(c in metrics[mth] for mth in methods)]
-    best = {c: max(metrics[mth].get(c, float("-inf")) for mth in methods) for c in cols}
-    rows = []
-    for mth in methods:
-        cells = []
-        for c in cols:
-            v = metrics[mth].get(c)
-            text = "–" if v is None else f"{100 * v:.1f}"
-            cells.append(f"**{text}**" if v is not None and v == best[c] else text)
-        rows.append([mth, *cells])
+    header, rows = comparison_rows(json.loads(Path(path).read_text()))
     return [rp.para("GZSL comparison (%), from `evaluate` (S/U/H: joint label space; cal_*: calibrated stacking "
-                    "with gamma chosen on val; best of each column in bold)."), rp.table(["method", *cols], rows)]
+                    "with gamma chosen on val; best of each column in bold)."), rp.table(header, rows)]
 
 
 def _per_class_blocks(path: Path | None, classes: ClassTable) -> list[rp.Block]:
@@ -245,16 +225,17 @@ def _per_class_blocks(path: Path | None, classes: ClassTable) -> list[rp.Block]:
     return out
 
 
-def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, inverse, best: dict, names: list[dict],
+def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, inverse: StoredMap, names: list[dict],
             rows: list[dict], agreement: dict, panel_files: list[str], overview: str, comparison: Path | None,
-            per_class: Path | None, top_k: int) -> list[rp.Block]:
+            per_class: Path | None) -> list[rp.Block]:
+    top_k, best = p.explain.top_attributes, inverse.selection
     b = [rp.h1("NIWT explanations"),
          rp.para(f"Model `{checkpoint}` ({meta['arch']}, method `{meta.get('method', '?')}`), importance layer "
                  f"`{meta['layer']}`; {classes.n_seen} seen + {classes.n_unseen} unseen classes, domain "
                  f"`{classes.domain_kind}` ({classes.domain.shape[1]} dimensions)."),
-         rp.h2("Generalized zero-shot results"), *_comparison_block(comparison),
+         rp.h2("Generalized zero-shot results"), *_comparison_block(comparison), *_per_class_blocks(per_class, classes),
          rp.h2("Where the model looks: unseen test images"),
-         rp.para(f"{len(rows)} unseen-test images ({IMAGES_PER_CLASS} per unseen class, "
+         rp.para(f"{len(rows)} unseen-test images ({p.explain.images_per_class} per unseen class, "
                  "seeded sample). Each overlay is the Grad-CAM of the class the model predicts, at the importance "
                  f"layer `{meta['layer']}`; green titles are correct predictions, red ones wrong."),
          rp.image(overview, "Grad-CAM of the predicted class, all unseen classes")]
@@ -271,9 +252,10 @@ def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, invers
                      f"{r['prob']:.2f}", r["top_attributes"], f"{r['cosine']:.2f}"] for r in rows]),
           rp.h2("Inverse map (importance -> attributes)"),
           rp.para(f"Linear, cosine loss, fit like `fit_mapping` the other way round on the extracted importances "
-                  f"of the seen training images; epochs chosen on {p.mapping.n_val_classes} held-out seen classes "
-                  f"by `{p.mapping.selection}`: best epoch {inverse.best_epoch}, held-out rank correlation "
-                  f"{best['val_rank_corr']:.3f}, held-out cosine distance {best['val_loss']:.3f}."),
+                  f"of the seen training images by `fit_mapping` (`models/inverse_map.pt`); epochs chosen on "
+                  f"{len(inverse.provenance.val_classes)} held-out seen classes: best epoch {inverse.best_epoch}, "
+                  f"held-out rank correlation {best.get('val_rank_corr', float('nan')):.3f}, held-out cosine "
+                  f"distance {best.get('val_loss', float('nan')):.3f}."),
           rp.h2("Neuron names"),
           rp.para(f"The {min(REPORT_NEURONS, len(names))} neurons with the largest mean |alpha|, named by "
                   "the attributes their column of the inverse map points to (all neurons: `neuron_names.csv`, "

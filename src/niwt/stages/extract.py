@@ -6,18 +6,22 @@ computed independently (one forward + one backward per batch) and written atomic
 fingerprint (checkpoint bytes + params) matches. When all shards exist the directory is renamed
 onto ``<out>`` in one step, so DVC never sees a partial output.
 
-Shards are plain function calls (:func:`compute_shard`), so they can run in-process or as
-Prefect tasks on a Dask cluster (``extract.runner: dask``, see ``flows/extract.py``).
+Shards are plain function calls (:func:`compute_shard`), so they can run in-process or on any
+``concurrent.futures`` executor (``NIWT_RUNNER=dask``: a Dask cluster, see :func:`dask_executor`).
+Where shards run is an execution setting, not a param: it never changes a number beyond the last
+float bits, so it never makes DVC rerun the stage.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +34,9 @@ from niwt.data.tables import read_tables
 from niwt.importance.capture import LayerCapture, batch_importance, prepare_for_extraction, to_model_format
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
-from niwt.params import Params
+from niwt.models.training import resolve_device
+from niwt.params import Params, Runtime
 from niwt.stages import StageResult
-from niwt.training import resolve_device
 
 
 @dataclass(frozen=True)
@@ -95,19 +99,19 @@ def fingerprint(checkpoint: Path, p: Params) -> str:
     the numbers; where they run (``runner``, Dask settings) does not count."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes())
     e = p.extract
-    shaping = [e.pooling, e.target, e.batch_size, e.shard_size, p.model.layer, e.channels_last]
+    shaping = [e.pooling, e.target, e.batch_size, e.shard_size, e.layer, e.channels_last]
     digest.update(json.dumps(shaping).encode())
     return digest.hexdigest()
 
 
-def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[ShardJob], Path]:
+def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path) -> tuple[list[ShardJob], Path]:
     """Validate inputs and cut the work into shards; prepares ``<out>.partial``."""
     classes, splits = read_tables(data)
     splits = splits.select("train", "val")
     check_images_exist(splits.path, splits.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
-    LayerCapture(model, p.model.layer)  # unknown layer: fail before any work, listing valid ones
+    LayerCapture(model, p.extract.layer)  # unknown layer: fail before any work, listing valid ones
     partial = out.parent / (out.name + ".partial")
     fp = fingerprint(checkpoint, p)
     stamp = partial / "_fingerprint"
@@ -118,7 +122,7 @@ def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[Shard
         shutil.rmtree(stale, ignore_errors=True)
     stamp.write_text(fp)
     order = np.argsort(splits.image_id, kind="stable")
-    file_meta = (("layer", p.model.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
+    file_meta = (("layer", p.extract.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
                  ("arch", meta["arch"]), ("fingerprint", fp[:16]))
     jobs = []
     for index, start in enumerate(range(0, len(order), p.extract.shard_size)):
@@ -126,8 +130,8 @@ def plan(p: Params, data: Path, checkpoint: Path, out: Path) -> tuple[list[Shard
         jobs.append(ShardJob(index, tuple(int(i) for i in splits.image_id[sel]),
                              tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
                              tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial),
-                             p.model.layer, p.extract.pooling, p.extract.target, p.extract.batch_size,
-                             p.base.device, p.extract.channels_last, file_meta))
+                             p.extract.layer, p.extract.pooling, p.extract.target, p.extract.batch_size,
+                             rt.device, p.extract.channels_last, file_meta))
     return jobs, partial
 
 
@@ -146,9 +150,13 @@ def finish(jobs: list[ShardJob], partial: Path, out: Path) -> dict[str, int]:
     return {"n_images": n_rows, "n_shards": len(jobs)}
 
 
+def _todo(jobs: list[ShardJob]) -> list[ShardJob]:
+    return [j for j in jobs if not (Path(j.partial_dir) / shard_name(j.index)).is_file()]
+
+
 def run_local(jobs: list[ShardJob], progress: bool = True) -> int:
     """Run missing shards in this process; returns how many were computed."""
-    todo = [j for j in jobs if not (Path(j.partial_dir) / shard_name(j.index)).is_file()]
+    todo = _todo(jobs)
     done_before = sum(len(j.image_id) for j in jobs) - sum(len(j.image_id) for j in todo)
     total = sum(len(j.image_id) for j in jobs)
     with tqdm(total=total, initial=done_before, desc="extract", unit="img", disable=not progress,
@@ -158,11 +166,44 @@ def run_local(jobs: list[ShardJob], progress: bool = True) -> int:
     return len(todo)
 
 
-def run(p: Params, data: Path, checkpoint: Path, out: Path, progress: bool = True,
+def executor_runner(executor: concurrent.futures.Executor, progress: bool = True) -> Callable[[list[ShardJob]], int]:
+    """A shard runner that submits every missing shard to ``executor`` (a Dask client's, a process pool)."""
+    def run(jobs: list[ShardJob]) -> int:
+        todo = _todo(jobs)
+        futures = [executor.submit(compute_shard, job) for job in todo]
+        with tqdm(total=len(todo), desc="extract shards", unit="shard", disable=not progress) as bar:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()  # a failed shard fails the stage, with the worker's error
+                bar.update()
+        return len(todo)
+    return run
+
+
+@contextlib.contextmanager
+def dask_executor(address: str = "", workers: int = 2) -> Iterator[concurrent.futures.Executor]:
+    """A ``concurrent.futures`` executor on Dask: the scheduler at ``address``, or a LocalCluster of
+    ``workers`` single-threaded processes. Workers must see the same filesystem (checkpoint,
+    images, the ``.partial`` directory), as on a shared-disk cluster."""
+    from distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        target = address or stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                             processes=True, dashboard_address=None))
+        client = stack.enter_context(Client(target))
+        yield client.get_executor()
+
+
+def run(p: Params, rt: Runtime, data: Path, model: Path, out: Path,
         runner: Callable[[list[ShardJob]], int] | None = None) -> StageResult:
-    """Plan, compute missing shards (with ``runner``, default in-process), and finish."""
+    """Plan, compute missing shards (with ``runner``; default: ``rt.runner``), and finish."""
     torch.manual_seed(p.base.seed)
-    jobs, partial = plan(p, data, Path(checkpoint), Path(out))
-    computed = (runner or functools.partial(run_local, progress=progress))(jobs)
+    jobs, partial = plan(p, rt, data, Path(model), Path(out))
+    if runner is not None:
+        computed = runner(jobs)
+    elif rt.runner == "dask":
+        with dask_executor(rt.dask_address, rt.dask_workers) as executor:
+            computed = executor_runner(executor, rt.progress)(jobs)
+    else:
+        computed = run_local(jobs, rt.progress)
     stats = finish(jobs, partial, Path(out))
     return StageResult({**stats, "shards_computed": computed, "shards_reused": len(jobs) - computed})

@@ -21,10 +21,10 @@ from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import safe_load, save_checkpoint
-from niwt.models.networks import ModelError, NiwtNet, build_model, split_at
-from niwt.params import Params, section_dict
+from niwt.models.networks import ModelError, NiwtNet, build_model
+from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
+from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
-from niwt.training import evaluate, resolve_device, seed_everything, train_one_epoch
 
 
 def _phases(p: Params) -> list[tuple[str, int, float]]:
@@ -45,26 +45,26 @@ def _optimizer(model: NiwtNet, phase: str, lr: float, p: Params, steps: int):
 
 def _fingerprint(p: Params, data: Path) -> str:
     """Identity of a training run: resume only a state made by the same params and data."""
-    blob = json.dumps([section_dict(p.base), section_dict(p.model), section_dict(p.finetune)], sort_keys=True)
+    blob = json.dumps([p.base.seed, section_dict(p.model), section_dict(p.finetune)], sort_keys=True)
     digest = hashlib.sha256(blob.encode())
     digest.update((data / "splits.parquet").read_bytes())
     return digest.hexdigest()
 
 
-def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = True) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageResult:
+    history_path = Path(history)  # the per-epoch list below is `history`
     seed_everything(p.base.seed)
-    device = resolve_device(p.base.device)
+    device = resolve_device(rt.device)
     classes, splits = read_tables(data)
     used = splits.select("train", "val", "test_seen")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
     model = build_model(p.model.arch, classes.n_seen, pretrained=p.model.pretrained, width=p.model.width,
                         hidden=p.model.hidden, image_size=p.model.image_size)
-    split_at(model, p.model.layer)  # fail now, not after training, on a bad layer name
     model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
     train, val, test = splits.select("train"), splits.select("val"), splits.select("test_seen")
-    size, bs, nw = p.model.image_size, p.finetune.batch_size, p.finetune.num_workers
+    size, bs, nw = p.model.image_size, p.finetune.batch_size, rt.workers
     pin = device.type == "cuda"
     train_loader = make_loader(train.path, train.class_id, size, train=True, batch_size=bs, num_workers=nw,
                                seed=p.base.seed, pin_memory=pin)
@@ -89,7 +89,7 @@ def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = T
             continue
         for epoch in range(start, epochs + 1):
             stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=p.finetune.amp,
-                                    channels_last=p.finetune.channels_last, scheduler=sched, progress=progress)
+                                    channels_last=p.finetune.channels_last, scheduler=sched, progress=rt.progress)
             val_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
             history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
                             "train_acc": stats["acc"], "val_acc": val_acc})
@@ -107,7 +107,7 @@ def run(p: Params, data: Path, out: Path, history_path: Path, progress: bool = T
     metrics = {"val_acc": best_acc, "test_seen_acc": test_metrics["acc"], "test_seen_top1": test_metrics["top1"],
                "epochs_trained": len(history)}
     meta = {"arch": p.model.arch, "class_names": classes.names[: classes.n_seen], "n_seen": classes.n_seen,
-            "layer": p.model.layer, "image_size": size, "width": p.model.width, "hidden": p.model.hidden,
+            "image_size": size, "width": p.model.width, "hidden": p.model.hidden,
             "metrics": metrics}
     # Both outputs or neither: the history is staged first and moved into place only after the
     # checkpoint was written (a failure in either leaves the previous pair untouched).

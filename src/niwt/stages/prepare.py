@@ -22,7 +22,7 @@ from niwt.data.tables import (
     write_splits,
 )
 from niwt.io.atomic import atomic_path
-from niwt.params import Params
+from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
@@ -102,12 +102,12 @@ def domain_vectors(raw: RawDataset, kind: str, order: list[int]) -> tuple[np.nda
     raise DatasetError(f"unknown data.domain {kind!r}")
 
 
-def run(p: Params, out: Path, progress: bool = True) -> StageResult:
+def run(p: Params, rt: Runtime, out: Path) -> StageResult:
     """Write ``out/classes.parquet`` and ``out/splits.parquet`` (and ``out/raw`` when generated)."""
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        raw = load_raw(p, tmp, out, progress)
+        raw = load_raw(p, tmp, out, rt.progress)
         order = joint_order(raw)
         domain, dim_names = domain_vectors(raw, p.data.domain, order)
         if not np.isfinite(domain).all():
@@ -115,7 +115,7 @@ def run(p: Params, out: Path, progress: bool = True) -> StageResult:
             raise DatasetError(f"{raw.name}: NaN/inf in {p.data.domain} vectors of classes {bad[:10]}")
         cls, split = assign_splits(raw, order, p.data.val_fraction, p.data.test_seen_fraction, p.base.seed)
         paths = list(raw.image_paths)
-        keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, progress)
+        keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, rt.progress)
         names = [raw.class_names[i] for i in order]
         descriptions = [raw.descriptions[i] if raw.descriptions else "" for i in order]
         write_classes(tmp / "classes.parquet", ClassTable(names, len(names) - len(raw.unseen), domain,

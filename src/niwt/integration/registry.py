@@ -2,8 +2,8 @@
 
 ``register_model(checkpoint, name, tracking_uri)`` logs :class:`NiwtPyfunc` with the checkpoint
 and the class list (``classes.json``) as artifacts and a signature, and registers it under
-``name`` (default ``niwt-injected``). The ``explain`` stage calls it on ``models/injected/niwt.pt``
-whenever MLflow tracking is on, so every ``dvc repro`` adds a version. Loading needs only MLflow
+``name`` (``niwt register``, default ``niwt-injected``; the Prefect pipeline runs it after
+``explain``). Loading needs only MLflow
 and this package::
 
     model = mlflow.pyfunc.load_model("models:/niwt-injected/1")
@@ -31,8 +31,6 @@ try:
 except ImportError:  # pragma: no cover - mlflow is a dependency; keep the module importable anyway
     PythonModel = object  # type: ignore[assignment,misc]
 
-DEFAULT_NAME = "niwt-injected"
-OUTPUT_COLUMNS = ("class", "score", "class_id", "logit", "unseen")
 
 
 class NiwtPyfunc(PythonModel):
@@ -49,7 +47,7 @@ class NiwtPyfunc(PythonModel):
         import pandas as pd
         import torch
 
-        from niwt.predict import load_images
+        from niwt.explain.predict import load_images
 
         if isinstance(model_input, pd.DataFrame):
             if "path" not in model_input.columns:
@@ -91,12 +89,11 @@ def signature():
     )
 
 
-def register_model(checkpoint: str | Path, name: str = DEFAULT_NAME, tracking_uri: str | None = None,
-                   experiment: str = "niwt"):
+def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None = None, experiment: str = "niwt"):
     """Log ``checkpoint`` as a pyfunc model and register it as a new version of ``name``.
 
-    Logs into the active MLflow run when there is one (the ``explain`` stage's run), else in a
-    run of its own named ``register`` in ``experiment`` (created when missing).
+    Logs into the active MLflow run when there is one, else in a run of its own named
+    ``register`` in ``experiment`` (created when missing).
 
     Args:
         checkpoint: an injected checkpoint (``models/injected/niwt.pt``).
@@ -122,7 +119,7 @@ def register_model(checkpoint: str | Path, name: str = DEFAULT_NAME, tracking_ur
                                             "method": meta.get("method", ""), "classes": classes}, indent=2))
         own_run = mlflow.active_run() is None
         if own_run:
-            from niwt.tracking import ensure_experiment
+            from niwt.integration.tracking import ensure_experiment
 
             run = mlflow.start_run(run_name="register", experiment_id=ensure_experiment(mlflow, experiment))
         else:

@@ -40,8 +40,10 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+def tracking_uri(root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the SQLite file at the project root (found from
+    ``root``, default the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root) / 'mlflow.db'}"
 
 
 def _git_commit(root: Path) -> str:
@@ -52,16 +54,18 @@ def _git_commit(root: Path) -> str:
         return "unknown"
 
 
-def ensure_experiment(mlflow, name: str) -> str:
+def experiment_id(client, name: str, root: Path | None = None) -> str:
     """Get or create the experiment, with artifacts under the project root (an absolute path),
     never under the working directory, which is a throw-away copy in ``dvc exp run --temp``."""
-    client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
-    if exp is None:
-        location = (project_root() / "mlartifacts").as_uri()
-        exp_id = client.create_experiment(name, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=(project_root(root) / "mlartifacts").as_uri())
+
+
+def ensure_experiment(mlflow, name: str) -> str:
+    """:func:`experiment_id`, made the fluent API's current experiment."""
+    exp_id = experiment_id(mlflow.MlflowClient(), name)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

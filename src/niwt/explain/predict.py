@@ -1,18 +1,14 @@
-"""``niwt predict IMAGE...``: rank every class (seen and injected unseen) for new images, and explain.
+"""Rank every class (seen and injected unseen) of new images, and explain the prediction.
 
-Not a pipeline stage (no params, no DVC, no MLflow run): it loads an injected checkpoint, applies
-the evaluation transform, and prints the top-k classes with softmax probabilities and logits,
-marking unseen classes. With ``--explain OUTDIR`` it also writes, per image, the Grad-CAM overlay
-of the predicted (or ``--target``) class and the textual explanation: the attributes that the
-observed importance of that class on that image maps to through the inverse map fit by the
-``explain`` stage (``reports/explain/inverse_map.pt``).
+The core of ``niwt predict`` (:mod:`niwt.commands.predict`): the evaluation transform, the top-k
+classes with softmax probabilities and logits, and, when asked, the Grad-CAM overlay of the
+predicted (or a chosen) class and the textual explanation: the attributes that the observed
+importance of that class on that image maps to through the inverse map (``models/inverse_map.pt``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +19,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions: ``niwt --help`` mu
 
     from niwt.data.tables import ClassTable
     from niwt.explain.inverse import Attribution
+    from niwt.mapping.store import StoredMap
     from niwt.models.networks import NiwtNet
-
-DEFAULT_MODEL = Path("models/injected/niwt.pt")
-DEFAULT_DATA = Path("data/prepared")
-DEFAULT_INVERSE = Path("reports/explain/inverse_map.pt")
-
 
 @dataclass(frozen=True)
 class Ranked:
@@ -79,25 +71,16 @@ def rank(logits: torch.Tensor, class_names: list[str], n_seen: int, k: int) -> l
     return out
 
 
-def load_inverse_map(path: Path) -> dict | None:
-    """The ``explain`` stage's inverse map, or None when it has not been run."""
-    from niwt.models.checkpoint import safe_load
-
-    if not Path(path).is_file():
-        return None
-    return safe_load(path, what="inverse map")
-
-
 def predict_images(model: NiwtNet, meta: dict, paths: Sequence[str | Path], *, top_k: int = 5,
                    explain_dir: Path | None = None, classes: ClassTable | None = None,
-                   inverse: dict | None = None, target: str | None = None, n_attributes: int = 5,
+                   inverse: StoredMap | None = None, target: str | None = None, n_attributes: int = 5,
                    batch_size: int = 32) -> list[Prediction]:
     """Rank the classes of each image; with ``explain_dir``, write overlays and explanations there.
 
     Args:
         model, meta: an injected checkpoint (:func:`niwt.models.checkpoint.load_checkpoint`).
         classes: the class table (attribute names and domain vectors) for textual explanations.
-        inverse: the inverse map (``inverse_map.pt``) for textual explanations.
+        inverse: the inverse map (``models/inverse_map.pt``) for textual explanations.
         target: explain this class (name) instead of each image's top-1.
     """
     import torch
@@ -128,7 +111,7 @@ def predict_images(model: NiwtNet, meta: dict, paths: Sequence[str | Path], *, t
             explained = int(cam.targets[i])
             attribution = None
             if inverse is not None and classes is not None and classes.attribute_names:
-                attribution = top_attributes(inverse["weight"], inverse["bias"], cam.importance[i],
+                attribution = top_attributes(inverse.weight, inverse.bias, cam.importance[i],
                                              classes.attribute_names, n_attributes, classes.domain[explained])
             pred = Prediction(str(path), ranked, attribution, names[explained])
             stem = f"{start + i:03d}_{Path(path).stem}"
@@ -152,7 +135,7 @@ def _explanation(pred: Prediction, explained: str, have_inverse: bool) -> dict:
         out["cosine_to_class_attributes"] = a.cosine
         out["text"] = f"{explained}: because of " + ", ".join(n.replace("_", " ") for n in a.names)
     elif not have_inverse:
-        out["note"] = "no inverse map: run `niwt explain` (dvc repro explain) for textual explanations"
+        out["note"] = "no inverse map: run `dvc repro fit_mapping` for textual explanations"
     return out
 
 
@@ -167,54 +150,3 @@ def format_prediction(pred: Prediction) -> str:
     for f in pred.files:
         lines.append(f"      wrote {f}")
     return "\n".join(lines)
-
-
-def add_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    sp.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="injected checkpoint (default: %(default)s)")
-    sp.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                    help="prepared data, for attribute names (default: %(default)s)")
-    sp.add_argument("--top-k", type=int, default=5, help="classes to list per image (default: %(default)s)")
-    sp.add_argument("--explain", type=Path, metavar="OUTDIR",
-                    help="write the Grad-CAM overlay and textual explanation of each image here")
-    sp.add_argument("--target", metavar="CLASS", help="explain this class instead of the top-1")
-    sp.add_argument("--inverse-map", type=Path, default=DEFAULT_INVERSE,
-                    help="inverse map from the explain stage (default: %(default)s)")
-    sp.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
-
-
-def command(args: argparse.Namespace) -> int:
-    """``niwt predict``; returns the exit status."""
-    from niwt.data.raw import DatasetError
-    from niwt.data.tables import read_classes
-    from niwt.models.checkpoint import check_classes, load_checkpoint
-    from niwt.models.networks import ModelError
-    from niwt.training import resolve_device
-
-    try:
-        model, meta = load_checkpoint(args.model, resolve_device(args.device))
-        classes = None
-        if (args.data / "classes.parquet").is_file():
-            classes = read_classes(args.data / "classes.parquet")
-            check_classes(meta, classes.names, args.model)
-        inverse = None
-        if args.explain is not None:
-            inverse = load_inverse_map(args.inverse_map)
-            if inverse is None:
-                print(f"niwt predict: note: {args.inverse_map} not found, no textual explanation "
-                      "(run `niwt explain` / `dvc repro explain`)", file=sys.stderr)
-            elif classes is not None and (list(inverse.get("attribute_names", classes.attribute_names))
-                                          != list(classes.attribute_names)
-                                          or inverse.get("layer", meta["layer"]) != meta["layer"]):
-                print(f"niwt predict: note: {args.inverse_map} was fit on other attributes or another layer, "
-                      "no textual explanation (rerun `niwt explain`)", file=sys.stderr)
-                inverse = None
-            args.explain.mkdir(parents=True, exist_ok=True)
-        preds = predict_images(model, meta, args.images, top_k=args.top_k, explain_dir=args.explain,
-                               classes=classes, inverse=inverse, target=args.target)
-    except (ModelError, DatasetError, FileNotFoundError, ValueError) as err:
-        print(f"niwt predict: error: {err}", file=sys.stderr)
-        return 2
-    for pred in preds:
-        print(format_prediction(pred), flush=True)
-    return 0

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from niwt.metrics import mean_per_class_accuracy
+from niwt.evaluation.metrics import mean_per_class_accuracy
 
 
 def seed_everything(seed: int) -> None:
@@ -29,7 +29,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         from niwt.params import ParamsError
 
-        raise ParamsError("base.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ParamsError("NIWT_DEVICE is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 

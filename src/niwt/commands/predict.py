@@ -1,0 +1,68 @@
+"""``niwt predict IMAGE...``: rank every class (seen and injected unseen) of new images, and explain.
+
+Not a pipeline stage (no params, no DVC, no MLflow run): it loads an injected checkpoint and
+prints the top-k classes; ``--explain OUTDIR`` also writes each image's Grad-CAM overlay and
+textual explanation (:mod:`niwt.explain.predict`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = Path("models/injected/niwt.pt")
+DEFAULT_DATA = Path("data/prepared")
+DEFAULT_INVERSE = Path("models/inverse_map.pt")
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    sp.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="injected checkpoint (default: %(default)s)")
+    sp.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                    help="prepared data, for attribute names (default: %(default)s)")
+    sp.add_argument("--top-k", type=int, default=5, help="classes to list per image (default: %(default)s)")
+    sp.add_argument("--explain", type=Path, metavar="OUTDIR",
+                    help="write the Grad-CAM overlay and textual explanation of each image here")
+    sp.add_argument("--target", metavar="CLASS", help="explain this class instead of the top-1")
+    sp.add_argument("--inverse-map", type=Path, default=DEFAULT_INVERSE,
+                    help="inverse map written by fit_mapping (default: %(default)s)")
+    sp.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``niwt predict``; returns the exit status."""
+    from niwt.data.raw import DatasetError
+    from niwt.data.tables import read_classes
+    from niwt.explain.predict import format_prediction, predict_images
+    from niwt.mapping.store import load_map
+    from niwt.models.checkpoint import check_classes, load_checkpoint
+    from niwt.models.networks import ModelError
+    from niwt.models.training import resolve_device
+
+    try:
+        model, meta = load_checkpoint(args.model, resolve_device(args.device))
+        classes = None
+        if (args.data / "classes.parquet").is_file():
+            classes = read_classes(args.data / "classes.parquet")
+            check_classes(meta, classes.names, args.model)
+        inverse = None
+        if args.explain is not None:
+            inverse = load_map(args.inverse_map, "inverse map", heldout=False) if args.inverse_map.is_file() else None
+            if inverse is None:
+                print(f"niwt predict: note: {args.inverse_map} not found, no textual explanation "
+                      "(run `dvc repro fit_mapping`)", file=sys.stderr)
+            elif classes is not None and (list(inverse.attribute_names) != list(classes.attribute_names)
+                                          or inverse.provenance.layer != meta.get("layer")):
+                print(f"niwt predict: note: {args.inverse_map} was fit on other attributes or another layer, "
+                      "no textual explanation (rerun `dvc repro fit_mapping`)", file=sys.stderr)
+                inverse = None
+            args.explain.mkdir(parents=True, exist_ok=True)
+        preds = predict_images(model, meta, args.images, top_k=args.top_k, explain_dir=args.explain,
+                               classes=classes, inverse=inverse, target=args.target)
+    except (ModelError, DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"niwt predict: error: {err}", file=sys.stderr)
+        return 2
+    for pred in preds:
+        print(format_prediction(pred), flush=True)
+    return 0

@@ -1,0 +1,43 @@
+"""``niwt register``: put an injected checkpoint into the MLflow model registry, from a run of its own
+(``register``; a child of the pipeline run under the Prefect flow).
+
+A step of its own (the Prefect pipeline runs it after ``explain``), never a side effect of a stage,
+so a ``dvc exp run`` sweep does not add a registry version per experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_NAME = "niwt-injected"
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--model", type=Path, default=Path("models/injected/niwt.pt"),
+                    help="injected checkpoint (default: %(default)s)")
+    sp.add_argument("--name", default=DEFAULT_NAME, help="registered model name (default: %(default)s)")
+    sp.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="params file, for tracking.experiment (default: %(default)s)")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Register ``args.model``; prints the model URI. Returns the exit status."""
+    from niwt.integration import tracking
+    from niwt.integration.registry import register_model
+    from niwt.models.networks import ModelError
+    from niwt.params import ParamsError, load_params
+
+    if not tracking.enabled():
+        print(f"niwt register: error: tracking is off ({tracking.DISABLE_ENV}); nothing registered", file=sys.stderr)
+        return 2
+    try:
+        experiment = load_params(args.params).tracking.experiment
+        with tracking.stage_run("register", experiment, {"model": str(args.model), "name": args.name}):
+            mv = register_model(args.model, args.name, tracking.tracking_uri(), experiment)
+    except (ModelError, ParamsError, FileNotFoundError) as err:
+        print(f"niwt register: error: {err}", file=sys.stderr)
+        return 2
+    print(f"niwt register: registered {args.model} as models:/{mv.name}/{mv.version}", flush=True)
+    return 0

@@ -1,0 +1,75 @@
+"""PNG plots of the evaluation (DVC's HTML plots need a CDN; PNGs open anywhere and go to MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from niwt.evaluation.metrics import confusion_matrix
+from niwt.io.atomic import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` atomically as PNG and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    _plt().close(fig)
+    return path
+
+
+def draw_confusion(path: Path, scores: np.ndarray, y: np.ndarray, names: list[str], n_seen: int,
+                   method: str = "niwt") -> Path:
+    """Where unseen-test images go (rows: true unseen class; columns: unseen classes + 'any seen')."""
+    n = len(names)
+    conf = confusion_matrix(y, scores.argmax(1), n)[n_seen:]  # (U, C)
+    table = np.concatenate([conf[:, n_seen:], conf[:, :n_seen].sum(1, keepdims=True)], 1).astype(float)
+    table /= np.maximum(table.sum(1, keepdims=True), 1)
+    labels = [names[c] for c in range(n_seen, n)]
+    fig, ax = _plt().subplots(figsize=(max(5, 0.55 * len(labels) + 2), max(4, 0.5 * len(labels) + 1.5)))
+    ax.imshow(table, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels) + 1), labels + ["(any seen)"], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i, j in zip(*np.nonzero(table >= 0.05), strict=True):
+        ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                color="white" if table[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true unseen class", title=f"GZSL confusion of unseen-test images ({method})")
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def draw_seen_unseen_curves(path: Path, metrics: dict, curves: dict) -> Path:
+    """Each method's seen-unseen curve over calibrated stacking's gamma, its gamma=0 point marked."""
+    fig, ax = _plt().subplots(figsize=(5.5, 5))
+    for method, (_, s_arr, u_arr) in curves.items():
+        ax.plot(u_arr, s_arr, label=f"{method} (AUSUC {metrics[method]['ausuc']:.3f})")
+        ax.scatter([metrics[method]["U"]], [metrics[method]["S"]], s=18)
+    ax.set(xlabel="unseen accuracy U", ylabel="seen accuracy S", title="Seen-unseen curve (calibrated stacking)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def draw_unseen_bars(path: Path, per_class: dict, names: list[str], n_seen: int) -> Path:
+    """GZSL accuracy of each unseen class, one bar per method."""
+    unseen = list(range(n_seen, len(names)))
+    fig, ax = _plt().subplots(figsize=(max(6, 0.6 * len(unseen)), 4))
+    width = 0.8 / max(1, len(per_class))
+    for i, (method, accs) in enumerate(per_class.items()):
+        ax.bar(np.arange(len(unseen)) + i * width, [accs.get(c, 0.0) for c in unseen], width, label=method)
+    ax.set_xticks(np.arange(len(unseen)) + 0.4 - width / 2, [names[c] for c in unseen], rotation=60,
+                  ha="right", fontsize=7)
+    ax.set(ylabel="GZSL accuracy", title="Per-class accuracy on unseen classes", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,32 @@
+"""The methods x metrics comparison table (MLflow artifact, Prefect artifact, HTML report, README)."""
+
+from __future__ import annotations
+
+COLUMNS = ("S", "U", "H", "cal_S", "cal_U", "cal_H", "ausuc", "zsl_top1", "seen_acc")
+
+
+def comparison_rows(metrics: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the table: methods in registry order, values in percent, the best of each
+    column in bold (markdown ``**``)."""
+    from niwt.injection.registry import METHODS, ordered
+
+    methods = ordered(list(metrics))
+    cols = [c for c in COLUMNS if any(c in metrics[m] for m in methods)]
+    best = {c: max(metrics[m].get(c, float("-inf")) for m in methods) for c in cols}
+    rows = []
+    for method in methods:
+        cells = [METHODS[method].label if method in METHODS else method]
+        for c in cols:
+            v = metrics[method].get(c)
+            text = "–" if v is None else f"{100 * v:.1f}"
+            cells.append(f"**{text}**" if v is not None and v == best[c] else text)
+        rows.append(cells)
+    return ["method", *cols], rows
+
+
+def comparison_markdown(metrics: dict[str, dict[str, float]]) -> str:
+    """The table as markdown."""
+    header, rows = comparison_rows(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
