@@ -1,9 +1,12 @@
 """The NIWT pipeline as a Prefect flow, run through DVC so caching is shared with `dvc repro`.
 
 Each stage is a sub-flow run named after the stage, holding one task that calls
-``dvc repro --single-item <stage>``. The flow opens one MLflow parent run; every stage's MLflow
-run becomes its child, so one pipeline run is one row (with children) in the MLflow UI. After the
-stages, ``niwt register`` puts the injected NIWT model into the MLflow model registry.
+``dvc repro --single-item <stage>``; a stage DVC found up to date ends ``Completed`` with the state
+name ``Skipped`` (and says so in the log and the summary artifact). The first stage that runs creates
+one MLflow parent run for this flow run (carrying every pipeline param and the git commit); every
+stage's run is its child, so one pipeline run is one row (with children) in the MLflow UI, and a
+flow run in which nothing ran creates none. When something ran, ``niwt register`` then puts the
+injected NIWT model into the MLflow model registry with the alias ``champion``.
 
     python -m flows.pipeline                      # run once
     python -m flows.pipeline --serve --cron "0 3 * * *"   # a deployment on a schedule
@@ -12,6 +15,7 @@ stages, ``niwt register`` puts the injected NIWT model into the MLflow model reg
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,30 +25,34 @@ from tasks.dvc_stage import PIPELINE_STAGES, dvc_status_clean, register_injected
 from tasks.reporting import publish_summary
 
 
-def open_parent_run(workdir: Path) -> tuple[object, str] | tuple[None, None]:
-    """Create the ACTIVE parent run the stage runs attach to (skipped when tracking is off), in the
-    experiment named by the project's ``tracking.experiment``."""
+def close_parent_run(workdir: Path, invocation: str, status: str) -> str | None:
+    """Mark the parent run of this flow run (created by the first stage that ran) ``status``;
+    returns its id, or None when nothing ran (then no run exists: no empty parent)."""
     from niwt.integration import tracking
 
     if not tracking.enabled():
-        return None, None
-    tracking.quiet_telemetry()
+        return None
     from mlflow import MlflowClient
 
     from niwt.params import load_params
 
     root = tracking.project_root(Path(workdir))
     client = MlflowClient(tracking_uri=tracking.tracking_uri(root))
-    experiment = load_params(root / "params.yaml").tracking.experiment
-    run = client.create_run(tracking.experiment_id(client, experiment, root), run_name="pipeline",
-                            tags={"niwt.stage": "pipeline", "niwt.pipeline_id": str(flow_run.get_id() or "")})
-    return client, run.info.run_id
+    exp = client.get_experiment_by_name(load_params(root / "params.yaml").tracking.experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`niwt.invocation` = '{invocation}'",
+                               max_results=1)
+    if not found:
+        return None
+    client.set_terminated(found[0].info.run_id, status=status)
+    return found[0].info.run_id
 
 
 @flow(name="niwt-stage", flow_run_name="{stage}")
-def stage_flow(stage: str, workdir: str = ".", parent_run_id: str | None = None, force: bool = False) -> str:
-    """One pipeline stage as its own flow run."""
-    return run_dvc_stage(stage, workdir, parent_run_id, str(flow_run.get_id() or ""), force)
+def stage_flow(stage: str, workdir: str = ".", invocation: str | None = None, force: bool = False):
+    """One pipeline stage as its own flow run; its state is the task's (``Skipped`` when DVC ran nothing)."""
+    return run_dvc_stage(stage, workdir, invocation, invocation, force, return_state=True)
 
 
 @flow(name="niwt-pipeline", log_prints=True)
@@ -64,22 +72,25 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
     unknown = sorted(set(selected) - set(PIPELINE_STAGES))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; valid: {list(PIPELINE_STAGES)}")
-    client, parent = open_parent_run(Path(workdir))
+    invocation = f"prefect:{flow_run.get_id() or os.getpid()}"
+    ran: dict[str, str] = {}
     status = "FAILED"
     try:
         for stage in [s for s in PIPELINE_STAGES if s in selected]:
-            logger.info("stage %s", stage)
-            stage_flow(stage, workdir, parent, force)
+            state = stage_flow(stage, workdir, invocation, force, return_state=True)
+            ran[stage] = "skipped (up to date)" if state.name == "Skipped" else "ran"
+            logger.info("stage %s: %s", stage, ran[stage])
+            if state.is_failed():
+                state.result()  # raises the stage's error
         if not dvc_status_clean(workdir):
             raise RuntimeError("dvc status still reports changes after the run; see `dvc status`")
-        summary = publish_summary(workdir) if "evaluate" in selected else ""
-        if register_as and client is not None and set(selected) == set(PIPELINE_STAGES):
-            register_injected(workdir, register_as, parent)
+        summary = publish_summary(workdir, stages=ran) if "evaluate" in selected else ""
         status = "FINISHED"
+        if register_as and "ran" in ran.values() and set(selected) == set(PIPELINE_STAGES):
+            register_injected(workdir, register_as, invocation)
         return summary
     finally:
-        if client is not None:
-            client.set_terminated(parent, status=status)
+        close_parent_run(Path(workdir), invocation, status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 DVC is the only cache authority (it knows when code, params or data changed), so the task has
 no Prefect cache (``NO_CACHE``): it always asks ``dvc repro --single-item <stage>``, which is a
-no-op when the stage is up to date. Stages run one at a time in one workspace (concurrent
-``dvc repro`` calls fight over DVC's lock).
+no-op when the stage is up to date; such a run ends in a ``Completed`` state named ``Skipped``.
+Stages run one at a time in one workspace (concurrent ``dvc repro`` calls fight over DVC's lock).
+The stage's output is streamed to the Prefect log line by line while it runs.
 """
 
 from __future__ import annotations
@@ -13,39 +14,64 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 
+from niwt.integration.tracking import INVOCATION_ENV, PIPELINE_ENV
 from niwt.stages import STAGE_NAMES
 
 PIPELINE_STAGES = STAGE_NAMES  # the one stage list (niwt.stages.STAGES), in pipeline order
 
 
-def stage_env(parent_run_id: str | None, pipeline_id: str | None) -> dict[str, str]:
-    """The environment of a stage subprocess: the venv on PATH, the MLflow parent run id."""
+def stage_env(invocation: str | None, pipeline_id: str | None) -> dict[str, str]:
+    """The environment of a stage subprocess: the venv on PATH; the invocation key under which the
+    first stage that runs creates the MLflow parent run (so a no-op flow run leaves no empty run)."""
     env = os.environ.copy()
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # dvc.yaml cmds call the `niwt` script
     env.setdefault("DVC_NO_ANALYTICS", "1")
-    if parent_run_id:
-        env["NIWT_PARENT_RUN_ID"] = parent_run_id
+    env["PYTHONUNBUFFERED"] = "1"  # stream, do not block-buffer, the stage's output
+    if invocation:
+        env[INVOCATION_ENV] = invocation
     if pipeline_id:
-        env["NIWT_PIPELINE_ID"] = pipeline_id
+        env[PIPELINE_ENV] = pipeline_id
     return env
 
 
-@task(cache_policy=NO_CACHE, retries=0, task_run_name="{stage}", log_prints=True)
-def run_dvc_stage(stage: str, workdir: str = ".", parent_run_id: str | None = None,
-                  pipeline_id: str | None = None, force: bool = False) -> str:
-    """``dvc repro --single-item <stage>``; raises with DVC's stdout and stderr on failure."""
+def _stream(cmd: list[str], workdir: str, env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run ``cmd``, logging each output line as it comes; returns (exit status, all lines)."""
+    logger = get_run_logger()
+    lines: list[str] = []
+    with subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            lines.append(line)
+            if line:
+                logger.info(line)
+        return proc.wait(), lines
+
+
+def skipped(stage: str, output: str) -> bool:
+    """DVC found the stage up to date and ran nothing."""
+    return f"Running stage '{stage}'" not in output
+
+
+@task(cache_policy=NO_CACHE, retries=0, task_run_name="{stage}")
+def run_dvc_stage(stage: str, workdir: str = ".", invocation: str | None = None,
+                  pipeline_id: str | None = None, force: bool = False) -> State:
+    """``dvc repro --single-item <stage>``; raises with the output's tail on failure; a stage DVC
+    skipped ends ``Completed`` with the state name ``Skipped``."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
-    proc = subprocess.run(cmd, cwd=workdir, env=stage_env(parent_run_id, pipeline_id), capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL)
-    print(proc.stdout[-4000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n"
-                           f"STDOUT:\n{proc.stdout[-8000:]}\nSTDERR:\n{proc.stderr[-8000:]}")
-    return proc.stdout
+    code, lines = _stream(cmd, workdir, stage_env(invocation, pipeline_id))
+    output = "\n".join(lines)
+    if code != 0:
+        raise RuntimeError(f"dvc repro {stage} failed (exit {code}):\n{output[-8000:]}")
+    if skipped(stage, output):
+        return Completed(name="Skipped", message=f"{stage}: up to date, DVC ran nothing", data="skipped")
+    return Completed(message=f"{stage}: ran", data="ran")
 
 
 @task(cache_policy=NO_CACHE)
@@ -56,14 +82,13 @@ def dvc_status_clean(workdir: str = ".") -> bool:
     return proc.returncode == 0
 
 
-@task(cache_policy=NO_CACHE, retries=0, log_prints=True)
-def register_injected(workdir: str = ".", name: str = "niwt-injected", parent_run_id: str | None = None) -> str:
-    """``niwt register``: the injected NIWT model into the MLflow registry (a step of the flow, never
-    a side effect of a stage, so DVC experiment sweeps do not flood the registry)."""
-    cmd = [str(Path(sys.executable).parent / "niwt"), "register", "--name", name]
-    proc = subprocess.run(cmd, cwd=workdir, env=stage_env(parent_run_id, None), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
-    print(proc.stdout[-2000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"niwt register failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc.stdout.strip()
+@task(cache_policy=NO_CACHE, retries=0)
+def register_injected(workdir: str = ".", name: str = "niwt-injected", invocation: str | None = None) -> str:
+    """``niwt register``: the injected NIWT model into the MLflow registry, with the alias
+    ``champion`` (a step of the flow, never a side effect of a stage, so DVC experiment sweeps do
+    not flood the registry)."""
+    cmd = [str(Path(sys.executable).parent / "niwt"), "register", "--name", name, "--alias", "champion"]
+    code, lines = _stream(cmd, workdir, stage_env(invocation, None))
+    if code != 0:
+        raise RuntimeError(f"niwt register failed (exit {code}):\n" + "\n".join(lines)[-4000:])
+    return "\n".join(lines)

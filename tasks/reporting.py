@@ -13,9 +13,14 @@ from niwt.evaluation.report import comparison_markdown
 
 
 @task(cache_policy=NO_CACHE)
-def publish_summary(workdir: str = ".", metrics_file: str = "metrics/evaluate.json") -> str:
-    """Read the evaluate metrics and publish them as the flow run's markdown artifact."""
+def publish_summary(workdir: str = ".", metrics_file: str = "stats/evaluate.json",
+                    stages: dict[str, str] | None = None) -> str:
+    """Publish the evaluate numbers (and which stages ran or were skipped) as the flow run's
+    markdown artifact."""
     metrics = json.loads((Path(workdir) / metrics_file).read_text())
     markdown = "# NIWT pipeline: GZSL comparison (%)\n\n" + comparison_markdown(metrics)
+    if stages:
+        markdown += "\n## Stages\n\n| stage | this run |\n|---|---|\n" + "".join(
+            f"| {stage} | {what} |\n" for stage, what in stages.items())
     create_markdown_artifact(markdown=markdown, key="niwt-comparison", description="methods x metrics")
     return markdown

@@ -35,12 +35,13 @@ PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
                ("--mapping", True, None, "the map from fit_mapping"),
                ("--out", True, None, "directory of injected checkpoints")],
     "evaluate": [("--data", True, None, "prepared data"), ("--injected", True, None, "injected checkpoints"),
-                 ("--plots", True, None, "plot directory")],
+                 ("--plots", True, None, "plot directory"),
+                 ("--headline", True, None, "directory of the headline metrics, one JSON per method (DVC metrics)")],
     "explain": [("--data", True, None, "prepared data"), ("--injected", True, None, "injected checkpoints"),
                 ("--importances", True, None, "importance dataset"),
                 ("--inverse-map", True, None, "the inverse map from fit_mapping"),
                 ("--out", True, None, "report directory"),
-                ("--comparison", False, "metrics/evaluate.json", "evaluate's metrics, for the report"),
+                ("--comparison", False, "stats/evaluate.json", "evaluate's numbers, for the report"),
                 ("--per-class", False, "plots/evaluate/per_class_accuracy.csv",
                  "evaluate's per-class accuracies, for the report")],
 }
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         sp = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         sp.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-        sp.add_argument("--metrics", type=Path, help="write the stage's metrics JSON here")
+        sp.add_argument("--stats", "--metrics", dest="stats", type=Path,
+                        help="write every number of the stage here (JSON; also logged to MLflow)")
         for flag, required, default, help_ in PATHS[stage.name]:
             suffix = "" if required else " (default: %(default)s)"
             sp.add_argument(flag, type=Path, required=required, default=None if default is None else Path(default),
@@ -112,6 +114,20 @@ def _logged_params(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _artifact_dir(artifact: Path, args: argparse.Namespace) -> str | None:
+    """Keep an artifact's sub-directory below the stage's output (``curves/niwt.csv``), so files of
+    the same name do not overwrite each other in MLflow."""
+    for flag in ("plots", "out"):
+        root = getattr(args, flag, None)
+        if root is not None:
+            try:
+                parent = Path(artifact).relative_to(root).parent
+            except ValueError:
+                continue
+            return None if parent == Path(".") else parent.as_posix()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``niwt`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -126,16 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         runtime = load_runtime(overrides={k: getattr(args, k) for k in
                                           ("device", "workers", "runner", "dask_address", "dask_workers", "progress")})
-        with tracking.stage_run(stage.name, params.tracking.experiment, _logged_params(params, stage.params)) as ml:
+        logged = _logged_params(params, stage.params)
+        everything = _logged_params(params, tuple(s for s in vars(params) if s != "tracking"))
+        with tracking.stage_run(stage.name, params.tracking.experiment, logged, everything) as ml:
             paths = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                      for flag, *_ in PATHS[stage.name]}
             result = _stage_module(stage.name).run(declared_view(params, stage.name, stage.params), runtime, **paths)
-            if args.metrics:
-                write_json(args.metrics, result.metrics)
+            if args.stats:
+                write_json(args.stats, result.metrics)
             if ml is not None:
                 ml.log_metrics(_numeric(result.metrics, stage.name))
+                tracking.log_steps(ml, result.steps)
+                tracking.log_children(ml, result.runs, logged)
                 for artifact in result.artifacts:
-                    ml.log_artifact(str(artifact))
+                    ml.log_artifact(str(artifact), artifact_path=_artifact_dir(artifact, args))
     except (InputError, FileNotFoundError) as err:
         print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
         return 2

@@ -17,10 +17,14 @@ from niwt.injection.registry import METHODS  # noqa: E402
 from niwt.stages import STAGE_NAMES as STAGES  # noqa: E402
 
 
-def _mlflow_runs(project: Path):
+def client_for(project: Path):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def _mlflow_runs(project: Path):
+    client = client_for(project)
     exp = client.get_experiment_by_name("niwt")
     return client.search_runs([exp.experiment_id]) if exp else []
 
@@ -28,11 +32,27 @@ def _mlflow_runs(project: Path):
 def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj")
     dvc(["repro"], project)
-    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    metrics = json.loads((project / "stats" / "evaluate.json").read_text())
     assert set(metrics) == set(METHODS)
     for m in metrics.values():
         assert {"S", "U", "H", "zsl_top1", "ausuc", "seen_acc"} <= set(m)
-        assert all(0.0 <= v <= 1.0 for v in m.values())
+    # the declared DVC metrics: the headline only, one file per method, at most 40 numbers, rounded
+    shown = dvc(["metrics", "show", "--json"], project).stdout
+    declared = json.loads(shown)["workspace"]["data"]
+    assert sorted(declared) == sorted(f"metrics/gzsl/{m}.json" for m in METHODS)
+    values = [v for f in declared.values() for v in f["data"].values()]
+    assert len(values) <= 40 and all(isinstance(v, float) and round(v, 4) == v and 0 <= v <= 1 for v in values)
+    for f in declared.values():
+        assert set(f["data"]) == {"S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"}
+    table = dvc(["metrics", "show"], project).stdout
+    assert max(len(line) for line in table.splitlines()) <= 160, table
+    # DVC plots: one series per method for the curves, one panel per method for per-class accuracy
+    plots = json.loads(dvc(["plots", "show", "--json"], project).stdout)
+    assert "errors" not in plots, plots.get("errors")
+    curves = plots["data"]["seen_unseen_curves"][0]["content"]["data"]["values"]
+    assert {v["filename"] for v in curves} == {f"{m}.csv" for m in METHODS}
+    bars = plots["data"]["per_class_accuracy"][0]["content"]
+    assert bars["encoding"]["column"]["field"] == "filename" and len(bars["data"]["values"]) == 5 * 12
     lock_before = (project / "dvc.lock").read_text()
     second = dvc(["repro"], project)
     assert "Data and pipelines are up to date" in second.stdout
@@ -40,14 +60,29 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     assert (project / "dvc.lock").read_text() == lock_before
     assert dvc(["status", "--quiet"], project, check=False).returncode == 0
     runs = _mlflow_runs(project)
-    assert sorted(r.info.run_name for r in runs) == sorted(STAGES)
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("niwt.stage") in STAGES
+                  and "method" not in r.data.tags) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in runs)
     evaluate_run = next(r for r in runs if r.info.run_name == "evaluate")
     assert evaluate_run.data.metrics["evaluate/niwt/H"] == pytest.approx(metrics["niwt"]["H"])
+    # one parent run for the `dvc repro`, holding every pipeline param; the stages its children
+    (parent,) = [r for r in runs if r.data.tags.get("niwt.stage") == "pipeline"]
+    assert parent.data.params["inject.lambda"] == "0.001" and parent.data.params["extract.layer"] == "body.block4"
+    assert {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id} == set(STAGES)
+    # one run per method, same metric names, tagged ``method``: the compare view puts them side by side
+    per_method = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == evaluate_run.info.run_id]
+    assert {r.data.tags["method"] for r in per_method} == set(METHODS)
+    assert all(set(r.data.metrics) == {"S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"} for r in per_method)
+    # per-epoch step metrics
+    finetune_run = next(r for r in runs if r.info.run_name == "finetune")
+    history = client_for(project).get_metric_history(finetune_run.info.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
     # execution settings are not params: switching device, loader workers or runner reruns nothing
     moved = {**env(project), "NIWT_DEVICE": "cpu", "NIWT_WORKERS": "1", "NIWT_RUNNER": "dask",
              "NIWT_DASK_WORKERS": "3"}
+    n_runs = len(_mlflow_runs(project))
     assert "Running stage" not in dvc(["repro"], project, env_=moved).stdout
+    assert len(_mlflow_runs(project)) == n_runs  # nothing ran: no run, no empty parent
     # editing a file that a stage imports makes DVC report exactly the stages that import it
     store = project / "src" / "niwt" / "mapping" / "store.py"
     store.write_text(store.read_text() + "\n# edited\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def project(tmp_path_factory):
     extract.run(p, rt, data, ckpt, imp)
     fit_mapping.run(p, rt, data, imp, mapping, root / "inverse_map.pt", root / "mapping.csv")
     inject.run(p, rt, data, ckpt, mapping, injected)
-    result = evaluate.run(p, rt, data, injected, root / "plots")
+    result = evaluate.run(p, rt, data, injected, root / "plots", root / "gzsl")
     write_json(root / "evaluate.json", result.metrics)
     return root
 
@@ -113,7 +114,7 @@ def test_explain_logs_to_mlflow_and_registers_nothing(project, explained) -> Non
     assert run.data.params == {"base.seed": "0", "explain.batch_size": "128", "explain.images_per_class": "4",
                                "explain.top_attributes": "5"}  # exactly its declared params
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.html", "unseen_overview.png", "neuron_names.csv"} <= logged
+    assert {"report.html", "panels", "neuron_names.csv"} <= logged  # sub-directories kept
     assert client.search_model_versions("name='niwt-injected'") == []  # registering is `niwt register`
 
 
@@ -189,12 +190,12 @@ def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:
     monkeypatch.setenv("NIWT_TRACKING", "on")
     ckpt = project / "injected" / "niwt.pt"
     assert cli.main(["register", "--model", str(ckpt), "--name", "niwt-roundtrip"]) == 0
-    assert "models:/niwt-roundtrip/1" in capsys.readouterr().out
-    loaded = mlflow.pyfunc.load_model("models:/niwt-roundtrip/1")
-    assert loaded.metadata.get_input_schema().input_names() == ["path"]
+    assert "models:/niwt-roundtrip/1 (models:/niwt-roundtrip@champion)" in capsys.readouterr().out
+    loaded = mlflow.pyfunc.load_model("models:/niwt-roundtrip@champion")
+    assert loaded.metadata.get_input_schema().input_names() == ["image"]
 
     paths = _images(project)
-    got = loaded.predict(pd.DataFrame({"path": paths}))
+    got = loaded.predict(pd.DataFrame({"image": [_b64(p) for p in paths]}))
     model, meta = load_checkpoint(ckpt)
     from niwt.explain.predict import load_images
 
@@ -210,6 +211,82 @@ def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:
     classes = json.loads(Path(mlflow.artifacts.download_artifacts("models:/niwt-roundtrip/1/artifacts/classes.json"))
                          .read_text())
     assert [c["name"] for c in classes["classes"]] == meta["class_names"]
+    # a path is never opened: an existing image's path in place of its bytes is refused
+    with pytest.raises(ValueError, match="base64-encoded image bytes.*file paths are never read"):
+        loaded.unwrap_python_model().predict(None, pd.DataFrame({"image": [paths[0]]}))
+    with pytest.raises(ValueError, match="'image' column"):
+        loaded.unwrap_python_model().predict(None, pd.DataFrame({"path": [paths[0]]}))
+    # the model carries its code and needs nothing that is not on a package index
+    local = Path(mlflow.artifacts.download_artifacts("models:/niwt-roundtrip@champion"))
+    assert (local / "code" / "niwt" / "models" / "checkpoint.py").is_file()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not [r for r in requirements if r.split("=")[0] == "niwt"]
+    assert any(r.startswith("torch==") for r in requirements)
+
+
+def _b64(path: str) -> str:
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_takes_image_bytes_never_paths(project, explained, tmp_path) -> None:
+    """`mlflow models serve` on 127.0.0.1: an image sent as bytes is classified as `niwt predict` does;
+    a request naming a file on the server is refused without reading it."""
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "NIWT_TRACKING": "on",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}  # uvicorn
+    name = "niwt-serve"
+    subprocess.run([sys.executable, "-m", "niwt.cli", "register", "--model", str(project / "injected" / "niwt.pt"),
+                    "--name", name, "--params", str(project / "params.yaml")], cwd=project, env=env, check=True,
+                   capture_output=True, timeout=300)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
+                time.sleep(1)
+
+        def post(payload: dict) -> tuple[int, dict]:
+            req = urllib.request.Request(f"{url}/invocations", json.dumps(payload).encode(),
+                                         {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read() or b"{}")
+
+        paths = _images(project, per_split=1)
+        code, body = post({"dataframe_split": {"columns": ["image"], "data": [[_b64(p)] for p in paths]}})
+        assert code == 200, body
+        assert [r["class"] for r in body["predictions"]] == _evaluate_top1(project, paths)
+        for payload in ({"dataframe_split": {"columns": ["image"], "data": [[paths[0]]]}},
+                        {"dataframe_split": {"columns": ["path"], "data": [[paths[0]]]}}):
+            code, body = post(payload)
+            assert code >= 400 and "predictions" not in body, body
+        assert not (tmp_path / "mlflow.db").exists()  # serving elsewhere creates no tracking store
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=30)
 
 
 def test_explain_refuses_artifacts_made_at_another_layer(project, tmp_path, monkeypatch, capsys) -> None:

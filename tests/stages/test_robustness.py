@@ -127,7 +127,8 @@ def stage_argv(stage: str, proj: Project, out: Path, params: Path, data: Path | 
         "fit_mapping": ["--data", data, "--importances", proj.importances, "--out", out / "mapping.pt",
                         "--inverse-out", out / "inverse_map.pt", "--history", out / "mapping.csv"],
         "inject": ["--data", data, "--model", model, "--mapping", mapping or proj.mapping, "--out", out / "injected"],
-        "evaluate": ["--data", data, "--injected", injected or proj.injected, "--plots", out / "plots"],
+        "evaluate": ["--data", data, "--injected", injected or proj.injected, "--plots", out / "plots",
+                     "--headline", out / "gzsl"],
     }[stage]
     return [stage, *args, "--params", params, "--metrics", out / "metrics.json"]
 
@@ -319,7 +320,7 @@ TABLE_CASES = {
     "files named in the split are missing": (
         _edit_splits(_missing_images),
         lambda n: r"splits\.parquet: [12] of \d+ image files named there are missing, e\.g\. image_id \d+: "
-                  r"\S+/gone_(train|val|test_unseen)\.jpg", WITH_SPLITS),
+                  r"\S+/gone_(train|val|test_unseen)\.jpg", ("finetune", "extract", "evaluate")),
     "unseen class image in the train split": (
         _edit_splits(_unseen_in_train),
         lambda n: rf"splits\.parquet: image_id \d+ \(\S+\.jpg\) of unseen class '{n[10]}' is in split 'train'",
@@ -347,6 +348,23 @@ def test_stage_rejects_bad_tables(case: str, stage: str, proj: Project, tmp_path
     out = tmp_path / "out"
     rc, err = cli(capsys, *stage_argv(stage, proj, out, proj.params, data=data))
     assert_failed_cleanly(rc, err, pattern(_names(proj)), out)
+
+
+def test_inject_checks_images_only_for_methods_that_read_them(proj: Project, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture, untouched: None) -> None:
+    """The registry says which methods read images (NIWT's pool, ESZSL's features): with one of
+    them, missing images fail before any work; the image-free peers run without them."""
+    data = tmp_path / "prepared"
+    data.mkdir()
+    for name in ("classes.parquet", "splits.parquet"):
+        shutil.copy(proj.data / name, data / name)
+    _edit_splits(_missing_images)(data, tmp_path)
+    out = tmp_path / "out"
+    niwt = write_params(tmp_path / "niwt.yaml", {"inject": {"methods": ["niwt"]}})
+    rc, err = cli(capsys, *stage_argv("inject", proj, out, niwt, data=data))
+    assert_failed_cleanly(rc, err, r"splits\.parquet: [12] of \d+ image files named there are missing", out)
+    rc, err = cli(capsys, *stage_argv("inject", proj, out, proj.params, data=data))  # ridge only
+    assert rc == 0, err
 
 
 def test_truncated_image_in_split_fails_training_naming_it(proj: Project, tmp_path: Path,
@@ -659,7 +677,7 @@ def _interrupt_inject(mp: pytest.MonkeyPatch) -> None:
 
 def _interrupt_evaluate(mp: pytest.MonkeyPatch) -> None:
     import niwt.stages.evaluate as m
-    mp.setattr(m, "_draw", _fail_on_call(1, m._draw, KeyboardInterrupt()))
+    mp.setattr(m, "draw_seen_unseen_curves", _fail_on_call(1, m.draw_seen_unseen_curves, KeyboardInterrupt()))
 
 
 # stage -> (interruption, the stage's outputs relative to ``out``)
@@ -669,8 +687,8 @@ INTERRUPTIONS = {
     "extract": (_interrupt_extract, ["importances/_manifest.json"]),
     "fit_mapping": (_interrupt_fit_mapping, ["mapping.pt", "mapping.csv"]),
     "inject": (_interrupt_inject, ["injected/regression.pt"]),
-    "evaluate": (_interrupt_evaluate, ["plots/per_class_accuracy.csv", "plots/seen_unseen_curve.csv",
-                                       "plots/seen_unseen_curve.png", "plots/comparison.md"]),
+    "evaluate": (_interrupt_evaluate, ["plots/per_class_accuracy.csv", "plots/curves/regression.csv",
+                                       "plots/seen_unseen_curve.png", "plots/comparison.md", "gzsl/regression.json"]),
 }
 
 

@@ -100,8 +100,9 @@ def test_continuous_matrix_is_expected_frequency(small_root: Path) -> None:
         block = ds.attributes[:, start:start + len(values)]
         start += len(values)
         np.testing.assert_allclose(block.sum(axis=1), 100.0, atol=1e-3)
-        np.testing.assert_allclose(block.max(axis=1), 90.0, atol=1e-4)
-        np.testing.assert_allclose(np.sort(block, axis=1)[:, 0], 10.0 / (len(values) - 1), atol=1e-4)
+        np.testing.assert_allclose(block.max(axis=1), 100.0 * SMALL.dominant_prob, atol=1e-4)
+        np.testing.assert_allclose(np.sort(block, axis=1)[:, 0],
+                                   100.0 * (1 - SMALL.dominant_prob) / (len(values) - 1), atol=1e-4)
         np.testing.assert_array_equal(block.argmax(axis=1), ds.attributes_binary[:, start - len(values):
                                                                                   start].argmax(axis=1))
 

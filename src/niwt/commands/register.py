@@ -18,6 +18,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", type=Path, default=Path("models/injected/niwt.pt"),
                     help="injected checkpoint (default: %(default)s)")
     sp.add_argument("--name", default=DEFAULT_NAME, help="registered model name (default: %(default)s)")
+    sp.add_argument("--alias", default="champion",
+                    help="alias the new version gets, e.g. models:/NAME@champion (default: %(default)s; '' for none)")
     sp.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="params file, for tracking.experiment (default: %(default)s)")
 
@@ -35,9 +37,10 @@ def command(args: argparse.Namespace) -> int:
     try:
         experiment = load_params(args.params).tracking.experiment
         with tracking.stage_run("register", experiment, {"model": str(args.model), "name": args.name}):
-            mv = register_model(args.model, args.name, tracking.tracking_uri(), experiment)
+            mv = register_model(args.model, args.name, tracking.tracking_uri(), experiment, alias=args.alias)
     except (ModelError, ParamsError, FileNotFoundError) as err:
         print(f"niwt register: error: {err}", file=sys.stderr)
         return 2
-    print(f"niwt register: registered {args.model} as models:/{mv.name}/{mv.version}", flush=True)
+    alias = f" (models:/{mv.name}@{args.alias})" if args.alias else ""
+    print(f"niwt register: registered {args.model} as models:/{mv.name}/{mv.version}{alias}", flush=True)
     return 0

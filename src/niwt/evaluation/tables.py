@@ -31,13 +31,41 @@ def write_per_class_parquet(path: Path, per_class: dict, names: list[str], n_see
     return path
 
 
-def write_curves_csv(path: Path, curves: dict) -> Path:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["method", "gamma", "U", "S"])
-        for method, (gammas, s_arr, u_arr) in curves.items():
-            step = max(1, len(gammas) // 400)  # keep the plot file small; endpoints kept
-            idx = sorted(set(range(0, len(gammas), step)) | {len(gammas) - 1})
-            for i in idx:
-                w.writerow([method, f"{gammas[i]:.6g}", f"{u_arr[i]:.6f}", f"{s_arr[i]:.6f}"])
-    return path
+def write_curves_csv(directory: Path, curves: dict) -> list[Path]:
+    """One ``<method>.csv`` (gamma, U, S) per method: one series per file, as DVC plots draw them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for method, (gammas, s_arr, u_arr) in curves.items():
+        step = max(1, len(gammas) // 400)  # keep the plot file small; endpoints kept
+        idx = sorted(set(range(0, len(gammas), step)) | {len(gammas) - 1})
+        with atomic_path(directory / f"{method}.csv") as tmp, tmp.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["gamma", "U", "S"])
+            w.writerows([f"{gammas[i]:.6g}", f"{u_arr[i]:.6f}", f"{s_arr[i]:.6f}"] for i in idx)
+        written.append(directory / f"{method}.csv")
+    return written
+
+
+def write_per_class_dir(directory: Path, per_class: dict, names: list[str], n_seen: int) -> list[Path]:
+    """One ``<method>.csv`` (class, kind, accuracy) per method, unseen classes first: a DVC bar plot
+    with one panel per method."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for method, accs in per_class.items():
+        order = [*range(n_seen, len(names)), *range(n_seen)]
+        with atomic_path(directory / f"{method}.csv") as tmp, tmp.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["class", "kind", "accuracy"])
+            w.writerows([names[c], "seen" if c < n_seen else "unseen", f"{accs.get(c, 0.0):.6f}"] for c in order)
+        written.append(directory / f"{method}.csv")
+    return written
+
+
+HEADLINE = {"S": "S", "U": "U", "H": "H", "cal_H": "cal_H", "AUSUC": "ausuc", "ZSL_T1": "zsl_top1",
+            "seen_acc": "seen_acc"}
+
+
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    """The numbers a method is compared by (DVC metrics, MLflow per-method runs), rounded to 4 digits:
+    S, U, H (GZSL), cal_H (calibrated stacking), AUSUC, ZSL_T1 (unseen-only top-1) and seen_acc."""
+    return {name: round(float(metrics[key]), 4) for name, key in HEADLINE.items() if key in metrics}

@@ -4,15 +4,18 @@
 and the class list (``classes.json``) as artifacts and a signature, and registers it under
 ``name`` (``niwt register``, default ``niwt-injected``; the Prefect pipeline runs it after
 ``explain``). Loading needs only MLflow
-and this package::
+and the model's pip requirements::
 
-    model = mlflow.pyfunc.load_model("models:/niwt-injected/1")
-    model.predict(pd.DataFrame({"path": ["cat.jpg", "dog.jpg"]}))
+    model = mlflow.pyfunc.load_model("models:/niwt-injected@champion")
+    model.predict(pd.DataFrame({"image": [base64.b64encode(open("cat.jpg", "rb").read()).decode()]}))
 
-Input: a DataFrame with a ``path`` column of image paths (the signature; schema-checked by
-``mlflow``), or a float array/tensor (B, 3, H, W) of images normalised as the ``evaluate`` transform
-does, through ``model.unwrap_python_model().predict(array)`` (an MLflow signature is either
-column- or tensor-based, not both). Output: one row per image, ``class`` (predicted class name),
+Input: a DataFrame with an ``image`` column of base64-encoded image bytes (the signature;
+schema-checked by ``mlflow``; never a file path: a served model must not read the server's files),
+or a float array/tensor (B, 3, H, W) of images normalised as the ``evaluate`` transform does,
+through ``model.unwrap_python_model().predict(array)`` (an MLflow signature is either column- or
+tensor-based, not both). The model carries the niwt package (``code_paths``) and names only
+packages from a package index as requirements, so it loads without this project installed.
+Output: one row per image, ``class`` (predicted class name),
 ``score`` (its softmax probability over all seen + unseen classes), ``class_id``, ``logit`` and
 ``unseen``.
 """
@@ -34,7 +37,11 @@ except ImportError:  # pragma: no cover - mlflow is a dependency; keep the modul
 
 
 class NiwtPyfunc(PythonModel):
-    """MLflow ``python_model`` around a niwt checkpoint (artifact ``checkpoint``)."""
+    """MLflow ``python_model`` around a niwt checkpoint (artifact ``checkpoint``).
+
+    It never reads a file named in a request: images arrive as their bytes (base64 in an ``image``
+    column) or as a float array, so a served model cannot be made to read the server's files.
+    """
 
     def load_context(self, context: Any) -> None:
         from niwt.models.checkpoint import load_checkpoint
@@ -47,17 +54,17 @@ class NiwtPyfunc(PythonModel):
         import pandas as pd
         import torch
 
-        from niwt.explain.predict import load_images
-
         if isinstance(model_input, pd.DataFrame):
-            if "path" not in model_input.columns:
-                raise ValueError(f"expected a DataFrame with a 'path' column, got columns {list(model_input.columns)}")
-            return load_images(model_input["path"].astype(str).tolist(), self.meta["image_size"])
+            if "image" not in model_input.columns:
+                raise ValueError(f"expected a DataFrame with an 'image' column of base64-encoded image bytes, got "
+                                 f"columns {list(model_input.columns)} (file paths are never read)")
+            return torch.stack([decode_image(v, self.meta["image_size"], row)
+                                for row, v in enumerate(model_input["image"].tolist())])
         images = torch.as_tensor(np.asarray(model_input), dtype=torch.float32)
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected image paths or a (B, 3, H, W) float array, got shape {tuple(images.shape)}")
+            raise ValueError(f"expected base64 images or a (B, 3, H, W) float array, got shape {tuple(images.shape)}")
         return images
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
@@ -77,19 +84,59 @@ class NiwtPyfunc(PythonModel):
         })
 
 
+MAX_IMAGE_BYTES = 32 * 2**20
+
+
+def decode_image(value: Any, image_size: int, row: int = 0):
+    """One base64-encoded image (JPEG, PNG, WebP, ...) -> the (3, S, S) tensor of the evaluation transform.
+
+    Only bytes are decoded: a string that is not base64 image data (a file path, say) is an error,
+    never a file name to open.
+    """
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from niwt.data.images import make_transform
+
+    if isinstance(value, str):
+        if len(value) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+            raise ValueError(f"row {row}: image larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ValueError(f"row {row}: 'image' must be base64-encoded image bytes ({err}); file paths are "
+                             "never read") from None
+    if not isinstance(value, (bytes, bytearray)):
+        raise ValueError(f"row {row}: 'image' must be base64-encoded image bytes, got {type(value).__name__}")
+    try:
+        with Image.open(io.BytesIO(value)) as img:
+            image = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"row {row}: not a readable image ({type(err).__name__}: {err})") from None
+    return make_transform(image_size, train=False)(image)
+
+
 def signature():
-    """Column-based signature: ``path`` (string) in; class, score, class_id, logit, unseen out."""
+    """Column-based signature: ``image`` (base64 string) in; class, score, class_id, logit, unseen out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "path")]),
+        inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema([ColSpec("string", "class"), ColSpec("double", "score"), ColSpec("long", "class_id"),
                         ColSpec("double", "logit"), ColSpec("boolean", "unseen")]),
     )
 
 
-def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None = None, experiment: str = "niwt"):
+# What the pyfunc imports, all from a package index; the niwt code travels with the model (code_paths).
+REQUIREMENTS = ("torchvision", "pillow", "numpy", "pandas", "pyyaml", "tqdm")
+
+
+def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None = None, experiment: str = "niwt",
+                   alias: str = ""):
     """Log ``checkpoint`` as a pyfunc model and register it as a new version of ``name``.
 
     Logs into the active MLflow run when there is one, else in a run of its own named
@@ -99,6 +146,7 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
         checkpoint: an injected checkpoint (``models/injected/niwt.pt``).
         name: registered model name.
         tracking_uri: where to log and register (default: MLflow's current URI).
+        alias: set on the new version (``champion``: ``models:/<name>@champion`` then loads it).
 
     Returns:
         The :class:`mlflow.entities.model_registry.ModelVersion` created.
@@ -128,8 +176,8 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=NiwtPyfunc(),
                 artifacts={"checkpoint": str(checkpoint), "classes": str(classes_json)},
-                signature=signature(), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                         "torchvision", "pillow", "pandas", "niwt"],
+                signature=signature(), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *REQUIREMENTS],
+                code_paths=[str(Path(__file__).resolve().parents[1])],  # the niwt package itself
                 registered_model_name=name,
                 metadata={"niwt.method": meta.get("method", ""), "niwt.n_seen": n_seen,
                           "niwt.n_classes": len(classes), "niwt.layer": meta["layer"]},
@@ -141,4 +189,6 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
     version = info.registered_model_version
     mv = client.get_model_version(name, str(version))
     client.set_model_version_tag(name, mv.version, "niwt.source_run", run.info.run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
     return mv

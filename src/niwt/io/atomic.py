@@ -97,8 +97,16 @@ def atomic_files(directory: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         for item in sorted(tmp.iterdir()):
-            if not item.name.startswith("."):
-                os.replace(item, directory / item.name)
+            if item.name.startswith("."):
+                continue
+            target = directory / item.name
+            if item.is_dir() and target.is_dir():  # a sub-directory is replaced whole (stale files go)
+                old = fresh_temporary(directory, ".replaced.")
+                os.replace(target, old)
+                os.replace(item, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(item, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -37,7 +37,17 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 @dataclass
 class StageResult:
-    """What a stage hands back to the CLI: metrics (to JSON and MLflow) and small artifacts."""
+    """What a stage hands back to the CLI.
+
+    Attributes:
+        metrics: every number of the stage (the ``--stats`` JSON, and MLflow metrics of its run).
+        artifacts: small files to log to the stage's MLflow run.
+        runs: one MLflow child run per entry (name -> metrics), tagged ``method``: the same metric
+            names in each, so MLflow's compare view puts methods side by side.
+        steps: per-epoch metrics (name -> list of (step, value)), logged with their step.
+    """
 
     metrics: dict
     artifacts: list[Path] = field(default_factory=list)
+    runs: dict[str, dict[str, float]] = field(default_factory=dict)
+    steps: dict[str, list[tuple[int, float]]] = field(default_factory=dict)

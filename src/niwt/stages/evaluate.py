@@ -15,19 +15,27 @@ import numpy as np
 
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
+from niwt.evaluation import tables
 from niwt.evaluation.gzsl import calibrated, calibration_gamma, load_methods, method_metrics, score_methods
 from niwt.evaluation.metrics import per_class_accuracy
 from niwt.evaluation.plots import draw_confusion, draw_seen_unseen_curves, draw_unseen_bars
 from niwt.evaluation.report import comparison_markdown
-from niwt.evaluation.tables import write_curves_csv, write_per_class_csv, write_per_class_parquet
+from niwt.evaluation.tables import (
+    write_curves_csv,
+    write_per_class_csv,
+    write_per_class_dir,
+    write_per_class_parquet,
+)
 from niwt.injection.registry import method_checkpoints
-from niwt.io.atomic import atomic_files
+from niwt.io.atomic import atomic_files, atomic_path, write_json
 from niwt.models.training import predict, resolve_device
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
-def run(p: Params, rt: Runtime, data: Path, injected: Path, plots: Path) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, injected: Path, plots: Path, headline: Path) -> StageResult:
+    """GZSL numbers of every method: all of them in the stage's stats (``--stats``), the headline
+    (:func:`niwt.evaluation.tables.headline`) as one DVC metrics file per method in ``headline``."""
     device = resolve_device(rt.device)
     classes, splits = read_tables(data)
     test, val = splits.select("test_seen", "test_unseen"), splits.select("val")
@@ -59,7 +67,8 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, plots: Path) -> Stag
     # All plot files or none: they are staged and moved into ``plots`` only once every one is written.
     with atomic_files(plots) as staged:
         written = [write_per_class_csv(staged / "per_class_accuracy.csv", per_class, names, n_seen),
-                   write_curves_csv(staged / "seen_unseen_curve.csv", curves),
+                   *write_curves_csv(staged / "curves", curves),
+                   *write_per_class_dir(staged / "per_class", per_class, names, n_seen),
                    draw_seen_unseen_curves(staged / "seen_unseen_curve.png", metrics, curves),
                    draw_unseen_bars(staged / "unseen_per_class.png", per_class, names, n_seen),
                    write_per_class_parquet(staged / "per_class_accuracy.parquet", per_class, names, n_seen),
@@ -68,4 +77,10 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, plots: Path) -> Stag
         table.write_text("GZSL comparison (%); cal_* use calibrated stacking with gamma chosen on val.\n\n"
                          + comparison_markdown(metrics))
         written.append(table)
-    return StageResult(metrics, [Path(plots) / w.name for w in written])
+        relative = [w.relative_to(staged) for w in written]
+    with atomic_path(headline) as staged:  # the declared DVC metrics: one small file per method
+        staged.mkdir()
+        for method, m in metrics.items():
+            write_json(staged / f"{method}.json", tables.headline(m))
+    runs = {method: tables.headline(m) for method, m in metrics.items()}
+    return StageResult(metrics, [Path(plots) / r for r in relative], runs=runs)

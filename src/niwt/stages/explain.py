@@ -201,7 +201,7 @@ def _neuron_table(rows: list[dict]) -> rp.Block:
 
 def _comparison_block(path: Path | None) -> list[rp.Block]:
     if path is None or not Path(path).is_file():
-        return [rp.para("(no `metrics/evaluate.json`: run the evaluate stage for the comparison table)")]
+        return [rp.para("(no `stats/evaluate.json`: run the evaluate stage for the comparison table)")]
     header, rows = comparison_rows(json.loads(Path(path).read_text()))
     return [rp.para("GZSL comparison (%), from `evaluate` (S/U/H: joint label space; cal_*: calibrated stacking "
                     "with gamma chosen on val; best of each column in bold)."), rp.table(header, rows)]

@@ -19,6 +19,7 @@ from torch import nn
 
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
+from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import safe_load, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet, build_model
@@ -111,11 +112,15 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
             "metrics": metrics}
     # Both outputs or neither: the history is staged first and moved into place only after the
     # checkpoint was written (a failure in either leaves the previous pair untouched).
+    png = history_path.with_suffix(".png")
     with atomic_path(history_path) as staged_history:
         _write_history(staged_history, history)
+        draw_history(png, history, {"loss": ["train_loss"], "accuracy": ["train_acc", "val_acc"]},
+                     "finetune: training curves")
         save_checkpoint(out, model.cpu(), meta)
     resume_path.unlink(missing_ok=True)
-    return StageResult(metrics, [history_path])
+    steps = {k: [(int(h["epoch"]), float(h[k])) for h in history] for k in ("train_loss", "train_acc", "val_acc")}
+    return StageResult(metrics, [history_path, png], steps=steps)
 
 
 def _load_resume(path: Path, fingerprint: str) -> dict | None:

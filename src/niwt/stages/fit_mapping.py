@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from niwt.data.tables import read_classes
+from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
 from niwt.io.parquet import ImportanceFileError, read_importances
 from niwt.mapping.linear import MappingResult, fit_inverse_map, fit_mapping
@@ -39,12 +40,18 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, out: Path, invers
     provenance = Provenance(imp.meta.get("layer", ""), imp.meta.get("pooling", ""), classes.domain_kind, val)
     attribute_names = classes.attribute_names or [f"dim_{i}" for i in range(classes.domain.shape[1])]
     # All outputs or none: the history is staged and moved into place after both maps are written.
+    png = Path(history).with_suffix(".png")
     with atomic_path(history) as staged_history:
         _write_history(staged_history, result.history)
+        draw_history(png, result.history, {"held-out cosine distance": ["val_loss"],
+                                           "held-out rank correlation": ["val_rank_corr"]},
+                     f"fit_mapping: model selection on {len(val)} held-out seen classes")
         save_map(out, result, provenance)
         save_map(inverse_out, inverse, provenance, attribute_names, heldout=False)
+    steps = {f"{prefix}{k}": [(int(h["epoch"]), float(h[k])) for h in r.history]
+             for prefix, r in (("", result), ("inverse/", inverse)) for k in ("val_loss", "val_rank_corr")}
     return StageResult({**_selection("", result), **_selection("inverse/", inverse), "n_pairs": int(len(labels))},
-                       [history])
+                       [Path(history), png], steps=steps)
 
 
 def _selection(prefix: str, result: MappingResult) -> dict[str, float | int]:
