@@ -42,8 +42,8 @@ PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
                 ("--inverse-map", True, None, "the inverse map from fit_mapping"),
                 ("--out", True, None, "report directory"),
                 ("--comparison", False, "stats/evaluate.json", "evaluate's numbers, for the report"),
-                ("--per-class", False, "plots/evaluate/per_class_accuracy.csv",
-                 "evaluate's per-class accuracies, for the report")],
+                ("--evaluation", False, "plots/evaluate", "evaluate's plots and per-class accuracies, for the report"),
+                ("--pipeline-params", False, "params.yaml", "the params file, for the report's provenance")],
 }
 
 

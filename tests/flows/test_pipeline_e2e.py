@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_project import dvc, env, make_project  # noqa: E402
+from tiny_project import REPO, dvc, env, make_project  # noqa: E402
 
 pytestmark = pytest.mark.slow
 from niwt.injection.registry import METHODS  # noqa: E402
@@ -38,7 +39,7 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
         assert {"S", "U", "H", "zsl_top1", "ausuc", "seen_acc"} <= set(m)
     # the declared DVC metrics: the headline only, one file per method, at most 40 numbers, rounded
     shown = dvc(["metrics", "show", "--json"], project).stdout
-    declared = json.loads(shown)["workspace"]["data"]
+    declared = next(iter(json.loads(shown).values()))["data"]  # the workspace
     assert sorted(declared) == sorted(f"metrics/gzsl/{m}.json" for m in METHODS)
     values = [v for f in declared.values() for v in f["data"].values()]
     assert len(values) <= 40 and all(isinstance(v, float) and round(v, 4) == v and 0 <= v <= 1 for v in values)
@@ -77,6 +78,10 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")
     history = client_for(project).get_metric_history(finetune_run.info.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
+    # the default DVC remote is a local directory beside the checkout: push and pull work offline
+    shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")
+    dvc(["push"], project)
+    assert any((project.parent / "niwt-dvc-remote").rglob("*")), "dvc push stored nothing"
     # execution settings are not params: switching device, loader workers or runner reruns nothing
     moved = {**env(project), "NIWT_DEVICE": "cpu", "NIWT_WORKERS": "1", "NIWT_RUNNER": "dask",
              "NIWT_DASK_WORKERS": "3"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from niwt import cli
 from niwt.data.images import make_loader
@@ -65,7 +67,7 @@ def explained(project):
         rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
                        "--importances", "importances", "--inverse-map", "inverse_map.pt",
                        "--out", "reports/explain", "--metrics", "explain.json",
-                       "--comparison", "evaluate.json", "--per-class", "plots/per_class_accuracy.csv"])
+                       "--comparison", "evaluate.json", "--evaluation", "plots"])
     assert rc == 0
     return project / "reports" / "explain"
 
@@ -92,9 +94,13 @@ def test_explain_stage_outputs(project, explained) -> None:
 
     md = (explained / "report.md").read_text()
     assert "| NIWT |" in md  # the comparison table from evaluate.json, with the registry's labels
-    assert all(f"panels/{n}.png" in md for n in unseen)
+    assert all((explained / "panels" / f"{n}.png").is_file() for n in unseen)
+    assert "panels/unseen_overview.png" in md
     page = (explained / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(unseen) + 1
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 4 and len(set(images)) == 4  # the overview and evaluate's 3 plots, each once
+    assert "Seen-unseen curve of each method" in page and "Provenance" in page
+    assert "<code>inject.lambda</code>" in page and "git commit" in page
     assert not re.search(r"(src|href)=\"https?://", page)
     assert "<td>" + unseen[0] + "</td>" in page  # per-class accuracies
 
@@ -327,3 +333,18 @@ def test_injected_checkpoint_keeps_seen_rows_and_records_the_importance(project)
     assert torch.equal(injected.classifier.bias[:n_seen], base.classifier.bias)
     assert (meta["layer"], meta["pooling"]) == ("body.block4", "sum")
     assert "layer" not in torch.load(project / "finetuned.pt", weights_only=True)  # extract owns the layer
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_in_a_real_browser(explained, tmp_path) -> None:
+    """Headless Chromium renders the report: nothing wider than the window, a bounded page (each
+    image once), every embedded figure drawn."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from screenshot_report import screenshot
+
+    png = tmp_path / "report.png"
+    height = screenshot(explained / "report.html", png, width=1200)
+    page = np.asarray(Image.open(png).convert("L"))
+    assert 2000 < height < 8000, height
+    assert (page[:, 1180:] > 250).all()  # no overflow to the right edge
+    assert (page < 100).sum() > 50_000  # text and figures were drawn

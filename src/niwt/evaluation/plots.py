@@ -35,7 +35,8 @@ def draw_confusion(path: Path, scores: np.ndarray, y: np.ndarray, names: list[st
     table = np.concatenate([conf[:, n_seen:], conf[:, :n_seen].sum(1, keepdims=True)], 1).astype(float)
     table /= np.maximum(table.sum(1, keepdims=True), 1)
     labels = [names[c] for c in range(n_seen, n)]
-    fig, ax = _plt().subplots(figsize=(max(5, 0.55 * len(labels) + 2), max(4, 0.5 * len(labels) + 1.5)))
+    fig, ax = _plt().subplots(figsize=(max(6, 0.55 * len(labels) + 3), max(4.5, 0.5 * len(labels) + 2.5)),
+                              layout="constrained")
     image = ax.imshow(table, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the class's test images")
     ax.set_xticks(range(len(labels) + 1), labels + ["(any seen)"], rotation=60, ha="right", fontsize=7)
@@ -43,8 +44,8 @@ def draw_confusion(path: Path, scores: np.ndarray, y: np.ndarray, names: list[st
     for i, j in zip(*np.nonzero(table >= 0.05), strict=True):
         ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if table[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true unseen class", title=f"GZSL confusion of unseen-test images ({method})")
-    fig.tight_layout()
+    ax.set(xlabel="predicted", ylabel="true unseen class")
+    fig.suptitle(f"GZSL confusion of unseen-test images ({method})")
     return _save(fig, path, dpi=110)
 
 

@@ -48,6 +48,20 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root) / 'mlflow.db'}"
 
 
+def git_commit(root: Path | None = None) -> str:
+    """The project's current git commit (``unknown`` outside git)."""
+    return _git_commit(project_root(root))
+
+
+def active_run_id() -> str | None:
+    """The id of the MLflow run this process logs to, if any (without importing MLflow when unused)."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    run = mlflow.active_run() if mlflow is not None and enabled() else None
+    return run.info.run_id if run is not None else None
+
+
 def _git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)

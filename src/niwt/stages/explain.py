@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def slug(name: str) -> str:
 
 
 def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, inverse_map: Path, out: Path,
-        comparison: Path | None = None, per_class: Path | None = None) -> StageResult:
+        comparison: Path | None = None, evaluation: Path | None = None,
+        pipeline_params: Path | None = None) -> StageResult:
+    """Explain the injected NIWT model; ``comparison``/``evaluation``: evaluate's numbers and plot
+    directory, ``pipeline_params``: the params file, shown in the report's provenance."""
     device = resolve_device(rt.device)
     torch.manual_seed(p.base.seed)
     e = p.explain
@@ -113,11 +117,13 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
                              "top_attributes": ", ".join(x.attributes),
                              "cosine": round(float(agreement["cosine"][i]), 4)})
         _write_csv(tmp / "explanations.csv", rows, list(rows[0]) if rows else ["image"])
-        panel_files = [draw_class_panel(tmp / "panels" / f"{slug(n)}.png", n, items) for n, items in panels.items()]
+        for n, items in panels.items():  # one file per class, for browsing; the report shows the overview
+            draw_class_panel(tmp / "panels" / f"{slug(n)}.png", n, items)
         overview = draw_overview(tmp / "panels" / "unseen_overview.png", panels)
+        figures = _copy_evaluation_plots(evaluation, tmp / "figures")
         blocks = _report(p, checkpoint, meta, classes, inverse, names, rows, agreement,
-                         [f.relative_to(tmp).as_posix() for f in panel_files], overview.relative_to(tmp).as_posix(),
-                         comparison, per_class)
+                         overview.relative_to(tmp).as_posix(), comparison, evaluation,
+                         [f.relative_to(tmp).as_posix() for f in figures], _provenance(pipeline_params, rt))
         (tmp / "report.md").write_text(rp.to_markdown(blocks))
         (tmp / "report.html").write_text(rp.to_html(blocks, tmp, "NIWT explanations"))
         relative = [f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()]
@@ -225,21 +231,65 @@ def _per_class_blocks(path: Path | None, classes: ClassTable) -> list[rp.Block]:
     return out
 
 
+EVALUATION_PLOTS = {"seen_unseen_curve.png": "Seen-unseen curve of each method (calibrated stacking over gamma)",
+                    "unseen_per_class.png": "GZSL accuracy of each unseen class, per method",
+                    "confusion_niwt.png": "Where the unseen-test images go (NIWT)"}
+
+
+def _copy_evaluation_plots(evaluation: Path | None, target: Path) -> list[Path]:
+    """evaluate's PNGs, copied next to the report so it embeds them (and opens on its own)."""
+    import shutil
+
+    found = [Path(evaluation) / name for name in EVALUATION_PLOTS] if evaluation else []
+    found = [f for f in found if f.is_file()]
+    if found:
+        target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(f, target / f.name)) for f in found]
+
+
+def _provenance(params_file: Path | None, rt: Runtime) -> list[list[str]]:
+    """Where the numbers come from: commit, MLflow run, machine, and every pipeline param."""
+    import platform
+
+    import yaml
+
+    from niwt.integration import tracking
+
+    rows = [["git commit", tracking.git_commit()], ["MLflow run", tracking.active_run_id() or "(tracking off)"],
+            ["machine", f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
+                        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"],
+            ["software", f"python {platform.python_version()}, torch {torch.__version__}"],
+            ["device", rt.device]]
+    if params_file is not None and Path(params_file).is_file():
+        def flat(node, prefix=""):
+            for key, value in (node or {}).items():
+                if isinstance(value, dict):
+                    yield from flat(value, f"{prefix}{key}.")
+                else:
+                    yield [f"`{prefix}{key}`", str(value)]
+        rows += list(flat(yaml.safe_load(Path(params_file).read_text(encoding="utf-8"))))
+    return rows
+
+
 def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, inverse: StoredMap, names: list[dict],
-            rows: list[dict], agreement: dict, panel_files: list[str], overview: str, comparison: Path | None,
-            per_class: Path | None) -> list[rp.Block]:
+            rows: list[dict], agreement: dict, overview: str, comparison: Path | None, evaluation: Path | None,
+            figures: list[str], provenance: list[list[str]]) -> list[rp.Block]:
     top_k, best = p.explain.top_attributes, inverse.selection
+    per_class = Path(evaluation) / "per_class_accuracy.csv" if evaluation else None
     b = [rp.h1("NIWT explanations"),
          rp.para(f"Model `{checkpoint}` ({meta['arch']}, method `{meta.get('method', '?')}`), importance layer "
-                 f"`{meta['layer']}`; {classes.n_seen} seen + {classes.n_unseen} unseen classes, domain "
-                 f"`{classes.domain_kind}` ({classes.domain.shape[1]} dimensions)."),
-         rp.h2("Generalized zero-shot results"), *_comparison_block(comparison), *_per_class_blocks(per_class, classes),
-         rp.h2("Where the model looks: unseen test images"),
-         rp.para(f"{len(rows)} unseen-test images ({p.explain.images_per_class} per unseen class, "
-                 "seeded sample). Each overlay is the Grad-CAM of the class the model predicts, at the importance "
-                 f"layer `{meta['layer']}`; green titles are correct predictions, red ones wrong."),
-         rp.image(overview, "Grad-CAM of the predicted class, all unseen classes")]
-    b += [rp.image(f, f"unseen class {Path(f).stem}") for f in panel_files]
+                 f"`{meta['layer']}` ({meta.get('pooling', 'sum')} pooling); {classes.n_seen} seen + "
+                 f"{classes.n_unseen} unseen classes, domain `{classes.domain_kind}` "
+                 f"({classes.domain.shape[1]} dimensions). Provenance at the end."),
+         rp.h2("Generalized zero-shot results"), *_comparison_block(comparison)]
+    b += [rp.image(f, EVALUATION_PLOTS[Path(f).name]) for f in figures]
+    b += [*_per_class_blocks(per_class, classes),
+          rp.h2("Where the model looks: unseen test images"),
+          rp.para(f"{len(rows)} unseen-test images ({p.explain.images_per_class} per unseen class, "
+                  "seeded sample). Each overlay is the Grad-CAM of the class the model predicts, at the importance "
+                  f"layer `{meta['layer']}`; green titles are correct predictions, red ones wrong. One figure per "
+                  "class is in `panels/`."),
+          rp.image(overview, "Grad-CAM of the predicted class, all unseen classes")]
     b += [rp.h2("Why: textual explanations"),
           rp.para(f"The observed importance of the predicted class on each image (NIWT's alpha at `{meta['layer']}`) "
                   f"mapped to attributes by the inverse map; the top {top_k} are listed. `cos` is the cosine between "
@@ -260,5 +310,6 @@ def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, invers
           rp.para(f"The {min(REPORT_NEURONS, len(names))} neurons with the largest mean |alpha|, named by "
                   "the attributes their column of the inverse map points to (all neurons: `neuron_names.csv`, "
                   "`neuron_names.parquet`, `neuron_names.md`)."),
-          _neuron_table(sorted(names, key=lambda r: -r["mean_abs_importance"])[:REPORT_NEURONS])]
+          _neuron_table(sorted(names, key=lambda r: -r["mean_abs_importance"])[:REPORT_NEURONS]),
+          rp.h2("Provenance"), rp.table(["what", "value"], provenance)]
     return b
