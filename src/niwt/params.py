@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
-
 
 class InputError(ValueError):
     """A problem with the user's input (params, data, checkpoints, files) that the CLI reports in one
@@ -275,17 +273,22 @@ class _DuplicateKey(Exception):
     """Raised inside the YAML loader; load_params turns it into a ParamsError naming the file."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently)."""
+def _unique_key_loader() -> type:
+    """A SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently). Built on
+    first use: importing niwt's core (networks, importance capture, injection) needs no PyYAML."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKey(f"{key_node.start_mark.line + 1}: duplicate key {key!r}")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(f"{key_node.start_mark.line + 1}: duplicate key {key!r}")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
@@ -295,11 +298,13 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         path: the YAML file.
         overrides: dotted keys to set after reading (``{"inject.lambda": 0.0}``), for tests and tools.
     """
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader()) or {}
     except _DuplicateKey as err:
         raise ParamsError(f"{path}:{err}") from None
     except (OSError, UnicodeDecodeError) as err:

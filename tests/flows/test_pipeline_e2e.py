@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -120,6 +121,27 @@ def test_prefect_flow_runs_pipeline_with_mlflow_parent(tmp_path: Path, monkeypat
     # the register step, not a stage, put the model into the registry: one version
     from mlflow import MlflowClient
 
-    versions = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_model_versions(
-        "name='niwt-injected'")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    versions = client.search_model_versions("name='niwt-injected'")
     assert [str(v.version) for v in versions] == ["1"]
+    assert client.get_model_version_by_alias("niwt-injected", "champion").version == versions[0].version
+    # a second flow run: DVC skips every stage, each is marked so, and no MLflow run or version appears
+    n_runs = len(_mlflow_runs(project))
+    again = pipeline(workdir=str(project))
+    assert all(f"| {stage} | skipped (up to date) |" in again for stage in STAGES), again
+    assert len(_mlflow_runs(project)) == n_runs
+    assert len(client.search_model_versions("name='niwt-injected'")) == 1
+
+
+def test_telemetry_is_off_before_prefect_is_imported() -> None:
+    """Importing the flows sets the offline telemetry settings before Prefect (or MLflow) loads."""
+    import subprocess
+
+    code = ("import sys, os; import flows; assert 'prefect' not in sys.modules; "
+            "print(os.environ['DO_NOT_TRACK'], os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'], "
+            "os.environ['MLFLOW_DISABLE_TELEMETRY'])")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert out == ["true", "false", "true"]

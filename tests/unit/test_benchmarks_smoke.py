@@ -38,3 +38,26 @@ def test_benchmark_quick(script: str, tmp_path: Path) -> None:
     assert "| metric | target | measured |" in proc.stdout
     values = json.loads(out_json.read_text())
     assert all(name in values for name in EXPECTED[script])
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu_with_torch_only(tmp_path: Path) -> None:
+    """``gpu_check.sh --device cpu --tiny``: every number printed, and nothing but torch/torchvision
+    (and this repo's src/) needed: no Prefect, MLflow, DVC, PyYAML, SciPy or pandas is imported."""
+    out_json = tmp_path / "gpu.json"
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--tiny", "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=600, env={**_env(), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "# modules beyond torch/torchvision loaded: none" in proc.stdout
+    values = json.loads(out_json.read_text())
+    for arch in ("vgg16", "resnet101"):
+        for key in ("finetune_{}_images_per_s", "finetune_{}_ratio", "extract_{}_images_per_s",
+                    "extract_{}_vs_forward_backward", "inject_{}_iterations_per_s"):
+            assert values[key.format(arch)] > 0, key.format(arch)
+    assert "| check | value |" in proc.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

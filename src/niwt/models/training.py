@@ -9,9 +9,29 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from niwt.evaluation.metrics import mean_per_class_accuracy
+
+
+class _Plain:
+    """What a progress bar offers, without one (tqdm is imported only when bars are shown)."""
+
+    def __init__(self, iterable) -> None:
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **_: object) -> None:
+        pass
+
+
+def _bar(iterable, progress: bool, desc: str):
+    if not progress:
+        return _Plain(iterable)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="batch", leave=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -46,7 +66,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     """One pass over ``loader``; returns mean loss and (sample) accuracy."""
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    bar = _bar(loader, progress, desc=f"epoch {epoch}")
     for images, labels, _ in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if channels_last:
@@ -72,7 +92,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: 
     """Logits (or penultimate features) and labels for every sample of ``loader``, in order."""
     model.eval()
     outs, labels = [], []
-    for images, y, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for images, y, _ in _bar(loader, progress, desc=desc):
         with autocast(device, amp):
             out = model.features(images.to(device)) if features else model(images.to(device))
         outs.append(out.float().cpu())
