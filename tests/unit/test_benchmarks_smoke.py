@@ -20,6 +20,8 @@ EXPECTED = {
     "bench_extract.py": ["extract_vs_fwd_bwd", "batched_speedup", "max_abs_diff_batched_vs_per_image"],
     "bench_inject.py": ["per_iter_speedup_double_backprop", "per_iter_speedup_jacobian", "best_speedup"],
     "bench_memory.py": ["peak_rss_large_vs_small", "time_large_vs_small", "cpu_time_per_image_large_vs_small"],
+    "bench_inject_scaling.py": ["time_per_iter_largest_vs_smallest_U", "time_per_iter_largest_vs_smallest_P",
+                                "dense_bf16_bytes_ratio", "dense_bf16_relative_dW"],
 }
 RATIO = re.compile(r"^RATIO (\S+)(?: \([^)]*\))? = [-+0-9.e]+x?(?: \(target .*\))?$", re.M)
 

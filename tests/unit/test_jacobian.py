@@ -180,3 +180,22 @@ def test_auto_solver_falls_back_to_double_backprop_when_the_dense_form_is_too_la
     assert auto.solver == reference.solver == "double_backprop"
     assert torch.equal(auto.weight, reference.weight)
     assert inject(mlp, acts, alpha_hat, w_seen, cfg, pooling="sum", seed=0).solver == "jacobian (gated)"
+
+
+def test_dense_limit_follows_free_memory(monkeypatch) -> None:
+    """``auto`` accepts a dense Jacobian up to half the device's free memory (no fixed 4 GiB)."""
+    monkeypatch.setattr(jacobian_module, "DENSE_LIMIT_BYTES", None)
+    monkeypatch.setattr(jacobian_module, "free_memory_bytes", lambda device: 1000)
+    assert jacobian_module.dense_limit(torch.device("cpu")) == 500
+    assert jacobian_module.free_memory_bytes.__name__  # patched; the real one reads /proc/meminfo
+    monkeypatch.undo()
+    assert 0 < jacobian_module.free_memory_bytes(torch.device("cpu"))
+
+
+def test_bfloat16_dense_jacobian_returns_the_rows_dtype() -> None:
+    m = torch.randn(3, 4, 5)
+    dense, half = DenseJacobian(m), DenseJacobian(m.to(torch.bfloat16))
+    img, rows = torch.tensor([0, 2]), torch.randn(2, 5)
+    out = half.apply(img, rows)
+    assert out.dtype == torch.float32 and half.nbytes * 2 == dense.nbytes
+    torch.testing.assert_close(out, dense.apply(img, rows), rtol=2e-2, atol=2e-2)

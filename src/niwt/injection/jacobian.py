@@ -31,7 +31,7 @@ _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 _IDENTITIES = (nn.Dropout, nn.Identity)
 _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)  # differ in train mode
-DENSE_LIMIT_BYTES = 4 << 30
+DENSE_LIMIT_BYTES: int | None = None  # None: half the free memory of the device (free_memory_bytes)
 
 
 class JacobianError(InputError):
@@ -81,8 +81,12 @@ class DenseJacobian:
     kind = "dense"
 
     def apply(self, img: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
-        """(B, C) observed importances of rows ``w_rows`` (B, D) on pool images ``img`` (B,)."""
-        return torch.bmm(self.m[img], w_rows.unsqueeze(2)).squeeze(2)
+        """(B, C) observed importances of rows ``w_rows`` (B, D) on pool images ``img`` (B,).
+
+        A lower-precision ``m`` (bfloat16: half the memory) is multiplied in its precision and the
+        result returned in ``w_rows``'s (benchmarks/bench_inject_scaling.py measures the difference)."""
+        out = torch.bmm(self.m[img], w_rows.to(self.m.dtype).unsqueeze(2)).squeeze(2)
+        return out.to(w_rows.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -202,6 +206,24 @@ def gated_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch:
     return GatedJacobian(w1_bar.to(first.dtype), tuple(ops), tuple(torch.cat(g) for g in gates))
 
 
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free on ``device`` now: CUDA's ``mem_get_info``, else the host's ``MemAvailable``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30  # not Linux: a conservative guess
+
+
+def dense_limit(device: torch.device) -> int:
+    """Largest dense Jacobian ``auto`` accepts: ``DENSE_LIMIT_BYTES`` when set, else half the free memory."""
+    return DENSE_LIMIT_BYTES if DENSE_LIMIT_BYTES is not None else free_memory_bytes(device) // 2
+
+
 def head_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling,
                   dense_limit_bytes: int | None = None) -> PooledJacobian:
     """The cheapest exact pooled Jacobian of ``head`` (in eval mode) over the pool ``acts``.
@@ -219,10 +241,12 @@ def head_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling,
     with torch.no_grad():
         d = head(acts[:1]).shape[1]
     need = acts.shape[0] * acts.shape[1] * d * acts.element_size()
-    if need > (DENSE_LIMIT_BYTES if dense_limit_bytes is None else dense_limit_bytes):
+    limit = dense_limit(acts.device) if dense_limit_bytes is None else dense_limit_bytes
+    if need > limit:
         raise JacobianTooLarge(
             f"this head ({type(_leaves(head)[0]).__name__} above the layer) has no gated form, and its dense "
-            f"pooled Jacobian would take {need / 2**30:.1f} GiB ({acts.shape[0]} pool images x "
+            f"pooled Jacobian would take {need / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB allowed "
+            f"(half the free memory) ({acts.shape[0]} pool images x "
             f"{acts.shape[1]} channels x {d} features); set inject.solver: double_backprop or reduce "
             "inject.pool_size (inject.solver: auto falls back to double_backprop by itself)")
     return DenseJacobian(channel_jacobian(head, acts, pooling))

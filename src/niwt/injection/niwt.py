@@ -187,8 +187,13 @@ def inject(
     n_pool, n_unseen = acts.shape[0], alpha_hat.shape[0]
     w0 = seen_centered_init(w_seen, n_unseen, gen, cfg.init)
     mu = w_seen.mean(0)
-    img_of = torch.arange(n_pool).repeat(n_unseen)  # pair p -> pool image
-    cls_of = torch.arange(n_unseen).repeat_interleave(n_pool)  # pair p -> unseen class
+    # Pair p is (pool image p % P, unseen class p // P): computed per minibatch, never stored, so
+    # memory beyond the shuffled pair order stays O(U x D + P x D) at any number of classes.
+    def img_of(idx: torch.Tensor) -> torch.Tensor:
+        return idx % n_pool
+
+    def cls_of(idx: torch.Tensor) -> torch.Tensor:
+        return torch.div(idx, n_pool, rounding_mode="floor")
     if jacobian is not None and solver != "double_backprop":
         solver, m = "jacobian", DenseJacobian(jacobian) if isinstance(jacobian, torch.Tensor) else jacobian
     else:
@@ -196,13 +201,13 @@ def inject(
     if m is not None:
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            obs = m.apply(img_of[idx], w_u[cls_of[idx]])  # (B, C)
-            return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
+            obs = m.apply(img_of(idx), w_u[cls_of(idx)])  # (B, C)
+            return niwt_loss(obs, alpha_hat[cls_of(idx)], w_u, mu, cfg.lambda_)
     else:
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            obs = observed_importance(head, acts[img_of[idx]], w_u[cls_of[idx]], pooling, True)
-            return niwt_loss(obs, alpha_hat[cls_of[idx]], w_u, mu, cfg.lambda_)
+            obs = observed_importance(head, acts[img_of(idx)], w_u[cls_of(idx)], pooling, True)
+            return niwt_loss(obs, alpha_hat[cls_of(idx)], w_u, mu, cfg.lambda_)
     with torch.enable_grad():
         result = _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen)
     result.solver = f"jacobian ({m.kind})" if m is not None else "double_backprop"
