@@ -13,6 +13,7 @@ from niwt.mapping.linear import (
     _train,
     class_mean_importance,
     cosine_distance,
+    fit_inverse_map,
     fit_mapping,
     normalize_domain,
     predict_importance,
@@ -141,3 +142,29 @@ def test_trace_and_refit_recomputed_independently() -> None:
         assert h["val_rank_corr"] == pytest.approx(corr, abs=1e-9)
     refit = _train(d, lab, alp, cfg, 0, res.best_epoch)
     assert torch.equal(refit.weight.detach(), res.weight) and torch.equal(refit.bias.detach(), res.bias)
+
+
+@pytest.mark.parametrize("fit", [fit_mapping, fit_inverse_map])
+def test_held_out_classes_are_split_by_true_class(fit) -> None:
+    """With ``extract.target: predicted`` an image's importance is of its *predicted* class. The
+    held-out (validation) classes must be split by the *true* class: a misclassified image of a
+    held-out class must not train the map that is to exclude that class."""
+    dom, _, true, alphas = planted(seed=3, n_cls=12, n_seen=12, a=6, c=8, per=8)
+    val = np.array([9, 10, 11])
+    predicted = true.copy()
+    wrong = np.flatnonzero(true == 10)[:3]
+    predicted[wrong] = 2  # three images of held-out class 10 predicted as a fitting class
+    cfg = MappingParams(epochs=3, lr=0.05, batch_size=16)
+    garbage = alphas.copy()
+    garbage[wrong] = np.random.default_rng(0).normal(size=garbage[wrong].shape) * 50
+    a = fit(dom, predicted, alphas, val, cfg, seed=0, true_labels=true)
+    b = fit(dom, predicted, garbage, val, cfg, seed=0, true_labels=true)
+    assert torch.equal(a.heldout_weight, b.heldout_weight)  # those images never trained the held-out map
+    # the failure this prevents: split by the predicted label, they do
+    c = fit(dom, predicted, alphas, val, cfg, seed=0)
+    d = fit(dom, predicted, garbage, val, cfg, seed=0)
+    assert not torch.equal(c.heldout_weight, d.heldout_weight)
+    # with the true target (the default) both rules agree exactly
+    e = fit(dom, true, alphas, val, cfg, seed=0)
+    f = fit(dom, true, alphas, val, cfg, seed=0, true_labels=true)
+    assert torch.equal(e.weight, f.weight) and torch.equal(e.heldout_weight, f.heldout_weight)

@@ -100,15 +100,18 @@ def select_epoch(history: list[dict[str, float]], selection: str) -> int:
 
 
 def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, is_val: torch.Tensor,
-                 cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float]) -> MappingResult:
+                 cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float],
+                 is_train: torch.Tensor | None = None) -> MappingResult:
     """Fit a linear map on pairs ``(inputs[index[i]], targets[i])`` with the cosine loss, choose the
     number of epochs on the held-out pairs (``is_val``), then refit on all pairs for that many.
+    ``is_train`` (default: not ``is_val``) are the pairs the selection run learns from.
 
     The one fitter behind both directions (domain -> importance in :func:`fit_mapping`,
     importance -> domain in :func:`fit_inverse_map`); they differ only in their pairs and in how
     a held-out class's rank correlation is measured (``val_rank_corr``).
     """
-    if not is_val.any() or is_val.all():
+    is_train = ~is_val if is_train is None else is_train
+    if not is_val.any() or not is_train.any():
         raise ValueError("held-out classes must leave images on both sides of the split")
     history: list[dict[str, float]] = []
     snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -120,24 +123,36 @@ def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tenso
         history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_corr})
         snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
 
-    _train(inputs, index[~is_val], targets[~is_val], cfg, seed, cfg.epochs, on_epoch=score)
+    _train(inputs, index[is_train], targets[is_train], cfg, seed, cfg.epochs, on_epoch=score)
     epoch = select_epoch(history, cfg.selection)
     final = _train(inputs, index, targets, cfg, seed, epoch)
     return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
                          *snapshots[epoch])
 
 
+def _held_out(labels: torch.Tensor, true_labels: np.ndarray | None,
+              val_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation pairs, selection-training pairs). Held out by the image's *true* class; and no
+    pair whose importance belongs to a held-out class's logit (a predicted target) trains the
+    selection run either, or the held-out classes would leak into it."""
+    true = labels if true_labels is None else torch.as_tensor(np.asarray(true_labels), dtype=torch.long)
+    is_val = torch.isin(true, val_c)
+    return is_val, ~(is_val | torch.isin(labels, val_c))
+
+
 def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
-                cfg: MappingParams, *, seed: int) -> MappingResult:
+                cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None) -> MappingResult:
     """Fit domain -> importance, pick the epoch on held-out seen classes, refit on all.
 
     Args:
         domain: (n_classes, a) class domain vectors, indexed by ``labels``.
-        labels: (N,) class index of each training image.
+        labels: (N,) the class whose logit gave each importance (the true class, or the predicted
+            one with ``extract.target: predicted``).
         alphas: (N, C) importance of each training image.
         val_classes: seen classes held out for model selection (non-empty).
         cfg: the ``mapping`` params (epochs, lr, batch size, weight decay, selection rule).
         seed: ``base.seed``.
+        true_labels: (N,) each image's true class, which decides the held-out split (default: ``labels``).
 
     Returns:
         The map refit on all classes for the selected number of epochs, the trace, and the map
@@ -147,13 +162,14 @@ def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_
     lab = torch.as_tensor(labels, dtype=torch.long)
     alp = torch.tensor(np.asarray(alphas), dtype=torch.float32)
     val_c = torch.as_tensor(val_classes, dtype=torch.long)
-    is_val = torch.isin(lab, val_c)
+    is_val, is_train = _held_out(lab, true_labels, val_c)
     target = class_mean_importance(alp[is_val], lab[is_val], val_c)
-    return fit_selected(dom, lab, alp, is_val, cfg, seed, lambda linear: rank_correlation(linear(dom[val_c]), target))
+    return fit_selected(dom, lab, alp, is_val, cfg, seed, lambda linear: rank_correlation(linear(dom[val_c]), target),
+                        is_train)
 
 
 def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
-                    cfg: MappingParams, *, seed: int) -> MappingResult:
+                    cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None) -> MappingResult:
     """The inverse map importance -> domain vector, for explanations (NIWT §5).
 
     Each pair is (importance of image i, L2-normalised domain vector of its class). Importances are
@@ -167,7 +183,7 @@ def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, 
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     unit = F.normalize(torch.tensor(np.asarray(alphas), dtype=torch.float32), dim=1)
     val_c = torch.as_tensor(np.asarray(val_classes), dtype=torch.long)
-    is_val = torch.isin(lab, val_c)
+    is_val, is_train = _held_out(lab, true_labels, val_c)
 
     def val_rank_corr(linear: nn.Linear) -> float:
         pred = linear(unit[is_val])
@@ -175,7 +191,7 @@ def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, 
         return rank_correlation(mean_pred, dom[val_c])
 
     with single_thread():  # every image is its own input row: an identity index
-        return fit_selected(unit, torch.arange(len(lab)), dom[lab], is_val, cfg, seed, val_rank_corr)
+        return fit_selected(unit, torch.arange(len(lab)), dom[lab], is_val, cfg, seed, val_rank_corr, is_train)
 
 
 @contextlib.contextmanager

@@ -62,9 +62,16 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, device: torch.device, epoch: int, *, amp: bool = False,
-                    channels_last: bool = False, scheduler=None, progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and (sample) accuracy."""
+                    channels_last: bool = False, scheduler=None, progress: bool = True,
+                    frozen: nn.Module | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and (sample) accuracy.
+
+    ``frozen``: a part of ``model`` that stays in eval mode (a backbone trained only through its head:
+    its batch-norm running statistics and dropout must not move either).
+    """
     model.train()
+    if frozen is not None:
+        frozen.eval()
     total, correct, loss_sum = 0, 0, 0.0
     bar = _bar(loader, progress, desc=f"epoch {epoch}")
     for images, labels, _ in bar:

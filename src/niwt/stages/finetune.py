@@ -90,7 +90,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
             continue
         for epoch in range(start, epochs + 1):
             stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=p.finetune.amp,
-                                    channels_last=p.finetune.channels_last, scheduler=sched, progress=rt.progress)
+                                    channels_last=p.finetune.channels_last, scheduler=sched, progress=rt.progress,
+                                    frozen=model.body if phase == "head" else None)
             val_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
             history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
                             "train_acc": stats["acc"], "val_acc": val_acc})

@@ -35,8 +35,10 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, out: Path, invers
         raise ImportanceFileError(f"{importances}: class ids up to {labels.max()} but only "
                                   f"{classes.n_seen} seen classes in {data / 'classes.parquet'}")
     val = held_out_classes(classes.n_seen, p.mapping.n_val_classes, p.base.seed)
-    result = fit_mapping(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed)
-    inverse = fit_inverse_map(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed)
+    true = imp.class_id.astype(np.int64)  # held out by true class, whatever logit an importance is of
+    result = fit_mapping(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed, true_labels=true)
+    inverse = fit_inverse_map(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed,
+                              true_labels=true)
     provenance = Provenance(imp.meta.get("layer", ""), imp.meta.get("pooling", ""), classes.domain_kind, val)
     attribute_names = classes.attribute_names or [f"dim_{i}" for i in range(classes.domain.shape[1])]
     # All outputs or none: the history is staged and moved into place after both maps are written.
