@@ -14,7 +14,7 @@ from niwt.evaluation.metrics import mean_per_class_accuracy
 
 
 class _Plain:
-    """What a progress bar offers, without one (tqdm is imported only when bars are shown)."""
+    """What a progress bar offers, without one (for machines without tqdm: the GPU check)."""
 
     def __init__(self, iterable) -> None:
         self.iterable = iterable
@@ -27,11 +27,17 @@ class _Plain:
 
 
 def _bar(iterable, progress: bool, desc: str):
-    if not progress:
-        return _Plain(iterable)
-    from tqdm.auto import tqdm
+    """A tqdm bar (disabled when not ``progress``), or a plain wrapper where tqdm is not installed.
 
-    return tqdm(iterable, desc=desc, unit="batch", leave=False)
+    The disabled tqdm bar is kept rather than plain iteration on purpose: the pipeline's numbers
+    were seen to change in the last bits (then amplified by training) when the loop's objects,
+    and so the allocator's addresses, differed; the committed baseline was made with it.
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Plain(iterable)
+    return tqdm(iterable, desc=desc, unit="batch", leave=False, disable=not progress)
 
 
 def seed_everything(seed: int) -> None:
