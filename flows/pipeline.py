@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from tasks.dvc_stage import PIPELINE_STAGES, dvc_status_clean, register_injected, run_dvc_stage
 from tasks.reporting import publish_summary
 
@@ -51,8 +52,12 @@ def close_parent_run(workdir: Path, invocation: str, status: str) -> str | None:
 
 @flow(name="niwt-stage", flow_run_name="{stage}")
 def stage_flow(stage: str, workdir: str = ".", invocation: str | None = None, force: bool = False):
-    """One pipeline stage as its own flow run; its state is the task's (``Skipped`` when DVC ran nothing)."""
-    return run_dvc_stage(stage, workdir, invocation, invocation, force, return_state=True)
+    """One pipeline stage as its own flow run: ``"ran"`` or ``"skipped"``; a skipped stage's flow run
+    (and task run) ends ``Completed`` with the state name ``Skipped``."""
+    state = run_dvc_stage(stage, workdir, invocation, invocation, force, return_state=True)
+    outcome = state.result()  # raises the stage's error
+    return Completed(name="Skipped", message=f"{stage}: up to date", data=outcome) if outcome == "skipped" \
+        else outcome
 
 
 @flow(name="niwt-pipeline", log_prints=True)
@@ -77,11 +82,9 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
     status = "FAILED"
     try:
         for stage in [s for s in PIPELINE_STAGES if s in selected]:
-            state = stage_flow(stage, workdir, invocation, force, return_state=True)
-            ran[stage] = "skipped (up to date)" if state.name == "Skipped" else "ran"
+            outcome = stage_flow(stage, workdir, invocation, force)
+            ran[stage] = "skipped (up to date)" if outcome == "skipped" else "ran"
             logger.info("stage %s: %s", stage, ran[stage])
-            if state.is_failed():
-                state.result()  # raises the stage's error
         if not dvc_status_clean(workdir):
             raise RuntimeError("dvc status still reports changes after the run; see `dvc status`")
         summary = publish_summary(workdir, stages=ran) if "evaluate" in selected else ""

@@ -250,7 +250,8 @@ def stage_argv(work: Path, params: Path) -> dict[str, list[str]]:
                         "--inverse-out", m / "inverse_map.pt", "--history", p / "mapping_history.csv"],
         "inject": ["--data", d / "prepared", "--model", m / "finetuned.pt", "--mapping", m / "mapping.pt",
                    "--out", m / "injected"],
-        "evaluate": ["--data", d / "prepared", "--injected", m / "injected", "--plots", p / "evaluate"],
+        "evaluate": ["--data", d / "prepared", "--injected", m / "injected", "--plots", p / "evaluate",
+                     "--headline", work / "metrics" / "gzsl"],
     }
 
 

@@ -114,9 +114,9 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
     # Both outputs or neither: the history is staged first and moved into place only after the
     # checkpoint was written (a failure in either leaves the previous pair untouched).
     png = history_path.with_suffix(".png")
-    with atomic_path(history_path) as staged_history:
+    with atomic_path(history_path) as staged_history, atomic_path(png) as staged_png:
         _write_history(staged_history, history)
-        draw_history(png, history, {"loss": ["train_loss"], "accuracy": ["train_acc", "val_acc"]},
+        draw_history(staged_png, history, {"loss": ["train_loss"], "accuracy": ["train_acc", "val_acc"]},
                      "finetune: training curves")
         save_checkpoint(out, model.cpu(), meta)
     resume_path.unlink(missing_ok=True)

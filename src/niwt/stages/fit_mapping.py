@@ -43,9 +43,9 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, out: Path, invers
     attribute_names = classes.attribute_names or [f"dim_{i}" for i in range(classes.domain.shape[1])]
     # All outputs or none: the history is staged and moved into place after both maps are written.
     png = Path(history).with_suffix(".png")
-    with atomic_path(history) as staged_history:
+    with atomic_path(history) as staged_history, atomic_path(png) as staged_png:
         _write_history(staged_history, result.history)
-        draw_history(png, result.history, {"held-out cosine distance": ["val_loss"],
+        draw_history(staged_png, result.history, {"held-out cosine distance": ["val_loss"],
                                            "held-out rank correlation": ["val_rank_corr"]},
                      f"fit_mapping: model selection on {len(val)} held-out seen classes")
         save_map(out, result, provenance)
