@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from niwt.io.project import project_root
 from niwt.params import InputError, Params, declared_view, load_params, load_runtime, section_dict
 from niwt.stages import STAGES
 
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that are not stages (no params deps, no DVC stage, no stage run).
 COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad-CAM",
-            "register": "register an injected checkpoint in the MLflow model registry"}
+            "register": "register an injected checkpoint in the MLflow model registry",
+            "sync": "upload MLflow metrics that stages kept when tracking failed"}
 
 
 def _command(name: str):
@@ -126,16 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         runtime = load_runtime(overrides={k: getattr(args, k) for k in
                                           ("device", "workers", "runner", "dask_address", "dask_workers", "progress")})
-        with tracking.stage_run(stage.name, params.tracking.experiment, _logged_params(params, stage.params)) as ml:
+        # The project is where the params file is (not the working directory): mlflow.db, artifacts.
+        root = project_root(Path(args.params).absolute().parent, default=Path.cwd())
+        with tracking.stage_run(stage.name, params.tracking.experiment, _logged_params(params, stage.params),
+                                root=root) as ml:
             paths = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                      for flag, *_ in PATHS[stage.name]}
             result = _stage_module(stage.name).run(declared_view(params, stage.name, stage.params), runtime, **paths)
             if args.metrics:
                 write_json(args.metrics, result.metrics)
-            if ml is not None:
-                ml.log_metrics(_numeric(result.metrics, stage.name))
-                for artifact in result.artifacts:
-                    ml.log_artifact(str(artifact))
+            if ml is not None:  # never raises: a tracking failure warns and keeps the metrics for `niwt sync`
+                ml.finish(_numeric(result.metrics, stage.name), list(result.artifacts))
+            # Only now, with every output and the metrics written, is state kept for a rerun dropped
+            # (finetune's resume file): a failure above leaves it, and the rerun costs nothing.
+            for leftover in result.cleanup:
+                Path(leftover).unlink(missing_ok=True)
     except (InputError, FileNotFoundError) as err:
         print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
         return 2

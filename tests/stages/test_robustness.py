@@ -255,6 +255,16 @@ def test_prepare_skip_drops_and_counts_bad_images(tmp_path: Path, monkeypatch: p
 # ------------------------------------------------------------- later stages: damaged tables
 
 
+def copy_tables(proj: Project, data: Path) -> Path:
+    """The module's two tables in ``data``; the split table names the module's images by absolute path
+    (its own paths are relative to the prepared directory, which holds the generated images)."""
+    data.mkdir()
+    shutil.copy(proj.data / "classes.parquet", data / "classes.parquet")
+    s = read_splits(proj.data / "splits.parquet")
+    write_splits(data / "splits.parquet", s.image_id, s.path, s.class_id, s.split)
+    return data
+
+
 def _edit_classes(fn: Callable[[ClassTable], ClassTable]) -> Callable[[Path, Path], None]:
     def apply(data: Path, tmp: Path) -> None:
         write_classes(data / "classes.parquet", fn(read_classes(data / "classes.parquet")))
@@ -339,10 +349,7 @@ TABLE_PARAMS = [(case, stage) for case, (_, _, stages) in TABLE_CASES.items() fo
 def test_stage_rejects_bad_tables(case: str, stage: str, proj: Project, tmp_path: Path,
                                   capsys: pytest.CaptureFixture, untouched: None) -> None:
     edit, pattern, _ = TABLE_CASES[case]
-    data = tmp_path / "prepared"
-    data.mkdir()
-    for name in ("classes.parquet", "splits.parquet"):
-        shutil.copy(proj.data / name, data / name)
+    data = copy_tables(proj, tmp_path / "prepared")
     edit(data, tmp_path)
     out = tmp_path / "out"
     rc, err = cli(capsys, *stage_argv(stage, proj, out, proj.params, data=data))

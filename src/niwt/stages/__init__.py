@@ -37,7 +37,10 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 @dataclass
 class StageResult:
-    """What a stage hands back to the CLI: metrics (to JSON and MLflow) and small artifacts."""
+    """What a stage hands back to the CLI: metrics (to JSON and MLflow), small artifacts, and
+    ``cleanup``: files kept for a rerun (finetune's resume state) that the CLI deletes only after
+    the metrics are written and logged, so no later failure costs the work they hold."""
 
     metrics: dict
     artifacts: list[Path] = field(default_factory=list)
+    cleanup: list[Path] = field(default_factory=list)

@@ -4,7 +4,7 @@ Modes (``finetune.mode``): ``fixed`` trains only the new seen head on a frozen b
 trains the head alone for ``head_epochs`` and then the whole network at ``lr_full`` (the paper's
 "finetuned" base network). The best epoch by validation accuracy is kept. After every epoch the
 training state is saved next to the output (``<out>.resume``), so a killed run continues where
-it stopped; the file is removed once the checkpoint is written.
+it stopped; the file is removed once the checkpoint and the stage's metrics are written.
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
     with atomic_path(history_path) as staged_history:
         _write_history(staged_history, history)
         save_checkpoint(out, model.cpu(), meta)
-    resume_path.unlink(missing_ok=True)
-    return StageResult(metrics, [history_path])
+    # The resume file goes only after the CLI has written the metrics (StageResult.cleanup): if
+    # anything after this point fails, a rerun resumes at the last epoch instead of retraining.
+    return StageResult(metrics, [history_path], cleanup=[resume_path])
 
 
 def _load_resume(path: Path, fingerprint: str) -> dict | None:
