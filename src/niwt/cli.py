@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in COMMANDS:
         return _command(args.stage).command(args)
     from niwt.integration import tracking
-    from niwt.io.atomic import write_json
+    from niwt.io.atomic import disk_error, write_json
 
     tracking.quiet_telemetry()
     stage = next(s for s in STAGES if s.name == args.stage)
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 Path(leftover).unlink(missing_ok=True)
     except (InputError, FileNotFoundError) as err:
         print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # out of space anywhere (a shard, a plot): one line naming the file and free space
+        full = disk_error(err.filename or Path.cwd(), err)
+        if full is None:
+            raise
+        print(f"niwt {args.stage}: error: {full}", file=sys.stderr)
         return 2
     print(f"niwt {args.stage}: done", flush=True)
     return 0

@@ -23,7 +23,7 @@ from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import safe_load, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet, build_model
 from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
-from niwt.params import Params, Runtime, section_dict
+from niwt.params import InputError, Params, Runtime, section_dict
 from niwt.stages import StageResult
 
 
@@ -142,8 +142,14 @@ def _save_resume(path: Path, fingerprint: str, phase_idx: int, epoch: int, model
     state = {"fingerprint": fingerprint, "phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
              "best_acc": best_acc, "best_state": best_state, "rng": rng}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (InputError, OSError, RuntimeError) as err:
+        # The resume state is optional: failing to save it (disk full) must never end training.
+        print(f"[finetune] warning: could not save the resume state after epoch {epoch} to {path} "
+              f"({(str(err).splitlines() or [''])[0]}); training continues, but a kill now restarts from the "
+              "last saved epoch", flush=True)
 
 
 def _get_rng(loader_generator: torch.Generator) -> dict:
