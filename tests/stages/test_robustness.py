@@ -198,6 +198,35 @@ def damage_whole_class_unreadable(raw: Path) -> str:
             rf"seen classes without train images: \['{seen}'\]")
 
 
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (1.6 Gpx: a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def damage_bomb(raw: Path) -> str:
+    seen = _classes(raw, "trainvalclasses.txt")[0]
+    victim = sorted((raw / "JPEGImages" / seen).glob("*.jpg"))[3]
+    victim.write_bytes(bomb_png())
+    return (r"1 unreadable images \(set data\.bad_images: skip to drop them\):\n"
+            rf"  \S*/{re.escape(victim.name)}: corrupt \(decompression bomb: Image size \(1600000000 pixels\)")
+
+
+def damage_zero_attribute_row(raw: Path) -> str:
+    matrix = raw / "predicate-matrix-continuous.txt"
+    lines = matrix.read_text().splitlines()
+    lines[4] = " ".join("0.0" for _ in lines[4].split())
+    matrix.write_text("\n".join(lines) + "\n")
+    name = (raw / "classes.txt").read_text().splitlines()[4].split()[-1]  # "<id>\t<name>", same row order
+    return rf"synthetic: all-zero attributes vectors for classes \['{re.escape(name)}'\]: nothing describes them"
+
+
 PREPARE_CASES = {
     "truncated image": (damage_truncated_image, "fail"),
     "attribute rows do not match the class list": (damage_attribute_rows, "fail"),
@@ -205,6 +234,8 @@ PREPARE_CASES = {
     "unseen classes overlap seen ones": (damage_overlap, "fail"),
     "class without images": (damage_empty_class, "fail"),
     "every image of a class unreadable, skip": (damage_whole_class_unreadable, "skip"),
+    "decompression bomb": (damage_bomb, "fail"),  # issue 15: before, a traceback
+    "all-zero attribute row": (damage_zero_attribute_row, "fail"),  # issue 15: before, accepted in silence
 }
 
 
@@ -250,6 +281,17 @@ def test_prepare_skip_drops_and_counts_bad_images(tmp_path: Path, monkeypatch: p
     splits = read_splits(tmp_path / "prepared/splits.parquet")
     assert len(splits) == 12 * 12 - 1
     assert all(Path(p).is_file() for p in splits.path)
+
+
+def test_prepare_skip_drops_a_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Issue 15: before, a bomb was a traceback even with ``bad_images: skip``."""
+    _wrap_generator(monkeypatch, damage_bomb)
+    params = write_params(tmp_path / "params.yaml", {"data": {"bad_images": "skip"}})
+    rc, err = cli(capsys, "prepare", "--out", tmp_path / "prepared", "--params", params,
+                  "--metrics", tmp_path / "m.json")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["n_bad_images"] == 1
 
 
 # ------------------------------------------------------------- later stages: damaged tables
@@ -411,6 +453,21 @@ PARAM_CASES = {
                               r"params\.yaml: inject\.methods: unknown \['nwit'\]"),
     "non-positive batch size": ({"finetune": {"batch_size": 0}},
                                 r"params\.yaml: finetune\.batch_size must be positive"),
+    # issue 15: bounds a real run never needs (before: accepted, then a crash, or petabytes, or forever)
+    "negative seed": ({"base": {"seed": -1}}, r"params\.yaml: base\.seed must be between 0 and 2\^32-1 = 4294967295"),
+    "seed above 2^32-1": ({"base": {"seed": 2**32}}, r"params\.yaml: base\.seed must be between 0 and 2\^32-1"),
+    "image size in the millions": ({"model": {"image_size": 16_000_000}},
+                                   r"params\.yaml: model\.image_size must be between 8 and 2048 \(a real run never "
+                                   r"needs more\), got 16000000"),
+    "image size 16e6 (YAML reads a string)": ({"model": {"image_size": "16e6"}},
+                                              r"params\.yaml\.model\.image_size: expected an integer, got str '16e6'"),
+    "epochs 1e30": ({"finetune": {"epochs": 10**30}},
+                    r"params\.yaml: finetune\.epochs must be between 0 and 10000 \(a real run never needs more\)"),
+    "epochs 1.0e30 (a float)": ({"finetune": {"epochs": 1.0e30}},
+                                r"params\.yaml\.finetune\.epochs: expected an integer, got float 1e\+30"),
+    "negative head epochs": ({"finetune": {"head_epochs": -3}}, r"params\.yaml: finetune\.head_epochs must be >= 0"),
+    "num_workers in params (now NIWT_WORKERS)": ({"finetune": {"num_workers": -1}},
+                                                 r"params\.yaml\.finetune: unknown key 'num_workers'"),
 }
 
 
@@ -871,3 +928,59 @@ def test_disk_full_saving_the_checkpoint_names_the_file_and_the_free_space(
     assert re.fullmatch(r"niwt finetune: error: \S*/out/finetuned\.pt: the write failed \(.*\), most likely a "
                         r"full disk \([\d.]+ \w+ free on its filesystem\); free space there and rerun .*\n", err), err
     assert not (out / "finetuned.pt").exists() and temp_leftovers(out) == []
+
+
+@pytest.mark.parametrize("how", ["NIWT_WORKERS=-1", "--workers -1"])
+def test_negative_loader_workers_is_one_line(how: str, proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, untouched: None) -> None:
+    out = tmp_path / "out"
+    argv = stage_argv("finetune", proj, out, proj.params)
+    if how.startswith("NIWT_"):
+        monkeypatch.setenv("NIWT_WORKERS", "-1")
+    else:
+        argv += ["--workers", "-1"]
+    rc, err = cli(capsys, *argv)
+    assert_failed_cleanly(rc, err, r"^niwt finetune: error: execution setting NIWT_WORKERS \(or --workers\) must be "
+                                   r"between 0 and 512, got -1\n$", out)
+
+
+def _cub_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A miniature CUB tree (test_real_formats.make_cub) and params that prepare it."""
+    from test_real_formats import make_cub, small_params
+    from test_real_formats import write_params as write_real_params
+
+    root = tmp_path / "raw"
+    make_cub(root)
+    return root / "cub", write_real_params(tmp_path / "params.yaml",
+                                           small_params("cub", root, "smallcnn", "body.block4"))
+
+
+def _non_utf8(path: Path, line: int) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[line - 1] = lines[line - 1].rstrip(b"\n") + b"_caf\xe9\n"  # Latin-1 e-acute
+    path.write_bytes(b"".join(lines))
+
+
+CUB_CASES = {
+    "non-UTF-8 byte in classes.txt": (lambda cub: _non_utf8(cub / "CUB_200_2011" / "classes.txt", 3),
+                                      r"CUB_200_2011/classes\.txt:3: not valid UTF-8 text \(invalid continuation byte, "
+                                      r"byte b'\\xe9' at offset \d+\)"),
+    "non-UTF-8 byte in attributes.txt": (lambda cub: _non_utf8(cub / "attributes.txt", 2),
+                                         r"cub/attributes\.txt:2: not valid UTF-8 text"),
+    "duplicate image id in images.txt": (
+        lambda cub: (cub / "CUB_200_2011" / "images.txt").write_text(
+            (cub / "CUB_200_2011" / "images.txt").read_text().replace("\n5 ", "\n4 ", 1)),
+        r"CUB_200_2011/images\.txt:5: id 4 appears again \(first on line 4\); every id must be listed once"),
+}
+
+
+@pytest.mark.parametrize("case", list(CUB_CASES))
+def test_prepare_rejects_damaged_cub_files(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 15: before, a traceback (UnicodeDecodeError) or the later image silently won."""
+    damage, pattern = CUB_CASES[case]
+    cub, params = _cub_tree(tmp_path)
+    damage(cub)
+    out = tmp_path / "prepared"
+    rc, err = cli(capsys, "prepare", "--out", out, "--params", params)
+    assert_failed_cleanly(rc, err, r"^niwt prepare: error: \S*" + pattern, out)
+    assert len(err.strip().splitlines()) == 1

@@ -125,6 +125,12 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
         if not np.isfinite(domain).all():
             bad = [raw.class_names[order[i]] for i in np.flatnonzero(~np.isfinite(domain).all(1))]
             raise DatasetError(f"{raw.name}: NaN/inf in {p.data.domain} vectors of classes {bad[:10]}")
+        zero = [raw.class_names[order[i]] for i in np.flatnonzero(~domain.any(1))]
+        if zero:
+            raise DatasetError(f"{raw.name}: all-zero {p.data.domain} vectors for classes {zero[:10]}"
+                               f"{' and more' if len(zero) > 10 else ''}: nothing describes them, so no map can "
+                               "predict their importances (and explanations would name arbitrary attributes); "
+                               "fix their rows in the dataset's attribute matrix or remove the classes")
         cls, split = assign_splits(raw, order, p.data.val_fraction, p.data.test_seen_fraction, p.base.seed)
         paths = list(raw.image_paths)
         keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, rt.progress)
