@@ -984,3 +984,65 @@ def test_prepare_rejects_damaged_cub_files(case: str, tmp_path: Path, capsys: py
     rc, err = cli(capsys, "prepare", "--out", out, "--params", params)
     assert_failed_cleanly(rc, err, r"^niwt prepare: error: \S*" + pattern, out)
     assert len(err.strip().splitlines()) == 1
+
+
+FAKE_DVC = """
+import os, subprocess, sys
+env = dict(os.environ, DVC_STAGE="finetune")
+child = subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], env=env)
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Path) -> None:
+    """Issue 15: before, killing only the `dvc` process left `niwt` running; it later overwrote the
+    outputs DVC had restored. Now the stage notices within seconds and exits without writing."""
+    import shlex
+    import signal
+    import subprocess
+    import time
+
+    params = write_params(tmp_path / "params.yaml", {"finetune": {"epochs": 500}})
+    out = tmp_path / "out"
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "niwt.cli",
+                                                  *stage_argv("finetune", proj, out, params)])
+    env = {**os.environ, "NIWT_TRACKING": "off", "NIWT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    fake_dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, cmd], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    shell = int(fake_dvc.stdout.readline())
+    stage_pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "finetuned.pt.resume").is_file():  # training is under way
+            assert time.monotonic() < deadline and fake_dvc.poll() is None, fake_dvc.stderr.read()
+            time.sleep(0.2)
+        stage_pids = {shell} | _children(shell)
+        fake_dvc.send_signal(signal.SIGKILL)
+        fake_dvc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in stage_pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in stage_pids), "niwt kept running after its dvc process died"
+        assert not (out / "finetuned.pt").exists() and temp_leftovers(out) == []
+    finally:
+        for pid in stage_pids | _children(shell) | {shell}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if fake_dvc.poll() is None:
+            fake_dvc.kill()
