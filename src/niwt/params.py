@@ -318,7 +318,20 @@ class _DuplicateKey(Exception):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently)."""
+    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently) and aliases.
+
+    Aliases (``*name``) are refused as soon as the first one is read: no params need them, and DVC,
+    which reads ``params.yaml`` itself, expands every alias (a few nested ones, an "alias bomb",
+    made ``dvc status`` grow past 4.7 GB).
+    """
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _DuplicateKey(f"{event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed in a params "
+                                "file (DVC expands every alias when it reads params: nested aliases take gigabytes); "
+                                "write the values out")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()

@@ -1046,3 +1046,23 @@ def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Pat
                 os.kill(pid, signal.SIGKILL)
         if fake_dvc.poll() is None:
             fake_dvc.kill()
+
+
+def test_yaml_alias_bomb_in_params_is_refused_at_once(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     untouched: None) -> None:
+    """Issue 15: an alias bomb took niwt 5 s to reject (and DVC gigabytes); aliases are now refused
+    when the first one is read."""
+    import time
+
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        bomb.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text() + "bomb:\n" + "".join(f"  {line}\n" for line in bomb))
+    out = tmp_path / "out"
+    start = time.monotonic()
+    rc, err = cli(capsys, *stage_argv("finetune", proj, out, params))
+    assert time.monotonic() - start < 5
+    line = len((REPO / "params.yaml").read_text().splitlines()) + 3
+    assert_failed_cleanly(rc, err, rf"^niwt finetune: error: \S*params\.yaml:{line}: YAML alias \*a is not allowed "
+                                   r"in a params file \(DVC expands every alias", out)
