@@ -22,7 +22,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed
-from tasks.dvc_stage import PIPELINE_STAGES, dvc_status_clean, register_injected, run_dvc_stage
+from tasks.dvc_stage import PIPELINE_STAGES, TRACKED_STAGES, dvc_status_clean, register_injected, run_dvc_stage
 from tasks.reporting import publish_summary
 
 
@@ -89,7 +89,8 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
             raise RuntimeError("dvc status still reports changes after the run; see `dvc status`")
         summary = publish_summary(workdir, stages=ran) if "evaluate" in selected else ""
         status = "FINISHED"
-        if register_as and "ran" in ran.values() and set(selected) == set(PIPELINE_STAGES):
+        tracked_ran = any(what == "ran" for stage, what in ran.items() if stage in TRACKED_STAGES)
+        if register_as and tracked_ran and set(selected) == set(PIPELINE_STAGES):
             register_injected(workdir, register_as, invocation)
         return summary
     finally:

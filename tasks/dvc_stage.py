@@ -19,9 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from niwt.integration.tracking import INVOCATION_ENV, PIPELINE_ENV
-from niwt.stages import STAGE_NAMES
+from niwt.stages import STAGE_NAMES, STAGES
 
 PIPELINE_STAGES = STAGE_NAMES  # the one stage list (niwt.stages.STAGES), in pipeline order
+TRACKED_STAGES = tuple(s.name for s in STAGES if s.tracked)  # fingerprint runs every time and logs nothing
 
 
 def stage_env(invocation: str | None, pipeline_id: str | None) -> dict[str, str]:
@@ -76,10 +77,24 @@ def run_dvc_stage(stage: str, workdir: str = ".", invocation: str | None = None,
 
 @task(cache_policy=NO_CACHE)
 def dvc_status_clean(workdir: str = ".") -> bool:
-    """True when ``dvc status`` reports every stage up to date (the pipeline really finished)."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=workdir,
+    """True when ``dvc status`` reports every stage up to date (the pipeline really finished).
+
+    ``fingerprint`` is ``always_changed`` (it must look at the raw files on every run), so DVC
+    always lists it as "always changed"; that alone is clean."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=workdir,
                           env=stage_env(None, None), capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    return proc.returncode == 0
+    return proc.returncode == 0 and status_is_clean(proc.stdout)
+
+
+def status_is_clean(status_json: str) -> bool:
+    """``dvc status --json`` output with nothing to do but rerun the always-changed stages."""
+    import json
+
+    try:
+        status = json.loads(status_json or "{}")
+    except ValueError:
+        return False
+    return all(changes == ["always changed"] for changes in status.values())
 
 
 @task(cache_policy=NO_CACHE, retries=0)

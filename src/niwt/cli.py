@@ -9,12 +9,18 @@ Each stage opens its MLflow run, writes its metrics JSON (for DVC) and logs the 
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from niwt.io.project import project_root
 from niwt.params import InputError, Params, declared_view, load_params, load_runtime, section_dict
 from niwt.stages import STAGES
 
@@ -22,6 +28,7 @@ from niwt.stages import STAGES
 # so dvc.yaml's cmd, deps and outs name the same files side by side; each flag's name is the
 # keyword argument of the stage's ``run``.
 PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
+    "fingerprint": [("--out", True, None, "fingerprint JSON of the raw dataset (a dep of prepare)")],
     "prepare": [("--out", True, None, "prepared data directory")],
     "finetune": [("--data", True, None, "prepared data"), ("--out", True, None, "finetuned checkpoint"),
                  ("--history", True, None, "per-epoch CSV (a DVC plot)")],
@@ -79,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that are not stages (no params deps, no DVC stage, no stage run).
 COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad-CAM",
-            "register": "register an injected checkpoint in the MLflow model registry"}
+            "register": "register an injected checkpoint in the MLflow model registry",
+            "sync": "upload MLflow metrics that stages kept when tracking failed"}
 
 
 def _command(name: str):
@@ -128,36 +136,114 @@ def _artifact_dir(artifact: Path, args: argparse.Namespace) -> str | None:
     return None
 
 
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "fish"}
+PARENT_POLL_S = 1.0
+PARENT_GRACE_S = 15.0
+_parent_gone = threading.Event()
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(command name, parent pid, start time) of a live, non-zombie process, from /proc; else None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+    if rest[0] in ("Z", "X"):  # a zombie: dead, not yet reaped by its parent
+        return None
+    return name, int(rest[1]), int(rest[19])
+
+
+def _dvc_ancestors() -> list[tuple[int, int]]:
+    """The processes this stage lives for: the parent and, when that is the shell DVC runs the
+    command in (``$SHELL -c <cmd>``), the DVC process above it; (pid, start time) each."""
+    watched = []
+    pid = os.getppid()
+    for _ in range(2):
+        stat = _proc_stat(pid)
+        if stat is None:
+            break
+        watched.append((pid, stat[2]))
+        if stat[0] not in SHELLS:
+            break
+        pid = stat[1]
+    return watched
+
+
+def _stop_when_dvc_dies(stage: str) -> None:
+    """Under ``dvc repro`` (``DVC_STAGE`` set), stop this stage when the dvc process that started it
+    is gone (killed alone, e.g. ``kill -9 <dvc pid>``): a stage left running would later overwrite
+    outputs that the next ``dvc`` command restored. Checked every second; the main thread gets a
+    KeyboardInterrupt (temporaries are cleaned, nothing is committed), then a hard exit after a grace
+    period."""
+    if not os.environ.get("DVC_STAGE") or not Path("/proc/self/stat").exists():
+        return
+    watched, parent = _dvc_ancestors(), os.getppid()
+    if not watched:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            gone = [pid for pid, start in watched if (_proc_stat(pid) or ("", 0, -1))[2] != start]
+            if gone or os.getppid() != parent:
+                _parent_gone.set()
+                print(f"niwt {stage}: error: the dvc process that started this stage (pid {(gone or [parent])[-1]}) "
+                      "is gone; stopping without writing outputs, so nothing overwrites what DVC restores",
+                      file=sys.stderr, flush=True)
+                _thread.interrupt_main()
+                time.sleep(PARENT_GRACE_S)
+                os._exit(3)
+
+    threading.Thread(target=watch, name="niwt-dvc-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``niwt`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.stage in COMMANDS:
         return _command(args.stage).command(args)
     from niwt.integration import tracking
-    from niwt.io.atomic import write_json
+    from niwt.io.atomic import disk_error, write_json
 
     tracking.quiet_telemetry()
     stage = next(s for s in STAGES if s.name == args.stage)
+    _stop_when_dvc_dies(stage.name)
     try:
         params = load_params(args.params)
         runtime = load_runtime(overrides={k: getattr(args, k) for k in
                                           ("device", "workers", "runner", "dask_address", "dask_workers", "progress")})
+        # The project is where the params file is (not the working directory): mlflow.db, artifacts.
+        root = project_root(Path(args.params).absolute().parent, default=Path.cwd())
         logged = _logged_params(params, stage.params)
         everything = _logged_params(params, tuple(s for s in vars(params) if s != "tracking"))
-        with tracking.stage_run(stage.name, params.tracking.experiment, logged, everything) as ml:
+        run_ctx = (tracking.stage_run(stage.name, params.tracking.experiment, logged, everything, root=root)
+                   if stage.tracked else contextlib.nullcontext())
+        with run_ctx as ml:
             paths = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                      for flag, *_ in PATHS[stage.name]}
             result = _stage_module(stage.name).run(declared_view(params, stage.name, stage.params), runtime, **paths)
             if args.stats:
                 write_json(args.stats, result.metrics)
-            if ml is not None:
-                ml.log_metrics(_numeric(result.metrics, stage.name))
-                tracking.log_steps(ml, result.steps)
-                tracking.log_children(ml, result.runs, logged)
-                for artifact in result.artifacts:
-                    ml.log_artifact(str(artifact), artifact_path=_artifact_dir(artifact, args))
+            if ml is not None:  # never raises: a tracking failure warns and keeps the metrics for `niwt sync`
+                ml.finish(_numeric(result.metrics, stage.name), list(result.artifacts), result.steps, result.runs,
+                          {a: _artifact_dir(a, args) for a in result.artifacts})
+            # Only now, with every output and the stats written, is state kept for a rerun dropped
+            # (finetune's resume file): a failure above leaves it, and the rerun costs nothing.
+            for leftover in result.cleanup:
+                Path(leftover).unlink(missing_ok=True)
     except (InputError, FileNotFoundError) as err:
         print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if _parent_gone.is_set():
+            return 3
+        raise
+    except OSError as err:  # out of space anywhere (a shard, a plot): one line naming the file and free space
+        full = disk_error(err.filename or Path.cwd(), err)
+        if full is None:
+            raise
+        print(f"niwt {args.stage}: error: {full}", file=sys.stderr)
         return 2
     print(f"niwt {args.stage}: done", flush=True)
     return 0

@@ -247,6 +247,37 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     return params
 
 
+# Bounds far beyond any real run, so that a typo (an extra digit, 1e30) fails at once instead of
+# allocating petabytes or training forever. (low, high), inclusive; lower bounds of batch sizes and
+# epochs are also checked above, with the "must be positive" message.
+UPPER_BOUNDS: dict[str, tuple[int, int]] = {
+    "data.synthetic.n_classes": (2, 10_000),
+    "data.synthetic.images_per_class": (1, 100_000),
+    "data.synthetic.image_size": (8, 2048),
+    "model.image_size": (8, 2048),
+    "model.width": (1, 4096),
+    "model.hidden": (1, 65_536),
+    "finetune.epochs": (0, 10_000),
+    "finetune.head_epochs": (0, 10_000),
+    "finetune.batch_size": (0, 65_536),
+    "extract.batch_size": (0, 65_536),
+    "extract.shard_size": (0, 10_000_000),
+    "mapping.epochs": (0, 100_000),
+    "mapping.batch_size": (0, 1_048_576),
+    "mapping.n_val_classes": (0, 100_000),
+    "inject.batch_size": (0, 65_536),
+    "inject.max_iters": (0, 10_000_000),
+    "inject.patience": (1, 10_000_000),
+    "inject.pool_size": (1, 10_000_000),
+    "inject.feature_batch_size": (0, 65_536),
+    "evaluate.batch_size": (0, 65_536),
+    "explain.batch_size": (0, 65_536),
+    "explain.images_per_class": (0, 10_000),
+    "explain.top_attributes": (0, 100_000),
+}
+RUNTIME_BOUNDS = {"workers": ("NIWT_WORKERS", 0, 512), "dask_workers": ("NIWT_DASK_WORKERS", 1, 4096)}
+
+
 def _check_ranges(p: Params, source: str) -> None:
     """Value checks that types cannot express."""
     s = p.data.synthetic
@@ -261,6 +292,17 @@ def _check_ranges(p: Params, source: str) -> None:
         section, key = name.split(".")
         if getattr(getattr(p, section), key) <= 0:
             problems.append(f"{name} must be positive")
+    if not 0 <= p.base.seed <= 2**32 - 1:
+        problems.append(f"base.seed must be between 0 and 2^32-1 = {2**32 - 1} (numpy and torch seeds), "
+                        f"got {p.base.seed}")
+    if p.finetune.head_epochs < 0:
+        problems.append("finetune.head_epochs must be >= 0")
+    for name, (low, high) in UPPER_BOUNDS.items():
+        section, *middle, key = name.split(".")
+        value = getattr(getattr(p, section), key) if not middle else getattr(getattr(getattr(p, section),
+                                                                                      middle[0]), key)
+        if value > high or value < low:
+            problems.append(f"{name} must be between {low} and {high} (a real run never needs more), got {value}")
     valid = _method_names()
     unknown = set(p.inject.methods) - set(valid)
     if unknown:
@@ -274,11 +316,24 @@ class _DuplicateKey(Exception):
 
 
 def _unique_key_loader() -> type:
-    """A SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently). Built on
-    first use: importing niwt's core (networks, importance capture, injection) needs no PyYAML."""
+    """A SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently) and aliases.
+    Built on first use: importing niwt's core (networks, importance capture, injection) needs no PyYAML.
+
+    Aliases (``*name``) are refused as soon as the first one is read: no params need them, and DVC,
+    which reads ``params.yaml`` itself, expands every alias (a few nested ones, an "alias bomb",
+    made ``dvc status`` grow past 4.7 GB).
+    """
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _DuplicateKey(f"{event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed in a "
+                                    "params file (DVC expands every alias when it reads params: nested aliases take "
+                                    "gigabytes); write the values out")
+            return super().compose_node(parent, index)
+
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
             seen: set = set()
             for key_node, _ in node.value:
@@ -412,6 +467,9 @@ def load_runtime(environ: dict[str, str] | None = None, overrides: dict[str, Any
             raw[key] = _from_env(environ[var], hints[key], var)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     runtime = _build(Runtime, raw, "execution settings (NIWT_* environment variables, niwt flags)")
-    if runtime.workers < 0 or runtime.dask_workers < 1:
-        raise ParamsError("NIWT_WORKERS must be >= 0 and NIWT_DASK_WORKERS >= 1")
+    for key, (var, low, high) in RUNTIME_BOUNDS.items():
+        value = getattr(runtime, key)
+        if not low <= value <= high:
+            flag = "--" + key.replace("_", "-")
+            raise ParamsError(f"execution setting {var} (or {flag}) must be between {low} and {high}, got {value}")
     return runtime

@@ -404,3 +404,66 @@ def test_prepare_without_download_on_empty_root(tmp_path: Path, offline: None,
     assert str(root / "xlsa17" / "data" / ds / "att_splits.mat") in err
     assert str(root / "downloads") in err  # where a hand-fetched archive goes
     assert not (tmp_path / "prepared").exists()
+
+
+# ------------------------------------------------------- CUB at its real class count (issue 15)
+
+REAL_CUB = REPO / "tests" / "data" / "xlsa17" / "CUB" / "att_splits.mat"
+
+
+def make_cub_real_scale(root: Path, per_seen: int = 6, per_unseen: int = 2) -> dict:
+    """A CUB tree with all 200 real class names, xlsa17's real class order (150 seen first, then 50
+    unseen) and the real 312-attribute matrix (``original_att`` of the real ``att_splits.mat``), but
+    a few tiny images per class; so the real files' scale (names, counts, widths) cannot regress."""
+    real = scipy.io.loadmat(str(REAL_CUB))
+    xlsa_names = [str(x[0][0]) for x in real["allclasses_names"]]
+    original = np.asarray(real["original_att"], dtype=np.float64).T  # (200, 312), xlsa17 order
+    unseen = xlsa_names[150:]
+    native = sorted(xlsa_names)  # classes.txt: 001.Black_footed_Albatross .. 200.Common_Yellowthroat
+    cub = root / "cub" / "CUB_200_2011"
+    rng = np.random.default_rng(5)
+    rel = []
+    for c, name in enumerate(native):
+        for k in range(per_unseen if name in unseen else per_seen):
+            file = f"{name.split('.', 1)[1]}_{k:04d}_{100000 + 10 * c + k}.jpg"
+            path = cub / "images" / name / file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(np.asarray(_colour(c), dtype=np.float64) + rng.normal(0, 20, (16, 16, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(path, "JPEG", quality=85)
+            rel.append(f"{name}/{file}")
+    (cub / "images.txt").write_text("".join(f"{i} {r}\n" for i, r in enumerate(rel, 1)))
+    (cub / "image_class_labels.txt").write_text(
+        "".join(f"{i} {native.index(r.split('/')[0]) + 1}\n" for i, r in enumerate(rel, 1)))
+    (cub / "classes.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(native, 1)))
+    (cub / "attributes").mkdir()
+    matrix = original[[xlsa_names.index(n) for n in native]]
+    np.savetxt(cub / "attributes" / "class_attribute_labels_continuous.txt", matrix, fmt="%.10f")
+    (root / "cub" / "attributes.txt").write_text("".join(f"{i} has_attribute::{i:03d}\n" for i in range(1, 313)))
+    order = _shuffled(len(rel), seed=6)
+    files = [CUB_MPI + rel[j] for j in order]
+    labels = [xlsa_names.index(rel[j].split("/")[0]) for j in order]
+    locs = _write_xlsa17(root / "xlsa17" / "data" / "CUB", xlsa_names, original, files, labels, unseen)
+    return {"files": files, "locs": locs, "names": xlsa_names, "unseen": unseen, "n_attributes": 312}
+
+
+def test_cub_at_real_class_count_end_to_end(tmp_path: Path, offline: None) -> None:
+    """The whole pipeline on a CUB tree with 200 real classes and 312 real attributes (6 images per
+    seen class, 2 per unseen): class order, per-image protocol and GZSL numbers at real width."""
+    root = tmp_path / "raw"
+    fixture = make_cub_real_scale(root)
+    overrides = small_params("cub", root, "smallcnn", "body.block4")
+    overrides["model"].update({"width": 8, "hidden": 32})
+    overrides["finetune"]["batch_size"] = 64
+    overrides["extract"].update({"batch_size": 64, "shard_size": 512})
+    overrides["mapping"]["n_val_classes"] = 5
+    overrides["inject"]["pool_size"] = 16
+    overrides["evaluate"]["batch_size"] = 128
+    params = write_params(tmp_path / "params.yaml", overrides)
+    results = run_pipeline(tmp_path, params)
+    check_prepared(tmp_path, fixture, 312, results["prepare"])
+    assert (results["prepare"]["n_classes"], results["prepare"]["n_seen"], results["prepare"]["n_unseen"]) \
+        == (200, 150, 50)
+    check_pipeline(results, tmp_path)
+    classes = read_classes(tmp_path / "data" / "prepared" / "classes.parquet")
+    assert classes.names[:2] == ["002.Laysan_Albatross", "003.Sooty_Albatross"]
+    assert classes.names[150:152] == ["001.Black_footed_Albatross", "004.Groove_billed_Ani"]

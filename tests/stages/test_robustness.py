@@ -199,6 +199,35 @@ def damage_whole_class_unreadable(raw: Path) -> str:
             rf"seen classes without train images: \['{seen}'\]")
 
 
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (1.6 Gpx: a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def damage_bomb(raw: Path) -> str:
+    seen = _classes(raw, "trainvalclasses.txt")[0]
+    victim = sorted((raw / "JPEGImages" / seen).glob("*.jpg"))[3]
+    victim.write_bytes(bomb_png())
+    return (r"1 unreadable images \(set data\.bad_images: skip to drop them\):\n"
+            rf"  \S*/{re.escape(victim.name)}: corrupt \(decompression bomb: Image size \(1600000000 pixels\)")
+
+
+def damage_zero_attribute_row(raw: Path) -> str:
+    matrix = raw / "predicate-matrix-continuous.txt"
+    lines = matrix.read_text().splitlines()
+    lines[4] = " ".join("0.0" for _ in lines[4].split())
+    matrix.write_text("\n".join(lines) + "\n")
+    name = (raw / "classes.txt").read_text().splitlines()[4].split()[-1]  # "<id>\t<name>", same row order
+    return rf"synthetic: all-zero attributes vectors for classes \['{re.escape(name)}'\]: nothing describes them"
+
+
 PREPARE_CASES = {
     "truncated image": (damage_truncated_image, "fail"),
     "attribute rows do not match the class list": (damage_attribute_rows, "fail"),
@@ -206,6 +235,8 @@ PREPARE_CASES = {
     "unseen classes overlap seen ones": (damage_overlap, "fail"),
     "class without images": (damage_empty_class, "fail"),
     "every image of a class unreadable, skip": (damage_whole_class_unreadable, "skip"),
+    "decompression bomb": (damage_bomb, "fail"),  # issue 15: before, a traceback
+    "all-zero attribute row": (damage_zero_attribute_row, "fail"),  # issue 15: before, accepted in silence
 }
 
 
@@ -253,7 +284,28 @@ def test_prepare_skip_drops_and_counts_bad_images(tmp_path: Path, monkeypatch: p
     assert all(Path(p).is_file() for p in splits.path)
 
 
+def test_prepare_skip_drops_a_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Issue 15: before, a bomb was a traceback even with ``bad_images: skip``."""
+    _wrap_generator(monkeypatch, damage_bomb)
+    params = write_params(tmp_path / "params.yaml", {"data": {"bad_images": "skip"}})
+    rc, err = cli(capsys, "prepare", "--out", tmp_path / "prepared", "--params", params,
+                  "--metrics", tmp_path / "m.json")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["n_bad_images"] == 1
+
+
 # ------------------------------------------------------------- later stages: damaged tables
+
+
+def copy_tables(proj: Project, data: Path) -> Path:
+    """The module's two tables in ``data``; the split table names the module's images by absolute path
+    (its own paths are relative to the prepared directory, which holds the generated images)."""
+    data.mkdir()
+    shutil.copy(proj.data / "classes.parquet", data / "classes.parquet")
+    s = read_splits(proj.data / "splits.parquet")
+    write_splits(data / "splits.parquet", s.image_id, s.path, s.class_id, s.split)
+    return data
 
 
 def _edit_classes(fn: Callable[[ClassTable], ClassTable]) -> Callable[[Path, Path], None]:
@@ -340,10 +392,7 @@ TABLE_PARAMS = [(case, stage) for case, (_, _, stages) in TABLE_CASES.items() fo
 def test_stage_rejects_bad_tables(case: str, stage: str, proj: Project, tmp_path: Path,
                                   capsys: pytest.CaptureFixture, untouched: None) -> None:
     edit, pattern, _ = TABLE_CASES[case]
-    data = tmp_path / "prepared"
-    data.mkdir()
-    for name in ("classes.parquet", "splits.parquet"):
-        shutil.copy(proj.data / name, data / name)
+    data = copy_tables(proj, tmp_path / "prepared")
     edit(data, tmp_path)
     out = tmp_path / "out"
     rc, err = cli(capsys, *stage_argv(stage, proj, out, proj.params, data=data))
@@ -422,6 +471,21 @@ PARAM_CASES = {
                               r"params\.yaml: inject\.methods: unknown \['nwit'\]"),
     "non-positive batch size": ({"finetune": {"batch_size": 0}},
                                 r"params\.yaml: finetune\.batch_size must be positive"),
+    # issue 15: bounds a real run never needs (before: accepted, then a crash, or petabytes, or forever)
+    "negative seed": ({"base": {"seed": -1}}, r"params\.yaml: base\.seed must be between 0 and 2\^32-1 = 4294967295"),
+    "seed above 2^32-1": ({"base": {"seed": 2**32}}, r"params\.yaml: base\.seed must be between 0 and 2\^32-1"),
+    "image size in the millions": ({"model": {"image_size": 16_000_000}},
+                                   r"params\.yaml: model\.image_size must be between 8 and 2048 \(a real run never "
+                                   r"needs more\), got 16000000"),
+    "image size 16e6 (YAML reads a string)": ({"model": {"image_size": "16e6"}},
+                                              r"params\.yaml\.model\.image_size: expected an integer, got str '16e6'"),
+    "epochs 1e30": ({"finetune": {"epochs": 10**30}},
+                    r"params\.yaml: finetune\.epochs must be between 0 and 10000 \(a real run never needs more\)"),
+    "epochs 1.0e30 (a float)": ({"finetune": {"epochs": 1.0e30}},
+                                r"params\.yaml\.finetune\.epochs: expected an integer, got float 1e\+30"),
+    "negative head epochs": ({"finetune": {"head_epochs": -3}}, r"params\.yaml: finetune\.head_epochs must be >= 0"),
+    "num_workers in params (now NIWT_WORKERS)": ({"finetune": {"num_workers": -1}},
+                                                 r"params\.yaml\.finetune: unknown key 'num_workers'"),
 }
 
 
@@ -703,8 +767,11 @@ def test_interrupted_stage_replaces_nothing(stage: str, proj: Project, tmp_path:
     interrupt(monkeypatch)
     argv = ["prepare", "--out", out / "prepared", "--params", proj.params, "--metrics", out / "metrics.json"] \
         if stage == "prepare" else stage_argv(stage, proj, out, proj.params)
-    with pytest.raises((KeyboardInterrupt, OSError)):
-        main([str(a) for a in argv])
+    if stage == "fit_mapping":  # a full disk: the one-line error (issue 15), nothing replaced
+        assert main([str(a) for a in argv]) == 2
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            main([str(a) for a in argv])
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in old} == old
     assert temp_leftovers(out) == []
@@ -737,3 +804,283 @@ def test_extract_cache_never_serves_a_stale_model(proj: Project, tmp_path: Path,
     # the importance is linear in the classifier row, so negated weights give negated importances
     np.testing.assert_array_equal(b, -a)
     assert np.abs(a).max() > 0
+
+
+# ============================================================ issue 15: robustness II
+# Tracking never costs results; a full disk is one line; bounds on sizes, counts and epochs;
+# decompression bombs; damaged CUB files; a dead `dvc` parent stops its stage.
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_within_seconds_naming_it(proj: Project, tmp_path: Path) -> None:
+    """Before: MLflow retried a refused port for 269 s, then printed a traceback. Now the stage checks
+    the server before any work and exits 2 with one line naming the URI."""
+    import subprocess
+    import time
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NIWT_TRACKING": "on", "NIWT_PROGRESS": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = tmp_path / "out"
+    argv = [str(a) for a in stage_argv("evaluate", proj, out, proj.params)]
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "niwt.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=90, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert elapsed < 45, f"took {elapsed:.0f} s"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"niwt evaluate: error: MLflow tracking server {uri} is "
+                                                   "unreachable"), proc.stderr
+    assert "NIWT_TRACKING=off" in lines[0] and not out.exists()
+
+
+def test_tracking_failure_after_the_work_keeps_results_and_sync_uploads_them(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Before: a failure in MLflow logging after the outputs were written exited 1 (DVC records
+    nothing). Now: exit 0, outputs and metrics JSON kept, a warning, and `niwt sync` uploads later."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("NIWT_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    params = tmp_path / "params.yaml"
+    shutil.copy(proj.params, params)  # the project (pending uploads) is where the params file is
+
+    def down(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("tracking server went away")
+
+    monkeypatch.setattr(mlflow, "log_metrics", down)
+    out = tmp_path / "out"
+    rc, err = cli(capsys, *stage_argv("evaluate", proj, out, params))
+    assert rc == 0, err
+    assert "niwt evaluate: warning: MLflow logging" in err and "niwt sync" in err and "Traceback" not in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "plots" / "comparison.md").is_file()
+    pending = list((tmp_path / ".niwt" / "pending-tracking").glob("*/pending.json"))
+    assert len(pending) == 1
+    run_id = json.loads(pending[0].read_text())["run_id"]
+    monkeypatch.undo()
+    monkeypatch.setenv("NIWT_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    rc, err = cli(capsys, "sync", "--params", params)
+    assert rc == 0, err
+    run = MlflowClient(tracking_uri=db).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    from niwt.cli import _numeric
+
+    assert run.data.metrics == pytest.approx(_numeric(metrics, "evaluate")) and run.data.metrics
+    assert list((tmp_path / ".niwt" / "pending-tracking").glob("*/pending.json")) == []
+
+
+def _finetune_argv(proj: Project, out: Path) -> list[str]:
+    return [str(a) for a in stage_argv("finetune", proj, out, proj.params)]
+
+
+def test_finetune_keeps_its_resume_state_until_the_metrics_are_written(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Before: the resume file was deleted before the metrics were written, so a failure there cost
+    the whole training. Now a failure after training keeps it, and the rerun trains no epoch."""
+    import niwt.io.atomic as atomic
+
+    out = tmp_path / "out"
+    resume = out / "finetuned.pt.resume"
+
+    def no_space(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_json", no_space)
+    capsys.readouterr()
+    rc = main(_finetune_argv(proj, out))
+    printed = capsys.readouterr()
+    assert rc == 2 and re.search(r"niwt finetune: error: \S*metrics\.json: no space left on device \(.* free",
+                                 printed.err), printed.err
+    assert resume.is_file(), "the training state was thrown away"
+    monkeypatch.undo()
+    monkeypatch.setenv("NIWT_TRACKING", "off")
+    rc = main(_finetune_argv(proj, out))
+    printed = capsys.readouterr().out
+    assert rc == 0 and "resuming from" in printed and "epoch 1/2" not in printed and "epoch 2/2" not in printed
+    assert not resume.exists() and (out / "metrics.json").is_file()
+
+
+def _to_dev_full(real: Callable, when: Callable[[str], bool]) -> Callable:
+    """``torch.save`` that writes to /dev/full (a real ENOSPC, as torch reports it) when ``when(name)``."""
+    def save(obj, f, *args, **kwargs):
+        if when(Path(f).name):
+            return real(obj, "/dev/full", *args, **kwargs)
+        return real(obj, f, *args, **kwargs)
+    return save
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_failing_resume_save_is_a_warning_and_training_completes(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(torch, "save", _to_dev_full(torch.save, lambda name: ".resume" in name))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = main(_finetune_argv(proj, out))
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "[finetune] warning: could not save the resume state after epoch 1" in printed.out
+    assert "epoch 2/2" in printed.out and (out / "finetuned.pt").is_file()
+    assert temp_leftovers(out) == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_disk_full_saving_the_checkpoint_names_the_file_and_the_free_space(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Before: torch's '[enforce fail at inline_container.cc] unexpected pos' traceback."""
+    monkeypatch.setattr(torch, "save", _to_dev_full(torch.save, lambda name: name == "finetuned.pt"))
+    out = tmp_path / "out"
+    rc, err = cli(capsys, *_finetune_argv(proj, out))
+    assert rc == 2, err
+    assert re.fullmatch(r"niwt finetune: error: \S*/out/finetuned\.pt: the write failed \(.*\), most likely a "
+                        r"full disk \([\d.]+ \w+ free on its filesystem\); free space there and rerun .*\n", err), err
+    assert not (out / "finetuned.pt").exists() and temp_leftovers(out) == []
+
+
+@pytest.mark.parametrize("how", ["NIWT_WORKERS=-1", "--workers -1"])
+def test_negative_loader_workers_is_one_line(how: str, proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, untouched: None) -> None:
+    out = tmp_path / "out"
+    argv = stage_argv("finetune", proj, out, proj.params)
+    if how.startswith("NIWT_"):
+        monkeypatch.setenv("NIWT_WORKERS", "-1")
+    else:
+        argv += ["--workers", "-1"]
+    rc, err = cli(capsys, *argv)
+    assert_failed_cleanly(rc, err, r"^niwt finetune: error: execution setting NIWT_WORKERS \(or --workers\) must be "
+                                   r"between 0 and 512, got -1\n$", out)
+
+
+def _cub_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A miniature CUB tree (test_real_formats.make_cub) and params that prepare it."""
+    from test_real_formats import make_cub, small_params
+    from test_real_formats import write_params as write_real_params
+
+    root = tmp_path / "raw"
+    make_cub(root)
+    return root / "cub", write_real_params(tmp_path / "params.yaml",
+                                           small_params("cub", root, "smallcnn", "body.block4"))
+
+
+def _non_utf8(path: Path, line: int) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[line - 1] = lines[line - 1].rstrip(b"\n") + b"_caf\xe9\n"  # Latin-1 e-acute
+    path.write_bytes(b"".join(lines))
+
+
+CUB_CASES = {
+    "non-UTF-8 byte in classes.txt": (lambda cub: _non_utf8(cub / "CUB_200_2011" / "classes.txt", 3),
+                                      r"CUB_200_2011/classes\.txt:3: not valid UTF-8 text \(invalid continuation byte, "
+                                      r"byte b'\\xe9' at offset \d+\)"),
+    "non-UTF-8 byte in attributes.txt": (lambda cub: _non_utf8(cub / "attributes.txt", 2),
+                                         r"cub/attributes\.txt:2: not valid UTF-8 text"),
+    "duplicate image id in images.txt": (
+        lambda cub: (cub / "CUB_200_2011" / "images.txt").write_text(
+            (cub / "CUB_200_2011" / "images.txt").read_text().replace("\n5 ", "\n4 ", 1)),
+        r"CUB_200_2011/images\.txt:5: id 4 appears again \(first on line 4\); every id must be listed once"),
+}
+
+
+@pytest.mark.parametrize("case", list(CUB_CASES))
+def test_prepare_rejects_damaged_cub_files(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 15: before, a traceback (UnicodeDecodeError) or the later image silently won."""
+    damage, pattern = CUB_CASES[case]
+    cub, params = _cub_tree(tmp_path)
+    damage(cub)
+    out = tmp_path / "prepared"
+    rc, err = cli(capsys, "prepare", "--out", out, "--params", params)
+    assert_failed_cleanly(rc, err, r"^niwt prepare: error: \S*" + pattern, out)
+    assert len(err.strip().splitlines()) == 1
+
+
+FAKE_DVC = """
+import os, subprocess, sys
+env = dict(os.environ, DVC_STAGE="finetune")
+child = subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], env=env)
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Path) -> None:
+    """Issue 15: before, killing only the `dvc` process left `niwt` running; it later overwrote the
+    outputs DVC had restored. Now the stage notices within seconds and exits without writing."""
+    import shlex
+    import signal
+    import subprocess
+    import time
+
+    params = write_params(tmp_path / "params.yaml", {"finetune": {"epochs": 500}})
+    out = tmp_path / "out"
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "niwt.cli",
+                                                  *stage_argv("finetune", proj, out, params)])
+    env = {**os.environ, "NIWT_TRACKING": "off", "NIWT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    fake_dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, cmd], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    shell = int(fake_dvc.stdout.readline())
+    stage_pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "finetuned.pt.resume").is_file():  # training is under way
+            assert time.monotonic() < deadline and fake_dvc.poll() is None, fake_dvc.stderr.read()
+            time.sleep(0.2)
+        stage_pids = {shell} | _children(shell)
+        fake_dvc.send_signal(signal.SIGKILL)
+        fake_dvc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in stage_pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in stage_pids), "niwt kept running after its dvc process died"
+        assert not (out / "finetuned.pt").exists() and temp_leftovers(out) == []
+    finally:
+        for pid in stage_pids | _children(shell) | {shell}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if fake_dvc.poll() is None:
+            fake_dvc.kill()
+
+
+def test_yaml_alias_bomb_in_params_is_refused_at_once(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     untouched: None) -> None:
+    """Issue 15: an alias bomb took niwt 5 s to reject (and DVC gigabytes); aliases are now refused
+    when the first one is read."""
+    import time
+
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        bomb.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text() + "bomb:\n" + "".join(f"  {line}\n" for line in bomb))
+    out = tmp_path / "out"
+    start = time.monotonic()
+    rc, err = cli(capsys, *stage_argv("finetune", proj, out, params))
+    assert time.monotonic() - start < 5
+    line = len((REPO / "params.yaml").read_text().splitlines()) + 3
+    assert_failed_cleanly(rc, err, rf"^niwt finetune: error: \S*params\.yaml:{line}: YAML alias \*a is not allowed "
+                                   r"in a params file \(DVC expands every alias", out)

@@ -281,3 +281,57 @@ def test_missing_and_unreadable_tables(tmp_path: Path) -> None:
     pq.write_table(pa.table({"image_id": [1]}), tmp_path / "thin.parquet")
     with pytest.raises(DatasetError, match=r"thin\.parquet: missing columns \['path', 'class_id', 'split'\]"):
         read_splits(tmp_path / "thin.parquet")
+
+
+# ------------------------------------------------ issue 15: image paths relative to their root
+
+
+def _project_with_splits(root: Path, table_dir: Path, image_root: tuple[str, str]) -> list[str]:
+    from niwt.data.tables import write_splits
+
+    (root / "dvc.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    table_dir.mkdir(parents=True, exist_ok=True)
+    rel = ["cub/CUB_200_2011/images/a/1.jpg", "cub/CUB_200_2011/images/b/2.jpg"]
+    write_splits(table_dir / "splits.parquet", np.arange(2), rel, np.zeros(2, dtype=np.int64),
+                 np.array(["train", "val"]), image_root=image_root)
+    return rel
+
+
+def test_split_paths_resolve_against_the_project_not_the_working_directory(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from niwt.data.tables import read_splits
+
+    project = tmp_path / "proj"
+    rel = _project_with_splits(project, project / "data" / "prepared", ("project", "data/raw"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    paths = read_splits(project / "data" / "prepared" / "splits.parquet").path
+    assert paths == [str(project / "data" / "raw" / r) for r in rel]
+
+
+def test_split_paths_in_a_dvc_experiment_copy_resolve_to_the_workspace(tmp_path: Path) -> None:
+    """`dvc exp run --temp/--queue` work in <root>/.dvc/tmp/exps/<tmp>/, which lacks the git-ignored
+    data/raw: the table there must name the workspace's images."""
+    from niwt.data.tables import read_splits
+
+    project = tmp_path / "proj"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpab12" / "data" / "prepared"
+    rel = _project_with_splits(project, copy, ("project", "data/raw"))
+    assert read_splits(copy / "splits.parquet").path == [str(project / "data" / "raw" / r) for r in rel]
+
+
+def test_generated_images_resolve_against_the_prepared_directory(tmp_path: Path) -> None:
+    from niwt.data.tables import read_splits
+
+    table_dir = tmp_path / "proj" / "data" / "prepared"
+    rel = _project_with_splits(tmp_path / "proj", table_dir, ("prepared", "raw"))
+    assert read_splits(table_dir / "splits.parquet").path == [str(table_dir / "raw" / r) for r in rel]
+
+
+def test_relative_paths_keep_outside_files_absolute(tmp_path: Path) -> None:
+    from niwt.data.tables import relative_paths
+
+    root = tmp_path / "raw"
+    assert relative_paths([str(root / "a" / "b.jpg"), "/elsewhere/c.jpg"], root) == ["a/b.jpg", "/elsewhere/c.jpg"]

@@ -169,5 +169,7 @@ def test_execution_settings_come_from_the_environment_and_flags() -> None:
         load_runtime({"NIWT_DEVICE": "gpu"})
     with pytest.raises(ParamsError, match="NIWT_PROGRESS: expected 1/0/true/false"):
         load_runtime({"NIWT_PROGRESS": "maybe"})
-    with pytest.raises(ParamsError, match="NIWT_WORKERS must be >= 0"):
+    with pytest.raises(ParamsError, match=r"NIWT_WORKERS \(or --workers\) must be between 0 and 512, got -1"):
         load_runtime({"NIWT_WORKERS": "-1"})
+    with pytest.raises(ParamsError, match=r"NIWT_WORKERS \(or --workers\) must be between 0 and 512, got 100000"):
+        load_runtime({}, {"workers": 100000})

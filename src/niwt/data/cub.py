@@ -45,13 +45,26 @@ def _id_lines(path: Path) -> list[tuple[int, str]]:
     """``<integer id> <rest>`` lines; the rest may contain spaces (attribute names do not, but be lenient)."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found (part of CUB_200_2011.tgz)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = data[:err.start].count(b"\n") + 1
+        byte = data[err.start:err.start + 1]
+        raise DatasetError(f"{path}:{lineno}: not valid UTF-8 text ({err.reason}, byte {byte!r} at offset "
+                           f"{err.start}); fix or re-extract the file") from None
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    first_line: dict[int, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         head, _, rest = line.strip().partition(" ")
         if not head.isdigit() or not rest.strip():
             raise DatasetError(f"{path}:{lineno}: expected '<id> <value>', got {line!r}")
+        if int(head) in first_line:  # a dict would silently keep the later one
+            raise DatasetError(f"{path}:{lineno}: id {int(head)} appears again (first on line "
+                               f"{first_line[int(head)]}); every id must be listed once")
+        first_line[int(head)] = lineno
         out.append((int(head), rest.strip()))
     if not out:
         raise DatasetError(f"{path}: file is empty")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +40,25 @@ def make_transform(image_size: int, train: bool) -> T.Compose:
     return T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size)] + norm)
 
 
+# Image.MAX_IMAGE_PIXELS (~89 Mpx) guards against decompression bombs: PIL warns above it and raises
+# above twice it. Both are a bad image here (never a traceback, never gigabytes decoded): a real
+# benchmark image is far smaller.
+_BOMB_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _bomb_reason(err: BaseException) -> str:
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"decompression bomb: {err}"
+    return str(err)
+
+
+@contextlib.contextmanager
+def _bombs_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 class ImageTable(Dataset):
     """(image tensor, label, index) for each row of a split table."""
 
@@ -51,12 +72,12 @@ class ImageTable(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         try:
-            with Image.open(self.paths[i]) as img:
+            with _bombs_are_errors(), Image.open(self.paths[i]) as img:
                 image = img.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"{self.paths[i]}: cannot read image ({err}); it changed after prepare, which "
-                               "decodes every image: restore it, or rerun prepare (data.bad_images: skip drops "
-                               "unreadable images)") from err
+        except _BOMB_ERRORS as err:
+            raise DatasetError(f"{self.paths[i]}: cannot read image ({_bomb_reason(err)}); it changed after "
+                               "prepare, which decodes every image: restore it, or rerun prepare "
+                               "(data.bad_images: skip drops unreadable images)") from err
         return self.transform(image), self.labels[i], i
 
 
@@ -78,12 +99,12 @@ def find_bad_images(paths: Sequence[str], progress: bool = True) -> list[tuple[s
     bad = []
     for path in tqdm(paths, desc="check images", unit="img", disable=not progress, mininterval=1.0):
         try:
-            with Image.open(path) as img:
+            with _bombs_are_errors(), Image.open(path) as img:
                 img.load()
         except FileNotFoundError:
             bad.append((path, "missing file"))
-        except (OSError, ValueError, SyntaxError) as err:
-            bad.append((path, f"corrupt ({err})"))
+        except _BOMB_ERRORS as err:
+            bad.append((path, f"corrupt ({_bomb_reason(err)})"))
     return bad
 
 

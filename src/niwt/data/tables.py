@@ -8,6 +8,7 @@ logits are simply appended rows.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from niwt.data.raw import SPLITS, DatasetError, RawDataset
 from niwt.io.atomic import atomic_path
+from niwt.io.project import project_root
 
 SPLITS_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -189,23 +191,80 @@ def read_classes(path: Path) -> ClassTable:
     )
 
 
+# Where the relative image paths of ``splits.parquet`` start (schema metadata ``image_root``, JSON):
+# ``{"relative_to": "prepared", "root": "raw"}``: the directory holding splits.parquet (images that
+# ``prepare`` generated into its own output), or ``{"relative_to": "project", "root": <data.root>}``:
+# the project root (:func:`niwt.io.project.project_root`), never the working directory. Tables
+# without it (older ones) hold paths as they were written.
+IMAGE_ROOT_KEY = b"image_root"
+IMAGE_ROOT_BASES = ("prepared", "project")
+
+
+def relative_paths(paths: list[str], root: Path) -> list[str]:
+    """``paths`` relative to ``root`` (POSIX separators); a path outside ``root`` stays absolute."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return [Path(p[len(prefix):]).as_posix() if p.startswith(prefix) else str(Path(p).absolute())
+            for p in paths]
+
+
 def write_splits(path: Path, image_id: np.ndarray, paths: list[str], class_id: np.ndarray,
-                 split: np.ndarray) -> None:
+                 split: np.ndarray, image_root: tuple[str, str] | None = None) -> None:
+    """Write the split table atomically.
+
+    Args:
+        image_root: ``(relative_to, root)`` the relative ``paths`` start from (see
+            :data:`IMAGE_ROOT_KEY`); None: ``paths`` are used as they are.
+    """
     data = pa.table({"image_id": pa.array(image_id, pa.int64()), "path": pa.array(paths, pa.string()),
                      "class_id": pa.array(class_id, pa.int32()), "split": pa.array(split, pa.string())},
                     schema=SPLITS_SCHEMA)
+    if image_root is not None:
+        relative_to, root = image_root
+        if relative_to not in IMAGE_ROOT_BASES:
+            raise ValueError(f"image_root relative_to must be one of {IMAGE_ROOT_BASES}")
+        meta = json.dumps({"relative_to": relative_to, "root": str(root)}).encode()
+        data = data.replace_schema_metadata({IMAGE_ROOT_KEY: meta})
     with atomic_path(path) as tmp:
         pq.write_table(data, tmp)
 
 
+def image_base(path: Path, meta: dict | None) -> Path | None:
+    """The absolute directory the relative image paths of the table at ``path`` start from."""
+    if meta is None:
+        return None
+    relative_to, root = meta.get("relative_to"), meta.get("root")
+    if relative_to not in IMAGE_ROOT_BASES or not isinstance(root, str):
+        raise DatasetError(f"{path}: metadata 'image_root' must name relative_to ({' or '.join(IMAGE_ROOT_BASES)}) "
+                           f"and root, got {meta!r}")
+    root_path = Path(os.path.expanduser(root))
+    if root_path.is_absolute():
+        return root_path
+    table_dir = Path(path).absolute().parent
+    if relative_to == "prepared":
+        return table_dir / root_path
+    return project_root(table_dir, default=Path.cwd()) / root_path
+
+
 def read_splits(path: Path) -> SplitTable:
-    """Read and validate ``splits.parquet``."""
+    """Read and validate ``splits.parquet``; relative image paths come back absolute, resolved
+    against the table's image root (never the working directory)."""
     table = _read(path, _SPLIT_COLUMNS)
     split = np.asarray(table["split"].to_pylist(), dtype=str)
     unknown = sorted(set(split.tolist()) - set(SPLITS))
     if unknown:
         raise DatasetError(f"{path}: unknown split names {unknown}; valid: {list(SPLITS)}")
-    return SplitTable(table["image_id"].to_numpy().astype(np.int64), table["path"].to_pylist(),
+    raw_meta = (table.schema.metadata or {}).get(IMAGE_ROOT_KEY)
+    try:
+        meta = None if raw_meta is None else json.loads(raw_meta)
+    except ValueError as err:
+        raise DatasetError(f"{path}: metadata 'image_root' is not valid JSON ({err})") from err
+    if meta is not None and not isinstance(meta, dict):
+        raise DatasetError(f"{path}: metadata 'image_root' must be a JSON object, got {meta!r}")
+    base = image_base(path, meta)
+    paths = table["path"].to_pylist()
+    if base is not None:
+        paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
+    return SplitTable(table["image_id"].to_numpy().astype(np.int64), paths,
                       table["class_id"].to_numpy().astype(np.int64), split)
 
 

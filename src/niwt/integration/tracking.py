@@ -12,9 +12,13 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from niwt.io.project import project_root
+from niwt.params import InputError
 
 PARENT_ENV = "NIWT_PARENT_RUN_ID"
 INVOCATION_ENV = "NIWT_INVOCATION"
@@ -27,19 +31,6 @@ def quiet_telemetry() -> None:
     for key, value in {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
                        "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
         os.environ.setdefault(key, value)
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The directory holding ``dvc.yaml``, outside any DVC experiment temp copy."""
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
-            return candidate
-    return here
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -55,8 +46,6 @@ def git_commit(root: Path | None = None) -> str:
 
 def active_run_id() -> str | None:
     """The id of the MLflow run this process logs to, if any (without importing MLflow when unused)."""
-    import sys
-
     mlflow = sys.modules.get("mlflow")
     run = mlflow.active_run() if mlflow is not None and enabled() else None
     return run.info.run_id if run is not None else None
@@ -88,6 +77,148 @@ def ensure_experiment(mlflow, name: str) -> str:
 
 def enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "on").lower() not in {"off", "0", "false"}
+
+
+class TrackingError(InputError):
+    """The tracking server or database cannot be used; raised before a stage does any work."""
+
+
+# MLflow's HTTP client retries a dead server for minutes (7 retries, exponential back-off, 120 s
+# timeouts: a stage blocked 269 s on a refused port). These defaults bound a later outage; a user
+# may still set them. Reachability itself is checked before any work (:func:`check_reachable`).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+REACH_TIMEOUT_S = 5.0
+PENDING_DIR = ".niwt/pending-tracking"  # under the project root; ``niwt sync`` uploads and empties it
+
+
+def _fix_hint() -> str:
+    return (f"start the server, point MLFLOW_TRACKING_URI at a running one, or set {DISABLE_ENV}=off "
+            "to run without tracking")
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds, naming ``uri``, when an HTTP tracking server does not answer.
+
+    Any HTTP answer counts as reachable (a proxy may not serve ``/health``); only a refused or
+    timed-out connection, or a host that does not resolve, fails.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310 (http only)
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}; checked for "
+                            f"{timeout:g} s before any work); {_fix_hint()}") from None
+
+
+class StageRun:
+    """The open MLflow run of one stage. :meth:`finish` never raises: when logging fails, the
+    stage's results stay (exit 0, DVC records the stage) and the metrics are kept for ``niwt sync``."""
+
+    def __init__(self, mlflow: Any, run_id: str, stage: str, uri: str, root: Path,
+                 parent: str | None = None, params: dict[str, Any] | None = None) -> None:
+        self.mlflow, self.run_id, self.stage, self.uri, self.root = mlflow, run_id, stage, uri, root
+        self.parent, self.params = parent, params or {}
+
+    def finish(self, metrics: dict[str, float], artifacts: list[Path],
+               steps: dict[str, list[tuple[int, float]]] | None = None,
+               children: dict[str, dict[str, float]] | None = None,
+               artifact_dirs: dict[Path, str | None] | None = None) -> Path | None:
+        """Log ``metrics``, per-epoch ``steps``, one child run per entry of ``children`` (tagged
+        ``method``) and ``artifacts`` (under ``artifact_dirs[path]``), and end the run FINISHED (and
+        this invocation's parent run, until a later stage reopens it). On any failure: a warning on
+        stderr and a pending entry (returned, the metrics) that ``niwt sync`` uploads later."""
+        try:
+            self.mlflow.log_metrics(metrics)
+            log_steps(self.mlflow, steps or {})
+            log_children(self.mlflow, children or {}, self.params)
+            for artifact in artifacts:
+                self.mlflow.log_artifact(str(artifact), artifact_path=(artifact_dirs or {}).get(artifact))
+            self.mlflow.end_run("FINISHED")
+            if self.parent:
+                self.mlflow.MlflowClient().set_terminated(self.parent, "FINISHED")
+            return None
+        except Exception as err:  # noqa: BLE001  any tracking failure: the results are kept regardless
+            pending = save_pending(self.root, self.uri, self.run_id, self.stage, metrics, artifacts, err)
+            _abandon(self.mlflow)
+            print(f"niwt {self.stage}: warning: MLflow logging to {self.uri} failed "
+                  f"({type(err).__name__}: {_first_line(err)}); the stage's outputs are kept and its metrics "
+                  f"are saved in {pending}; upload them with `niwt sync`", file=sys.stderr, flush=True)
+            return pending
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
+def _abandon(mlflow: Any) -> None:
+    """Forget the fluent API's active run without contacting the server."""
+    with contextlib.suppress(Exception):
+        mlflow.tracking.fluent._active_run_stack.get().clear()  # mlflow 3: a thread-local list
+
+
+def save_pending(root: Path, uri: str, run_id: str, stage: str, metrics: dict[str, float],
+                 artifacts: list[Path], err: BaseException) -> Path:
+    """Keep what a stage could not log: ``<root>/.niwt/pending-tracking/<run_id>/`` with
+    ``pending.json`` (URI, run, metrics) and copies of the artifacts as they were."""
+    import json
+    import shutil
+    import time
+
+    folder = Path(root) / PENDING_DIR / run_id
+    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+    copied = []
+    for artifact in artifacts:
+        if Path(artifact).is_file():
+            shutil.copy2(artifact, folder / "artifacts" / Path(artifact).name)
+            copied.append(Path(artifact).name)
+    entry = {"uri": uri, "run_id": run_id, "stage": stage, "metrics": metrics, "artifacts": copied,
+             "error": f"{type(err).__name__}: {_first_line(err)}", "time": time.time()}
+    (folder / "pending.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def sync_pending(root: Path, uri: str | None = None) -> tuple[int, list[str]]:
+    """Upload every pending entry under ``root`` (to its own URI, or ``uri``); returns (number
+    uploaded, problems). An uploaded entry is removed; a failing one stays."""
+    import json
+    import shutil
+
+    quiet_telemetry()
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    done, problems = 0, []
+    for entry_file in sorted((Path(root) / PENDING_DIR).glob("*/pending.json")):
+        folder = entry_file.parent
+        try:
+            entry = json.loads(entry_file.read_text())
+            target = uri or entry["uri"]
+            check_reachable(target)
+            client = MlflowClient(tracking_uri=target)
+            stamp = int(entry["time"] * 1000)
+            client.log_batch(entry["run_id"], metrics=[Metric(k, float(v), stamp, 0)
+                                                       for k, v in entry["metrics"].items()])
+            for name in entry["artifacts"]:
+                client.log_artifact(entry["run_id"], str(folder / "artifacts" / name))
+            client.set_terminated(entry["run_id"], "FINISHED")
+        except Exception as err:  # noqa: BLE001  report and keep the entry
+            problems.append(f"{folder}: {type(err).__name__}: {_first_line(err)}")
+            continue
+        shutil.rmtree(folder)
+        done += 1
+    return done, problems
 
 
 def invocation_key() -> str | None:
@@ -134,52 +265,11 @@ def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[start:start + 100])
 
 
-@contextlib.contextmanager
-def stage_run(stage: str, experiment: str, params: dict[str, Any],
-              pipeline_params: dict[str, Any] | None = None) -> Iterator[Any]:
-    """Open the MLflow run of one stage; yields the ``mlflow`` module (or None when disabled).
-
-    The run is the child of one parent run per pipeline invocation (:func:`invocation_key`: a
-    Prefect flow run, or one ``dvc repro`` / ``dvc exp run``), which carries every pipeline param
-    and the git commit; the parent is created by the first stage that actually runs, so a no-op
-    ``dvc repro`` creates no run. ``NIWT_PARENT_RUN_ID`` names a parent explicitly instead. A
-    ``niwt`` command typed by hand makes a standalone run.
-    """
-    if not enabled():
-        yield None
-        return
-    quiet_telemetry()
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    exp_id = ensure_experiment(mlflow, experiment)
-    client = mlflow.MlflowClient()
-    tags = {"niwt.stage": stage, "mlflow.source.git.commit": _git_commit(project_root())}
-    for env, tag in ((PIPELINE_ENV, "niwt.pipeline_id"), ("DVC_EXP_NAME", "niwt.dvc_exp")):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
-    parent = os.environ.get(PARENT_ENV) or None
-    key = None if parent else invocation_key()
-    if key is not None:
-        parent = _parent_run(client, exp_id, key, pipeline_params or params,
-                             {k: v for k, v in tags.items() if k != "niwt.stage"})
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp_id, run_name=stage, tags=tags)
-    status = "FAILED"
-    try:
-        with mlflow.start_run(run_id=run.info.run_id):
-            _log_params(client, run.info.run_id, params)
-            yield mlflow
-        status = "FINISHED"
-    finally:
-        if key is not None:
-            client.set_terminated(parent, status=status)
-
-
 def log_children(mlflow, runs: dict[str, dict[str, float]], params: dict[str, Any]) -> None:
     """One child run of the active run per entry, tagged ``method``, with the same metric names in
     each (MLflow's compare view then puts them side by side) and the stage's params."""
+    if not runs:
+        return
     client = mlflow.MlflowClient()
     active = mlflow.active_run()
     for name, metrics in runs.items():
@@ -203,3 +293,73 @@ def log_steps(mlflow, steps: dict[str, list[tuple[int, float]]]) -> None:
     client = mlflow.MlflowClient()
     for start in range(0, len(items), 1000):
         client.log_batch(mlflow.active_run().info.run_id, metrics=items[start:start + 1000])
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, experiment: str, params: dict[str, Any], pipeline_params: dict[str, Any] | None = None,
+              root: Path | None = None) -> Iterator[Any]:
+    """Open the MLflow run of one stage; yields a :class:`StageRun` (or None when disabled).
+
+    The run is the child of one parent run per pipeline invocation (:func:`invocation_key`: a
+    Prefect flow run, or one ``dvc repro`` / ``dvc exp run``), which carries every pipeline param
+    (``pipeline_params``) and the git commit; the first stage that actually runs creates it, so a
+    no-op ``dvc repro`` creates no run. ``NIWT_PARENT_RUN_ID`` names a parent explicitly instead. A
+    ``niwt`` command typed by hand makes a standalone run.
+
+    Everything that can fail in tracking before the stage's work fails here, as a
+    :class:`TrackingError` naming the URI, within seconds (an unreachable server is detected by
+    :func:`check_reachable`). After the work, :meth:`StageRun.finish` never costs the results. A
+    stage that raises ends its run FAILED (best effort).
+
+    Args:
+        root: the project root (``mlflow.db``, artifacts, pending uploads); default: from the
+            working directory.
+    """
+    if not enabled():
+        yield None
+        return
+    quiet_telemetry()
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    root = project_root(root)
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    import mlflow
+
+    key = None
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient()
+        exp_id = experiment_id(client, experiment, root)
+        mlflow.set_experiment(experiment_id=exp_id)
+        tags = {"niwt.stage": stage, "mlflow.source.git.commit": _git_commit(root)}
+        for env, tag in ((PIPELINE_ENV, "niwt.pipeline_id"), ("DVC_EXP_NAME", "niwt.dvc_exp")):
+            if os.environ.get(env):
+                tags[tag] = os.environ[env]
+        parent = os.environ.get(PARENT_ENV) or None
+        key = None if parent else invocation_key()
+        if key is not None:
+            parent = _parent_run(client, exp_id, key, pipeline_params or params,
+                                 {k: v for k, v in tags.items() if k != "niwt.stage"})
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        created = client.create_run(exp_id, run_name=stage, tags=tags)
+        active = mlflow.start_run(run_id=created.info.run_id)
+        _log_params(client, active.info.run_id, params)
+    except Exception as err:  # noqa: BLE001  nothing done yet: fail now, in one line
+        _abandon(mlflow)
+        raise TrackingError(f"MLflow tracking at {uri} failed before any work ({type(err).__name__}: "
+                            f"{_first_line(err)}); {_fix_hint()}") from err
+    run = StageRun(mlflow, active.info.run_id, stage, uri, root, parent if key is not None else None, params)
+    try:
+        yield run
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if mlflow.active_run() is not None:
+                mlflow.end_run("FAILED")
+            if key is not None:
+                client.set_terminated(parent, "FAILED")
+        _abandon(mlflow)
+        raise
+    if mlflow.active_run() is not None:  # the caller did not finish (register): end it, never failing
+        run.finish({}, [])

@@ -13,6 +13,7 @@ other hosts sharing the filesystem, are left alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -22,6 +23,44 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from niwt.params import InputError
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# torch.save's C++ writer reports a full disk as a RuntimeError without an errno.
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+class DiskFullError(InputError):
+    """Writing an output failed for lack of space: the message names the file and the free space."""
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the filesystem holding ``path`` (or its nearest existing parent), readable."""
+    here = Path(path).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        free = shutil.disk_usage(here).free
+    except OSError:
+        return "unknown free space"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return ""
+
+
+def disk_error(path: str | Path, err: BaseException) -> DiskFullError | None:
+    """A :class:`DiskFullError` naming ``path`` when ``err`` is an out-of-space write failure, else None."""
+    if isinstance(err, OSError) and err.errno in _DISK_ERRNOS:
+        what = os.strerror(err.errno).lower()
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILED):
+        what = f"the write failed ({(str(err).splitlines() or [''])[0][:120]}), most likely a full disk"
+    else:
+        return None
+    return DiskFullError(f"{path}: {what} ({free_space(path)} on its filesystem); free space there and rerun "
+                         "(nothing partial was left)")
 
 # after the prefix: host, pid, and mkdtemp's 8 random characters
 _TMP_TAIL = re.compile(r"([A-Za-z0-9]+)-(\d+)\.[a-z0-9_]{8}\.tmp")
@@ -79,6 +118,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(target, path)
+    except (OSError, RuntimeError) as err:
+        full = disk_error(path, err)
+        if full is None:
+            raise
+        raise full from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -21,9 +21,14 @@ class Stage:
     name: str  # the dvc.yaml stage, the `niwt` subcommand, the Prefect task run and the MLflow run
     params: tuple[str, ...]  # params.yaml sections or single keys it reads (= its dvc.yaml `params:`)
     help: str
+    tracked: bool = True  # opens an MLflow run (fingerprint, run on every `dvc repro`, does not)
 
 
 STAGES: tuple[Stage, ...] = (
+    # Reads where the raw data is (data.name, data.root: owned by prepare) to fingerprint it.
+    Stage("fingerprint", ("data.name", "data.root"),
+          "fingerprint the raw dataset (file list, sizes, mtimes) so that editing it reruns prepare",
+          tracked=False),
     Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),
     Stage("finetune", ("base.seed", "model", "finetune"), "train the classifier on seen classes"),
     Stage("extract", ("base.seed", "extract"), "neuron importances of every seen training image (sharded Parquet)"),
@@ -45,9 +50,12 @@ class StageResult:
         runs: one MLflow child run per entry (name -> metrics), tagged ``method``: the same metric
             names in each, so MLflow's compare view puts methods side by side.
         steps: per-epoch metrics (name -> list of (step, value)), logged with their step.
+        cleanup: files kept for a rerun (finetune's resume state) that the CLI deletes only after the
+            stats are written and logged, so no later failure costs the work they hold.
     """
 
     metrics: dict
     artifacts: list[Path] = field(default_factory=list)
     runs: dict[str, dict[str, float]] = field(default_factory=dict)
     steps: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    cleanup: list[Path] = field(default_factory=list)

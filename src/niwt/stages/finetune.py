@@ -4,7 +4,7 @@ Modes (``finetune.mode``): ``fixed`` trains only the new seen head on a frozen b
 trains the head alone for ``head_epochs`` and then the whole network at ``lr_full`` (the paper's
 "finetuned" base network). The best epoch by validation accuracy is kept. After every epoch the
 training state is saved next to the output (``<out>.resume``), so a killed run continues where
-it stopped; the file is removed once the checkpoint is written.
+it stopped; the file is removed once the checkpoint and the stage's metrics are written.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import safe_load, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet, build_model
 from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
-from niwt.params import Params, Runtime, section_dict
+from niwt.params import InputError, Params, Runtime, section_dict
 from niwt.stages import StageResult
 
 
@@ -119,9 +119,10 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
         draw_history(staged_png, history, {"loss": ["train_loss"], "accuracy": ["train_acc", "val_acc"]},
                      "finetune: training curves")
         save_checkpoint(out, model.cpu(), meta)
-    resume_path.unlink(missing_ok=True)
+    # The resume file goes only after the CLI has written the stats (StageResult.cleanup): if
+    # anything after this point fails, a rerun resumes at the last epoch instead of retraining.
     steps = {k: [(int(h["epoch"]), float(h[k])) for h in history] for k in ("train_loss", "train_acc", "val_acc")}
-    return StageResult(metrics, [history_path, png], steps=steps)
+    return StageResult(metrics, [history_path, png], steps=steps, cleanup=[resume_path])
 
 
 def _load_resume(path: Path, fingerprint: str) -> dict | None:
@@ -147,8 +148,14 @@ def _save_resume(path: Path, fingerprint: str, phase_idx: int, epoch: int, model
     state = {"fingerprint": fingerprint, "phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
              "best_acc": best_acc, "best_state": best_state, "rng": rng}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (InputError, OSError, RuntimeError) as err:
+        # The resume state is optional: failing to save it (disk full) must never end training.
+        print(f"[finetune] warning: could not save the resume state after epoch {epoch} to {path} "
+              f"({(str(err).splitlines() or [''])[0]}); training continues, but a kill now restarts from the "
+              "last saved epoch", flush=True)
 
 
 def _get_rng(loader_generator: torch.Generator) -> dict:

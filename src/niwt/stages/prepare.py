@@ -18,12 +18,22 @@ from niwt.data.tables import (
     assign_splits,
     check_splits,
     joint_order,
+    relative_paths,
     write_classes,
     write_splits,
 )
 from niwt.io.atomic import atomic_path
+from niwt.io.project import resolve_root
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
+
+
+def image_root(p: Params, out: Path) -> tuple[Path, tuple[str, str]]:
+    """Where the images live (absolute) and how ``splits.parquet`` names that place: inside the
+    prepared directory for the generated default, else ``data.root`` under the project root."""
+    if p.data.name == "synthetic":
+        return Path(out).absolute() / "raw", ("prepared", "raw")
+    return resolve_root(p.data.root, out), ("project", p.data.root)
 
 
 def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> RawDataset:
@@ -31,7 +41,8 @@ def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> Ra
 
     Args:
         workdir: where a generated dataset is written now (a temp dir).
-        final: where ``workdir`` will live once complete; stored image paths point there.
+        final: where ``workdir`` will live once complete; stored image paths point there. A
+            relative ``data.root`` is resolved against the project holding ``final``.
     """
     name = p.data.name
     if name == "synthetic":
@@ -45,7 +56,7 @@ def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> Ra
     from niwt.data.download import dataset_dir, ensure_dataset
     from niwt.data.xlsa17 import ATT_SPLITS
 
-    root = Path(p.data.root)
+    root = image_root(p, final)[0]
     xlsa = dataset_dir("xlsa17", root) / {"awa2": "AWA2", "cub": "CUB", "sun": "SUN"}.get(name, name)
     # Only this dataset's xlsa17 folder is needed: a hand-placed xlsa17/data/<DS>/ suffices (the
     # other datasets' split files are not demanded). Everything missing is reported in one message.
@@ -104,7 +115,8 @@ def domain_vectors(raw: RawDataset, kind: str, order: list[int]) -> tuple[np.nda
 
 def run(p: Params, rt: Runtime, out: Path) -> StageResult:
     """Write ``out/classes.parquet`` and ``out/splits.parquet`` (and ``out/raw`` when generated)."""
-    out = Path(out)
+    out = Path(out).absolute()
+    root, root_meta = image_root(p, out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         raw = load_raw(p, tmp, out, rt.progress)
@@ -113,6 +125,12 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
         if not np.isfinite(domain).all():
             bad = [raw.class_names[order[i]] for i in np.flatnonzero(~np.isfinite(domain).all(1))]
             raise DatasetError(f"{raw.name}: NaN/inf in {p.data.domain} vectors of classes {bad[:10]}")
+        zero = [raw.class_names[order[i]] for i in np.flatnonzero(~domain.any(1))]
+        if zero:
+            raise DatasetError(f"{raw.name}: all-zero {p.data.domain} vectors for classes {zero[:10]}"
+                               f"{' and more' if len(zero) > 10 else ''}: nothing describes them, so no map can "
+                               "predict their importances (and explanations would name arbitrary attributes); "
+                               "fix their rows in the dataset's attribute matrix or remove the classes")
         cls, split = assign_splits(raw, order, p.data.val_fraction, p.data.test_seen_fraction, p.base.seed)
         paths = list(raw.image_paths)
         keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, rt.progress)
@@ -125,7 +143,10 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
         dropped = f" after dropping {n_bad} unreadable images (data.bad_images: skip)" if n_bad else ""
         check_splits(SplitTable(ids, [paths[i] for i in ids], cls[keep], split[keep]), names,
                      len(names) - len(raw.unseen), f"{raw.name}{dropped}")
-        write_splits(tmp / "splits.parquet", ids, [paths[i] for i in ids], cls[keep], split[keep])
+        # Stored relative to the image root, so the table means the same files from any working
+        # directory and in DVC's experiment copies (data/raw is not copied there).
+        write_splits(tmp / "splits.parquet", ids, relative_paths([paths[i] for i in ids], root), cls[keep],
+                     split[keep], image_root=root_meta)
     counts = {f"n_{s}": int((split[keep] == s).sum()) for s in ("train", "val", "test_seen", "test_unseen")}
     metrics = {"n_classes": len(names), "n_seen": len(names) - len(raw.unseen), "n_unseen": len(raw.unseen),
                "n_bad_images": int((~keep).sum()), "domain_dim": int(domain.shape[1]), **counts}

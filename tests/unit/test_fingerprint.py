@@ -1,0 +1,62 @@
+"""Issue 15, item 2: the raw-data fingerprint changes with any edit that matters, and only then."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from niwt.data.fingerprint import fingerprint
+
+
+def _tree(root: Path) -> Path:
+    images = root / "cub" / "CUB_200_2011" / "images" / "001.A"
+    images.mkdir(parents=True)
+    for k in range(3):
+        (images / f"{k}.jpg").write_bytes(b"jpeg" * (k + 1))
+    (root / "cub" / "CUB_200_2011" / "classes.txt").write_text("1 001.A\n")
+    xlsa = root / "xlsa17" / "data" / "CUB"
+    xlsa.mkdir(parents=True)
+    (xlsa / "att_splits.mat").write_bytes(b"mat")
+    return images
+
+
+def test_fingerprint_changes_with_edits_and_only_with_them(tmp_path: Path) -> None:
+    images = _tree(tmp_path)
+    first = fingerprint("cub", tmp_path)
+    assert first["folders"]["cub"]["files"] == 4 and first["folders"]["xlsa17"]["files"] == 1
+    assert fingerprint("cub", tmp_path) == first  # untouched: byte-identical, nothing reruns
+    (tmp_path / "unrelated.txt").write_text("not part of the dataset")
+    (tmp_path / "awa2").mkdir()
+    assert fingerprint("cub", tmp_path) == first
+    def same_size_new_mtime() -> None:
+        st = (images / "0.jpg").stat()
+        (images / "0.jpg").write_bytes(b"JPEG")
+        os.utime(images / "0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # coarse clocks too
+
+    edits = [
+        same_size_new_mtime,
+        lambda: (images / "1.jpg").write_bytes(b"longer content"),
+        lambda: (images / "2.jpg").unlink(),
+        lambda: (images / "9.jpg").write_bytes(b"new"),
+        lambda: (tmp_path / "xlsa17" / "data" / "CUB" / "att_splits.mat").write_bytes(b"other"),
+    ]
+    seen = [first]
+    for edit in edits:
+        edit()
+        now = fingerprint("cub", tmp_path)
+        assert now not in seen
+        seen.append(now)
+
+
+def test_same_size_and_mtime_is_the_documented_blind_spot(tmp_path: Path) -> None:
+    images = _tree(tmp_path)
+    before = fingerprint("cub", tmp_path)
+    st = (images / "0.jpg").stat()
+    (images / "0.jpg").write_bytes(b"JPEG")
+    os.utime(images / "0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fingerprint("cub", tmp_path) == before  # README: `dvc repro -f prepare` for this case
+
+
+def test_missing_dataset_and_generated_default(tmp_path: Path) -> None:
+    assert fingerprint("cub", tmp_path)["folders"]["cub"] == {"missing": True}
+    assert fingerprint("synthetic", None) == fingerprint("synthetic", tmp_path)
