@@ -57,7 +57,7 @@ def test_real_data_under_dvc_experiments_other_directories_and_raw_edits(tmp_pat
     assert all(Path(p).is_file() for p in read_splits(project / "data/prepared/splits.parquet").path)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "pipeline"], project)
-    before = json.loads((project / "metrics/evaluate.json").read_text())
+    before = json.loads((project / "stats/evaluate.json").read_text())
 
     # 1. a DVC experiment in a temp copy (no data/raw there): inject and evaluate rerun and succeed
     exp = dvc(["exp", "run", "--temp", "-n", "lam", "-S", "inject.lambda=0.01"], project)
