@@ -2,10 +2,11 @@
 
 Writes ``<out>/<method>.pt`` for every method of ``inject.methods``: the finetuned network with
 an (S+U)-way classifier; and the same network as plain PyTorch, ``<out>/<method>.pth`` (the state
-dict in torchvision's layout) with ``<out>/<method>.classes.txt`` (one class per output row). NIWT, ICIS and regression keep the seen rows bit-identical and only
-append rows; ESZSL is a compatibility model, so its checkpoint carries rows ``V s_c`` for every
-class (seen included) on the same penultimate features. The importance layer and pooling come
-from the mapping (which read them from the importances), and go into each checkpoint.
+dict in torchvision's layout) with ``<out>/<method>.classes.txt`` (one class per output row).
+NIWT, ICIS and regression keep the seen rows bit-identical and only append rows; ESZSL is a
+compatibility model, so its checkpoint carries rows ``V s_c`` for every class (seen included) on
+the same penultimate features. The importance layer and pooling come from the mapping (which
+read them from the importances), and go into each checkpoint.
 """
 
 from __future__ import annotations
