@@ -44,7 +44,7 @@ def _train_user_classifier(root: Path, out: Path, names: list[str]) -> None:
     x, y = torch.stack(xs), torch.tensor(ys)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
-    for _ in range(15):
+    for _ in range(6):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
@@ -61,10 +61,11 @@ def test_own_folder_dataset_and_own_resnet18(tmp_path: Path) -> None:
                   "image_size": SIZE},
         "finetune": {"mode": "none"},
         "extract": {"layer": "body.layer4.0"},
-        "explain": {"images_per_class": 2},
+        "inject": {"methods": ["niwt", "regression"]},
+        "explain": {"images_per_class": 1},
     }
     project = make_project(tmp_path / "proj", overrides)
-    make_folder(project / "data" / "raw" / "shapes", per_class=8, size=SIZE)
+    make_folder(project / "data" / "raw" / "shapes", per_class=6, size=SIZE)
     _train_user_classifier(project / "data" / "raw" / "shapes", project / "models" / "my_resnet18.pth",
                            list(reversed(seen)))
     dvc(["repro"], project)
