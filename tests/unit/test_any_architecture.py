@@ -157,3 +157,19 @@ def test_user_state_dict_formats(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ModelError, match="list.pt: not a state_dict"):
         load_state_dict_file(tmp_path / "list.pt")
+
+
+def test_imagenet_weights_offline_error_for_any_arch(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    with pytest.raises(ModelError) as err:
+        build_model("resnet18", 5, weights="imagenet")
+    msg = str(err.value)
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    assert url in msg and f"{tmp_path}/th/hub/checkpoints/{url.rsplit('/', 1)[-1]}" in msg
+    assert "model.weights: none" in msg

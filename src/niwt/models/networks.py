@@ -241,12 +241,13 @@ def plain_state_dict(model: NiwtNet, arch: str) -> dict[str, torch.Tensor]:
     if arch == "smallcnn":
         return own
     n = model.classifier.out_features
-    tv = _torchvision_model(arch, n, "none")
+    with torch.device("meta"):  # no random init (no time, no draw from the global RNG): the weights are own
+        tv = _torchvision_model(arch, n, "none")
     view = wrap_torchvision(arch, tv, n)
-    view.load_state_dict(own)
+    view.load_state_dict(own, assign=True)
     if arch not in ("vgg16", "resnet101"):
         _set_module(tv, view.torchvision_head, view.classifier)
-    return {k: v.detach().clone() for k, v in tv.state_dict().items()}
+    return {k: v.detach() for k, v in tv.state_dict().items()}
 
 
 def _cut_points(seq: nn.Sequential, prefix: str) -> Iterator[str]:
