@@ -173,3 +173,23 @@ def test_imagenet_weights_offline_error_for_any_arch(tmp_path, monkeypatch: pyte
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
     assert url in msg and f"{tmp_path}/th/hub/checkpoints/{url.rsplit('/', 1)[-1]}" in msg
     assert "model.weights: none" in msg
+
+
+def test_gated_jacobian_for_a_traced_vgg_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generic (fx-split) VGG-11 head at its last ReLU is pool -> flatten -> MLP: the gated Jacobian
+    applies and equals the dense one; a ResNet head (convolutions) falls back to the dense form."""
+    from niwt.injection.jacobian import GatedJacobian, channel_jacobian, head_jacobian
+
+    model = _build("vgg11", monkeypatch)
+    _, head = split_at(model, "body.features.19")
+    trunk, _ = split_at(model, "body.features.19")
+    acts = trunk(torch.randn(3, 3, SIZE, SIZE)).detach()
+    gated = head_jacobian(head, acts, "sum")
+    assert isinstance(gated, GatedJacobian)
+    dense = channel_jacobian(head, acts, "sum")
+    w = torch.randn(3, 4096)
+    img = torch.arange(3)
+    torch.testing.assert_close(gated.apply(img, w), torch.bmm(dense, w[:, :, None]).squeeze(2), rtol=1e-4, atol=1e-5)
+    model = _build("resnet18", monkeypatch)
+    trunk, head = split_at(model, "body.layer4.0")
+    assert head_jacobian(head, trunk(torch.randn(2, 3, SIZE, SIZE)).detach(), "sum").kind == "dense"
