@@ -105,3 +105,20 @@ def test_awa2_without_xlsa17_names_only_its_split_file(tmp_path: Path, monkeypat
     assert str(tmp_path / "raw" / "xlsa17" / "data" / "AWA2" / "att_splits.mat") in err
     assert "CUB" not in err and "SUN" not in err
     assert "data.name: folder" in err
+
+
+def test_predict_on_the_exported_plain_state_dict(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from niwt.models.checkpoint import export_plain, load_checkpoint
+
+    params = str(_params(project))
+    assert _run(capsys, "prepare", "--params", params, "--out", "prepared")[0] == 0
+    assert _run(capsys, "finetune", "--params", params, "--data", "prepared", "--out", "ft.pt",
+                "--history", "h.csv")[0] == 0
+    model, meta = load_checkpoint(project / "ft.pt")
+    export_plain(project / "ft.pth", model, "resnet18", meta["class_names"])
+    images = [str(p) for p in sorted((project / "shapes" / "images" / "blue_jay").iterdir())[:3]]
+    assert main(["predict", *images, "--model", "ft.pt", "--data", "prepared", "--top-k", "2"]) == 0
+    from_checkpoint = capsys.readouterr().out
+    assert main(["predict", *images, "--model", "ft.pth", "--arch", "resnet18", "--image-size", "32",
+                 "--data", "prepared", "--top-k", "2"]) == 0
+    assert capsys.readouterr().out == from_checkpoint
