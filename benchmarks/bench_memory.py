@@ -48,7 +48,7 @@ def write_params(path: Path, synthetic: dict[str, Any]) -> dict[str, Any]:
     data["name"] = "synthetic"
     data["synthetic"] = {**data.get("synthetic", {}), **synthetic}
     model = raw.setdefault("model", {})
-    model.update(arch="smallcnn", pretrained=False)
+    model.update(arch="smallcnn", weights="none")
     raw.setdefault("extract", {})["layer"] = "body.block4"
     if "image_size" in synthetic:
         model["image_size"] = synthetic["image_size"]

@@ -1,7 +1,7 @@
 """``niwt <stage>``: the command line a person (and ``dvc.yaml``) types.
 
 One subcommand per stage (:data:`niwt.stages.STAGES`), named exactly as the DVC stage, the Prefect
-task and the MLflow run, plus the commands ``predict`` and ``register``. Paths come from the
+task and the MLflow run, plus the commands ``predict``, ``register`` and ``layers``. Paths come from the
 command line, hyperparameters only from ``params.yaml`` (each stage sees only the params it
 declares), execution settings (device, loader workers, Dask) from ``NIWT_*`` variables or flags.
 Each stage opens its MLflow run, writes its metrics JSON (for DVC) and logs the same dict to MLflow.
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that are not stages (no params deps, no DVC stage, no stage run).
 COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad-CAM",
             "register": "register an injected checkpoint in the MLflow model registry",
-            "sync": "upload MLflow metrics that stages kept when tracking failed"}
+            "sync": "upload MLflow metrics that stages kept when tracking failed",
+            "layers": "list a network's candidate importance layers, their shapes and nonlinearities"}
 
 
 def _command(name: str):

@@ -44,7 +44,7 @@ class SyntheticParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    name: Literal["synthetic", "awa2", "cub", "sun"] = "synthetic"
+    name: Literal["synthetic", "awa2", "cub", "sun", "folder"] = "synthetic"
     root: str = "data/raw"
     download: bool = False
     domain: Literal["attributes", "attributes_binary", "sentences", "text"] = "attributes"
@@ -58,8 +58,9 @@ class DataParams:
 class ModelParams:
     """The network that ``finetune`` builds and trains (the importance layer belongs to ``extract``)."""
 
-    arch: Literal["smallcnn", "vgg16", "resnet101"] = "smallcnn"
-    pretrained: bool = False
+    arch: str = "smallcnn"  # or any torchvision classification model (torchvision.models.list_models)
+    weights: str = "none"  # none | imagenet | path of a state_dict (or .safetensors) the user trained
+    class_names: str = ""  # with a weights file: text file, one class per classifier row, in row order
     width: int = 32
     hidden: int = 256
     image_size: int = 64
@@ -67,7 +68,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    mode: Literal["fixed", "full"] = "full"
+    mode: Literal["fixed", "full", "none"] = "full"
     head_epochs: int = 0
     epochs: int = 12
     batch_size: int = 64
@@ -90,6 +91,7 @@ class ExtractParams:
     batch_size: int = 64
     shard_size: int = 512
     channels_last: bool = True
+    allow_degenerate: bool = False  # accept a layer with no nonlinearity above it (NIWT degenerates)
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,19 @@ def _check_ranges(p: Params, source: str) -> None:
                                                                                       middle[0]), key)
         if value > high or value < low:
             problems.append(f"{name} must be between {low} and {high} (a real run never needs more), got {value}")
+    if p.model.arch not in ("smallcnn", "vgg16", "resnet101"):
+        import torchvision  # only for other architectures: reading the default params stays cheap
+
+        archs = torchvision.models.list_models(module=torchvision.models)
+        if p.model.arch not in archs:
+            problems.append(f"model.arch: {p.model.arch!r} is neither smallcnn nor a torchvision classification "
+                            f"model ({', '.join(sorted(archs))})")
+    if p.finetune.mode == "none" and p.model.weights in ("none", "imagenet"):
+        problems.append("finetune.mode: none keeps a classifier you trained: set model.weights to its state_dict "
+                        "file (and model.class_names to its class list)")
+    if p.model.weights not in ("none", "imagenet") and not p.model.class_names:
+        problems.append("model.weights is a file: set model.class_names to a text file naming its classifier rows, "
+                        "one class per line, in row order")
     valid = _method_names()
     unknown = set(p.inject.methods) - set(valid)
     if unknown:

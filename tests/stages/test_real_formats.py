@@ -219,7 +219,7 @@ def write_params(path: Path, overrides: dict) -> Path:
 def small_params(name: str, root: Path, arch: str, layer: str, domain: str = "attributes") -> dict:
     return {
         "data": {"name": name, "root": str(root), "download": False, "domain": domain},
-        "model": {"arch": arch, "pretrained": False, "image_size": 32},
+        "model": {"arch": arch, "weights": "none", "image_size": 32},
         "finetune": {"epochs": 1, "batch_size": 8},
         "extract": {"layer": layer, "batch_size": 8, "shard_size": 16},
         "mapping": {"epochs": 2, "n_val_classes": 1},

@@ -462,7 +462,7 @@ PARAM_CASES = {
                             r"params\.yaml\.finetune\.batch_size: expected an integer, got bool True"),
     "string for a bool": ({"finetune": {"amp": "yes"}}, r"params\.yaml\.finetune\.amp: expected true/false"),
     "not one of the choices": ({"finetune": {"mode": "head"}},
-                               r"params\.yaml\.finetune\.mode: 'head' is not one of \['fixed', 'full'\]"),
+                               r"params\.yaml\.finetune\.mode: 'head' is not one of \['fixed', 'full', 'none'\]"),
     "execution setting in params": ({"base": {"device": "cpu"}},
                                     r"params\.yaml\.base: unknown key 'device'; valid keys: \['seed'\]"),
     "section not a mapping": ({"model": 3}, r"params\.yaml\.model: expected a mapping, got int 3"),

@@ -165,9 +165,9 @@ def test_build_model() -> None:
     model = build_model("smallcnn", 6, width=4, hidden=8, image_size=32)
     assert model.classifier.out_features == 6 and model.body.fc.out_features == 8
     with pytest.raises(ModelError, match="no pretrained"):
-        build_model("smallcnn", 6, pretrained=True)
-    with pytest.raises(ModelError, match="unknown model.arch 'vgg19'"):
-        build_model("vgg19", 6)
+        build_model("smallcnn", 6, weights="imagenet")
+    with pytest.raises(ModelError, match="unknown model.arch .vgg99."):
+        build_model("vgg99", 6)
     with pytest.raises(ModelError, match="divisible by 16"):
         build_model("smallcnn", 6, image_size=40)
 
@@ -185,11 +185,11 @@ def test_pretrained_offline_error_names_hub_cache(tmp_path, monkeypatch: pytest.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     start = time.perf_counter()
     with pytest.raises(ModelError) as err:
-        build_model("vgg16", 5, pretrained=True)
+        build_model("vgg16", 5, weights="imagenet")
     assert time.perf_counter() - start < 10
     msg = str(err.value)
     assert f"{tmp_path}/th/hub/checkpoints/vgg16-397923af.pth" in msg
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
-    assert "URLError" in msg and "pretrained: false" in msg
+    assert "URLError" in msg and "weights: none" in msg
     assert calls == [torchvision.models.VGG16_Weights.IMAGENET1K_V1]
     assert isinstance(err.value.__cause__, urllib.error.URLError)

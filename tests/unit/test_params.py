@@ -80,8 +80,13 @@ def test_numeric_conversions() -> None:
 def test_literal_violation() -> None:
     with pytest.raises(ParamsError, match=r"extract\.pooling: 'max' is not one of \['sum', 'mean'\]"):
         parse_params({"extract": {"pooling": "max"}})
-    with pytest.raises(ParamsError, match=r"model\.arch: 'vgg19' is not one of"):
-        parse_params({"model": {"arch": "vgg19"}})
+    with pytest.raises(ParamsError, match=r"model\.arch: 'vgg99' is neither smallcnn nor a torchvision"):
+        parse_params({"model": {"arch": "vgg99"}})
+    assert parse_params({"model": {"arch": "convnext_tiny"}}).model.arch == "convnext_tiny"
+    with pytest.raises(ParamsError, match=r"finetune.mode: none keeps a classifier you trained"):
+        parse_params({"finetune": {"mode": "none"}})
+    with pytest.raises(ParamsError, match=r"set model.class_names"):
+        parse_params({"model": {"weights": "my.pth"}})
     with pytest.raises(ParamsError, match=r"inject\.solver"):
         parse_params({"inject": {"solver": "adam"}})
 

@@ -1,7 +1,8 @@
 """``niwt predict IMAGE...``: rank every class (seen and injected unseen) of new images, and explain.
 
-Not a pipeline stage (no params, no DVC, no MLflow run): it loads an injected checkpoint and
-prints the top-k classes; ``--explain OUTDIR`` also writes each image's Grad-CAM overlay and
+Not a pipeline stage (no params, no DVC, no MLflow run): it loads an injected checkpoint (or, with
+``--arch``, a plain state_dict such as the exported ``models/injected/<method>.pth``) and prints the
+top-k classes; ``--explain OUTDIR`` also writes each image's Grad-CAM overlay and
 textual explanation (:mod:`niwt.explain.predict`).
 """
 
@@ -28,6 +29,23 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--inverse-map", type=Path, default=DEFAULT_INVERSE,
                     help="inverse map written by fit_mapping (default: %(default)s)")
     sp.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
+    g = sp.add_argument_group("a plain state_dict as --model (the exported <method>.pth, or your own)")
+    g.add_argument("--arch", help="its architecture (smallcnn or a torchvision model name)")
+    g.add_argument("--classes", type=Path, help="its class list, one per output row (default: <model>.classes.txt)")
+    g.add_argument("--image-size", type=int, default=224, help="input side in pixels (default: %(default)s)")
+
+
+def _plain(args: argparse.Namespace, classes):
+    """A plain state_dict (``--arch``, ``--classes``, ``--image-size``) as a model and its metadata."""
+    from niwt.models.checkpoint import load_state_dict_file, read_class_names
+    from niwt.models.networks import build_model
+
+    names_path = args.classes or args.model.with_name(args.model.name.split(".")[0] + ".classes.txt")
+    names = read_class_names(names_path)
+    n_seen = classes.n_seen if classes is not None else len(names)
+    model = build_model(args.arch, len(names), state_dict=load_state_dict_file(args.model), source=str(args.model),
+                        image_size=args.image_size)
+    return model, {"arch": args.arch, "class_names": names, "n_seen": n_seen, "image_size": args.image_size}
 
 
 def command(args: argparse.Namespace) -> int:
@@ -41,10 +59,15 @@ def command(args: argparse.Namespace) -> int:
     from niwt.models.training import resolve_device
 
     try:
-        model, meta = load_checkpoint(args.model, resolve_device(args.device))
-        classes = None
-        if (args.data / "classes.parquet").is_file():
-            classes = read_classes(args.data / "classes.parquet")
+        classes = read_classes(args.data / "classes.parquet") if (args.data / "classes.parquet").is_file() else None
+        if args.arch is None:
+            model, meta = load_checkpoint(args.model, resolve_device(args.device))
+        else:
+            if args.explain is not None:
+                raise ModelError("--explain needs a niwt checkpoint (it names the importance layer), not --arch")
+            model, meta = _plain(args, classes)
+            model = model.to(resolve_device(args.device)).eval()
+        if classes is not None:
             check_classes(meta, classes.names, args.model)
         inverse = None
         if args.explain is not None:

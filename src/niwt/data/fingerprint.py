@@ -24,6 +24,8 @@ XLSA17_FOLDERS = {"awa2": "AWA2", "cub": "CUB", "sun": "SUN"}
 
 def raw_dirs(name: str, root: Path) -> dict[str, Path]:
     """The folders ``prepare`` reads for dataset ``name`` under ``root`` (``data.root``), by label."""
+    if name == "folder":  # data.root is the dataset itself (images/, classes.csv, attributes.csv, ...)
+        return {"folder": Path(root)}
     dirs = {name: dataset_dir(name, root)}
     if name in XLSA17_FOLDERS:
         dirs["xlsa17"] = dataset_dir("xlsa17", root) / XLSA17_FOLDERS[name]

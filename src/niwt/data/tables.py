@@ -77,7 +77,8 @@ def assign_splits(raw: RawDataset, order: list[int], val_fraction: float, test_s
     """Per-image joint class id and split name, drawn per class with a seeded RNG.
 
     With a fixed protocol (``raw.image_splits``: xlsa17 trainval/test_seen/test_unseen) only the
-    trainval images are divided into train and val; otherwise each seen class is split
+    trainval images are divided into train and val (a complete train/val/test_seen split, from a
+    folder dataset's ``splits.csv``, is kept as given); otherwise each seen class is split
     train/val/test_seen by the fractions and every unseen image is test_unseen.
     """
     rng = np.random.default_rng(seed)
@@ -95,6 +96,9 @@ def assign_splits(raw: RawDataset, order: list[int], val_fraction: float, test_s
             continue
         if raw.image_splits is not None:
             fixed = np.array([raw.image_splits[i] for i in idx])
+            if not (fixed == "trainval").any():  # a complete split (a folder dataset's splits.csv): as given
+                split[idx] = fixed
+                continue
             split[idx[fixed == "test_seen"]] = "test_seen"
             idx = idx[fixed == "trainval"]
             n_val = int(round(val_fraction / (1 - test_seen_fraction) * len(idx)))

@@ -12,7 +12,8 @@ to hold ``M`` for an image pool:
   over spatial positions of a pooling's derivative equals the pooling applied to a map of ones
   (exact for every linear pooling; for max pooling whenever its input's ones-response is
   constant), so ``W1_bar`` needs no per-image work. Storage: one bit per hidden unit and image.
-  This covers ``smallcnn`` at ``body.block4`` and VGG16 at ``body.relu5_3`` (pool5, fc6, fc7).
+  This covers ``smallcnn`` at ``body.block4`` and VGG16 at ``body.relu5_3`` (pool5, fc6, fc7), and
+  any traced torchvision head of that shape (a chain of modules: VGG-11/13/19, AlexNet).
 * :class:`DenseJacobian` for any other head (convolutions above the layer, e.g. ResNet):
   ``(P, C, D)`` floats from forward-mode AD along each channel direction, ``C`` JVPs per image.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
 
 from niwt.importance.capture import Pooling
@@ -129,9 +131,41 @@ class GatedJacobian:
 PooledJacobian = DenseJacobian | GatedJacobian
 
 
+def _fx_chain(gm: torch.fx.GraphModule) -> list[nn.Module] | None:
+    """The modules of a traced head (``niwt.models.graph.fx_split``) that is a plain chain: each op
+    reads only the previous one's output (no branches), ``torch.flatten(x, 1)`` read as ``nn.Flatten``,
+    the input's ``clone`` skipped. None for anything else."""
+    modules = dict(gm.named_modules())
+    chain: list[nn.Module] = []
+    prev = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                return None
+            prev = node
+            continue
+        if node.op == "output":
+            return chain if node.args[0] is prev else None
+        if node.all_input_nodes != [prev] or len(prev.users) != 1:
+            return None
+        if node.op == "call_module":
+            chain.append(modules[node.target])
+        elif node.op == "call_function" and node.target is torch.flatten and tuple(node.args[1:]) == (1,) \
+                and not node.kwargs:
+            chain.append(nn.Flatten())
+        elif not (node.op == "call_method" and node.target == "clone" and not node.kwargs):
+            return None
+        prev = node
+    return None
+
+
 def _leaves(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
         return [leaf for child in module for leaf in _leaves(child)]
+    if isinstance(module, torch.fx.GraphModule):
+        chain = _fx_chain(module)
+        if chain is not None:
+            return [leaf for child in chain for leaf in _leaves(child)]
     return [module]
 
 

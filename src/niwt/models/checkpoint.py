@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from niwt.io.atomic import atomic_path
-from niwt.models.networks import ModelError, NiwtNet, build_model
+from niwt.models.networks import ModelError, NiwtNet, build_model, plain_state_dict
 
 REQUIRED = ("arch", "num_classes", "class_names", "n_seen", "image_size", "state_dict")
 
@@ -65,7 +65,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if missing:
         raise ModelError(f"{path}: not a niwt checkpoint (missing {missing})")
     model = build_model(ckpt["arch"], ckpt["num_classes"], width=ckpt.get("width", 32),
-                        hidden=ckpt.get("hidden", 256), image_size=ckpt["image_size"])
+                        hidden=ckpt.get("hidden", 256), image_size=ckpt["image_size"], source=str(path))
     try:
         model.load_state_dict(ckpt.pop("state_dict"))
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -97,3 +97,73 @@ def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path
             f"{path}: checkpoint classes do not match the dataset ({len(have)} outputs; first "
             f"mismatch: checkpoint {next((a for a, b in zip(have, want, strict=False) if a != b), have[-1])!r}). "
             "Was it trained on another dataset? Rerun finetune.")
+
+
+# ------------------------------------------------------------------ the user's own trained classifier
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """``model.class_names``: one class per line, in the classifier's row order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: class names file (model.class_names) not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ModelError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
+    names: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in names:
+            raise ModelError(f"{path}:{lineno}: class {name!r} listed twice (first on line {names[name]})")
+        names[name] = lineno
+    if not names:
+        raise ModelError(f"{path}: no class names (one class per line, in the classifier's row order)")
+    return list(names)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict the user trained: ``torch.save(model.state_dict())`` (loaded with
+    ``weights_only=True``) or a ``.safetensors`` file. A dict that wraps it under ``state_dict`` or
+    ``model`` (a training script's checkpoint) and DataParallel's ``module.`` prefix are accepted."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file (model.weights) not found; expected none, imagenet or the "
+                         "path of a state_dict")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ModelError(f"{path}: reading .safetensors needs the safetensors package ({err})") from err
+        try:
+            sd = load_file(str(path))
+        except Exception as err:
+            raise ModelError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+    else:
+        sd = safe_load(path, "state_dict")
+    if isinstance(sd, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelError(f"{path}: not a state_dict (a mapping of parameter names to tensors, as written by "
+                         "torch.save(model.state_dict()))")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def export_plain(path: str | Path, model: NiwtNet, arch: str, class_names: list[str]) -> tuple[Path, Path]:
+    """Write the network as plain PyTorch: ``<path>`` the state dict in torchvision's layout (loads into
+    ``torchvision.models.get_model(arch, num_classes=N)``) and ``<path stem>.classes.txt`` its class
+    per output row. Returns both paths."""
+    path = Path(path)
+    names_path = path.with_name(path.name.split(".")[0] + ".classes.txt")
+    with atomic_path(path) as tmp:
+        torch.save(plain_state_dict(model, arch), tmp)
+    with atomic_path(names_path) as tmp:
+        tmp.write_text("".join(f"{n}\n" for n in class_names), encoding="utf-8")
+    return path, names_path

@@ -74,13 +74,8 @@ def small_cnn(num_classes: int, width: int = 32, hidden: int = 256, image_size: 
 _VGG16_CFG = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
 
 
-def vgg16(num_classes: int, pretrained: bool = False) -> NiwtNet:
-    """torchvision VGG16 with paper-style names: ``body.relu5_3`` is conv5_3 after ReLU (512 ch)."""
-    import torchvision
-
-    tv = torchvision.models.vgg16()
-    if pretrained:
-        tv.load_state_dict(_imagenet_state_dict("vgg16"))
+def _vgg16_net(tv: nn.Module, classifier: nn.Linear) -> NiwtNet:
+    """A torchvision VGG16's modules (shared, not copied) under paper-style names."""
     modules = iter(tv.features)
     named: OrderedDict[str, nn.Module] = OrderedDict()
     for b, block in enumerate(_VGG16_CFG, start=1):
@@ -91,7 +86,26 @@ def vgg16(num_classes: int, pretrained: bool = False) -> NiwtNet:
     fc6, relu6, drop6, fc7, relu7, drop7, _ = tv.classifier
     named.update(avgpool=tv.avgpool, flatten=nn.Flatten(), fc6=fc6, relu6=relu6, drop6=drop6,
                  fc7=fc7, relu7=relu7, drop7=drop7)
-    return NiwtNet(nn.Sequential(named), nn.Linear(4096, num_classes))
+    return NiwtNet(nn.Sequential(named), classifier)
+
+
+def vgg16(num_classes: int, pretrained: bool = False) -> NiwtNet:
+    """torchvision VGG16 with paper-style names: ``body.relu5_3`` is conv5_3 after ReLU (512 ch)."""
+    import torchvision
+
+    tv = torchvision.models.vgg16()
+    if pretrained:
+        tv.load_state_dict(_imagenet_state_dict("vgg16"))
+    return _vgg16_net(tv, nn.Linear(4096, num_classes))
+
+
+def _resnet101_net(tv: nn.Module, classifier: nn.Linear) -> NiwtNet:
+    """A torchvision ResNet-101's modules (shared, not copied) as body + classifier."""
+    body = nn.Sequential(OrderedDict(
+        conv1=tv.conv1, bn1=tv.bn1, relu=tv.relu, maxpool=tv.maxpool, layer1=tv.layer1,
+        layer2=tv.layer2, layer3=tv.layer3, layer4=tv.layer4, avgpool=tv.avgpool, flatten=nn.Flatten(),
+    ))
+    return NiwtNet(body, classifier)
 
 
 def resnet101(num_classes: int, pretrained: bool = False) -> NiwtNet:
@@ -101,19 +115,16 @@ def resnet101(num_classes: int, pretrained: bool = False) -> NiwtNet:
     tv = torchvision.models.resnet101()
     if pretrained:
         tv.load_state_dict(_imagenet_state_dict("resnet101"))
-    body = nn.Sequential(OrderedDict(
-        conv1=tv.conv1, bn1=tv.bn1, relu=tv.relu, maxpool=tv.maxpool, layer1=tv.layer1,
-        layer2=tv.layer2, layer3=tv.layer3, layer4=tv.layer4, avgpool=tv.avgpool, flatten=nn.Flatten(),
-    ))
-    return NiwtNet(body, nn.Linear(2048, num_classes))
+    return _resnet101_net(tv, nn.Linear(2048, num_classes))
 
 
 def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     """ImageNet weights from torchvision, with an actionable error instead of a hang offline."""
     import torchvision
 
-    weights = {"vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-               "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V2}[arch]
+    fixed = {"vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+             "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V2}
+    weights = fixed[arch] if arch in fixed else torchvision.models.get_model_weights(arch).DEFAULT
     target = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
@@ -121,22 +132,122 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
         raise ModelError(
             f"ImageNet weights for {arch} could not be loaded ({type(err).__name__}: {err}). "
             f"Download {weights.url} and place it at {target} (the torch hub cache, "
-            "$TORCH_HOME/hub/checkpoints), or set model.pretrained: false.") from err
+            "$TORCH_HOME/hub/checkpoints), or set model.weights: none.") from err
 
 
 ARCHS = {"smallcnn": small_cnn, "vgg16": vgg16, "resnet101": resnet101}
+WEIGHTS_CHOICES = ("none", "imagenet")  # or a path to a state_dict the user trained
 
 
-def build_model(arch: str, num_classes: int, *, pretrained: bool = False, width: int = 32,
-                hidden: int = 256, image_size: int = 64) -> NiwtNet:
-    """Build a backbone by name (``params.model.arch``)."""
+def torchvision_archs() -> list[str]:
+    """Every classification model torchvision registers (``resnet18``, ``convnext_tiny``, ...)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _final_linear(tv: nn.Module, num_classes: int, arch: str) -> str:
+    """Dotted name of the classifier layer of a torchvision model: its last ``nn.Linear`` with
+    ``num_classes`` outputs (``fc``, ``classifier.6``, ``classifier.3``, ``heads.head``, ...)."""
+    names = [n for n, m in tv.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not names:
+        raise ModelError(f"model.arch {arch!r}: no final nn.Linear classifier layer found (a convolutional "
+                         "classifier such as SqueezeNet's is not supported)")
+    return names[-1]
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def wrap_torchvision(arch: str, tv: nn.Module, num_classes: int) -> NiwtNet:
+    """A torchvision classifier as ``NiwtNet`` sharing its modules: for ``vgg16`` / ``resnet101`` the
+    paper-style named chains; for any other architecture the model itself as ``body``, its final
+    linear layer replaced by ``nn.Identity`` and moved to ``classifier`` (layer names are then
+    ``body.<torchvision module name>``, e.g. ``body.layer4.0``)."""
+    if arch == "vgg16":
+        return _vgg16_net(tv, tv.classifier[6])
+    if arch == "resnet101":
+        return _resnet101_net(tv, tv.fc)
+    name = _final_linear(tv, num_classes, arch)
+    linear = tv.get_submodule(name)
+    _set_module(tv, name, nn.Identity())
+    net = NiwtNet(tv, linear)
+    net.torchvision_head = name  # where the classifier lives in the plain torchvision model
+    return net
+
+
+def _torchvision_model(arch: str, num_classes: int, weights: str) -> nn.Module:
+    import torchvision
+
+    if arch not in torchvision_archs():
+        raise ModelError(f"unknown model.arch {arch!r}; valid: smallcnn, or a torchvision classification "
+                         f"model: {', '.join(torchvision_archs())}")
+    if weights != "imagenet":
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    tv = torchvision.models.get_model(arch, weights=None)
+    tv.load_state_dict(_imagenet_state_dict(arch))
+    name = _final_linear(tv, 1000, arch)
+    old = tv.get_submodule(name)
+    _set_module(tv, name, nn.Linear(old.in_features, num_classes))
+    return tv
+
+
+def build_model(arch: str, num_classes: int, *, weights: str = "none", width: int = 32,
+                hidden: int = 256, image_size: int = 64,
+                state_dict: dict[str, torch.Tensor] | None = None, source: str = "model.weights") -> NiwtNet:
+    """Build a backbone by name (``params.model.arch``).
+
+    Args:
+        weights: ``none`` (random init) or ``imagenet`` (torchvision's default weights; a new
+            ``num_classes``-way classifier).
+        state_dict: a plain state dict of the whole network in its usual layout (torchvision's
+            keys; ``smallcnn``: niwt's), with a ``num_classes``-way classifier, loaded strictly.
+        source: names the state dict's file in errors.
+    """
+    if weights not in WEIGHTS_CHOICES:
+        raise ModelError(f"model.weights {weights!r}: expected none, imagenet or a state_dict file")
     if arch == "smallcnn":
-        if pretrained:
-            raise ModelError("smallcnn has no pretrained weights; set model.pretrained: false")
-        return small_cnn(num_classes, width=width, hidden=hidden, image_size=image_size)
-    if arch not in ARCHS:
-        raise ModelError(f"unknown model.arch {arch!r}; valid: {sorted(ARCHS)}")
-    return ARCHS[arch](num_classes, pretrained=pretrained)
+        if weights == "imagenet":
+            raise ModelError("smallcnn has no pretrained weights; set model.weights: none")
+        net = small_cnn(num_classes, width=width, hidden=hidden, image_size=image_size)
+        if state_dict is not None:
+            _load_strict(net, state_dict, arch, num_classes, source)
+        return net
+    if arch in ARCHS and state_dict is None:
+        return ARCHS[arch](num_classes, pretrained=weights == "imagenet")
+    tv = _torchvision_model(arch, num_classes, weights)
+    if state_dict is not None:
+        _load_strict(tv, state_dict, arch, num_classes, source)
+    return wrap_torchvision(arch, tv, num_classes)
+
+
+def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, num_classes: int,
+                 source: str) -> None:
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, KeyError) as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:4])[:600]
+        raise ModelError(f"{source}: not a state_dict of {arch} with {num_classes} classes: {detail} "
+                         "(the classifier must have one row per line of model.class_names)") from err
+
+
+def plain_state_dict(model: NiwtNet, arch: str) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` in the layout of the plain network: torchvision's
+    ``get_model(arch, num_classes=N).load_state_dict`` takes it as it is (``smallcnn``: niwt's own
+    ``NiwtNet`` layout)."""
+    own = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if arch == "smallcnn":
+        return own
+    n = model.classifier.out_features
+    with torch.device("meta"):  # no random init (no time, no draw from the global RNG): the weights are own
+        tv = _torchvision_model(arch, n, "none")
+    view = wrap_torchvision(arch, tv, n)
+    view.load_state_dict(own, assign=True)
+    if arch not in ("vgg16", "resnet101"):
+        _set_module(tv, view.torchvision_head, view.classifier)
+    return {k: v.detach() for k, v in tv.state_dict().items()}
 
 
 def _cut_points(seq: nn.Sequential, prefix: str) -> Iterator[str]:
@@ -149,9 +260,27 @@ def _cut_points(seq: nn.Sequential, prefix: str) -> Iterator[str]:
         yield path
 
 
-def importance_layers(model: NiwtNet) -> list[str]:
-    """Every dotted name usable as ``model.layer``: spatial outputs on the body's chain."""
-    return list(_cut_points(model.body, "body"))
+def _is_chain(model: NiwtNet) -> bool:
+    """The built-in backbones: the body is a chain of named ``nn.Sequential`` modules."""
+    return isinstance(model.body, nn.Sequential)
+
+
+def importance_layers(model: NiwtNet, max_depth: int = 2) -> list[str]:
+    """Dotted names usable as ``extract.layer``. Built-in backbones: the spatial outputs on the
+    body's chain. Other torchvision models: the body's modules down to ``max_depth`` levels
+    (``body.layer4``, ``body.layer4.0``; any deeper module name is accepted too)."""
+    if _is_chain(model):
+        return list(_cut_points(model.body, "body"))
+    return [f"body.{n}" for n, m in model.body.named_modules()
+            if n and n.count(".") < max_depth and not isinstance(m, nn.Identity)]
+
+
+def canonical_layer(model: nn.Module, layer: str) -> str:
+    """``layer`` as a module name of ``model``; a torchvision name without ``body.`` is accepted."""
+    modules = dict(model.named_modules())
+    if layer not in modules and isinstance(model, NiwtNet) and f"body.{layer}" in modules:
+        return f"body.{layer}"
+    return layer
 
 
 def _split(seq: nn.Sequential, parts: list[str]) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -165,23 +294,45 @@ def _split(seq: nn.Sequential, parts: list[str]) -> tuple[list[nn.Module], list[
     return before + inner_before, inner_after + after
 
 
-def split_at(model: NiwtNet, layer: str) -> tuple[nn.Sequential, nn.Sequential]:
+def _unknown(model: NiwtNet, layer: str) -> ModelError:
+    valid = importance_layers(model)
+    listing = ", ".join(valid[:60]) + (f", ... ({len(valid)} in all)" if len(valid) > 60 else "")
+    return ModelError(f"unknown importance layer {layer!r}; valid layers: {listing} "
+                      "(`niwt layers --arch ARCH` lists them with their shapes)")
+
+
+def split_at(model: NiwtNet, layer: str) -> tuple[nn.Module, nn.Module]:
     """Cut the body at ``layer``: ``head(trunk(x)) == model.features(x)``.
+
+    Built-in backbones are sliced (``nn.Sequential`` trunk and head); any other network is cut
+    with ``torch.fx`` (:func:`niwt.models.graph.fx_split`).
 
     Returns:
         (trunk, head); the modules are shared with ``model``, not copied.
     """
-    valid = importance_layers(model)
-    if layer not in valid:
-        raise ModelError(f"unknown importance layer {layer!r}; valid layers: {', '.join(valid)}")
-    trunk, head = _split(model.body, layer.split(".")[1:])
-    return nn.Sequential(*trunk), nn.Sequential(*head)
+    layer = canonical_layer(model, layer)
+    if _is_chain(model):
+        valid = importance_layers(model)
+        if layer not in valid:
+            raise _unknown(model, layer)
+        trunk, head = _split(model.body, layer.split(".")[1:])
+        return nn.Sequential(*trunk), nn.Sequential(*head)
+    from niwt.models.graph import SplitError, fx_split
+
+    if layer not in dict(model.named_modules()) or not layer.startswith("body."):
+        raise _unknown(model, layer)
+    try:
+        return fx_split(model.body, layer)
+    except SplitError as err:
+        raise ModelError(f"importance layer {layer!r}: {err}") from err
 
 
 def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     """The module at a dotted path, or a ModelError listing the valid importance layers."""
     modules = dict(model.named_modules())
+    layer = canonical_layer(model, layer)
     if layer not in modules:
-        valid = importance_layers(model) if isinstance(model, NiwtNet) else sorted(modules)
-        raise ModelError(f"unknown importance layer {layer!r}; valid layers: {', '.join(valid)}")
+        if isinstance(model, NiwtNet):
+            raise _unknown(model, layer)
+        raise ModelError(f"unknown importance layer {layer!r}; valid layers: {', '.join(sorted(modules))}")
     return modules[layer]

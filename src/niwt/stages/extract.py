@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.importance.capture import LayerCapture, batch_importance, prepare_for_extraction, to_model_format
+from niwt.importance.degenerate import check_layer, explain
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
 from niwt.models.training import resolve_device
@@ -112,6 +113,9 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path) -> tup
     model, meta = load_checkpoint(checkpoint)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     LayerCapture(model, p.extract.layer)  # unknown layer: fail before any work, listing valid ones
+    verdict = check_layer(model, p.extract.layer, meta["image_size"], p.extract.pooling, p.extract.allow_degenerate)
+    if verdict.degenerate:
+        print(f"[extract] warning (extract.allow_degenerate: true): {explain(verdict)}", flush=True)
     partial = out.parent / (out.name + ".partial")
     fp = fingerprint(checkpoint, p)
     stamp = partial / "_fingerprint"

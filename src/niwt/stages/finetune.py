@@ -2,9 +2,11 @@
 
 Modes (``finetune.mode``): ``fixed`` trains only the new seen head on a frozen backbone; ``full``
 trains the head alone for ``head_epochs`` and then the whole network at ``lr_full`` (the paper's
-"finetuned" base network). The best epoch by validation accuracy is kept. After every epoch the
-training state is saved next to the output (``<out>.resume``), so a killed run continues where
-it stopped; the file is removed once the checkpoint and the stage's metrics are written.
+"finetuned" base network); ``none`` keeps the classifier given by ``model.weights`` exactly as it is
+(its rows put in seen-class order) and only measures it. The best epoch by validation accuracy is
+kept. After every epoch the training state is saved next to the output (``<out>.resume``), so a
+killed run continues where it stopped; the file is removed once the checkpoint and the stage's
+metrics are written.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
-from niwt.models.checkpoint import safe_load, save_checkpoint
+from niwt.models.checkpoint import load_state_dict_file, read_class_names, safe_load, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet, build_model
 from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
 from niwt.params import InputError, Params, Runtime, section_dict
@@ -29,11 +31,35 @@ from niwt.stages import StageResult
 
 
 def _phases(p: Params) -> list[tuple[str, int, float]]:
-    """(phase, epochs, lr) in order: head-only first, then the whole network."""
+    """(phase, epochs, lr) in order: head-only first, then the whole network (none for ``none``)."""
     f = p.finetune
+    if f.mode == "none":
+        return []
     if f.mode == "fixed":
         return [("head", f.epochs, f.lr)]
     return [(name, n, lr) for name, n, lr in (("head", f.head_epochs, f.lr), ("full", f.epochs, f.lr_full)) if n > 0]
+
+
+def initial_model(p: Params, seen: list[str]) -> NiwtNet:
+    """The network to start from: ``model.arch`` with ``model.weights`` (none, imagenet, or the user's
+    state_dict, whose classifier rows ``model.class_names`` names; they are put in the dataset's
+    seen-class order, which changes no prediction)."""
+    m = p.model
+    common = {"width": m.width, "hidden": m.hidden, "image_size": m.image_size}
+    if m.weights in ("none", "imagenet"):
+        return build_model(m.arch, len(seen), weights=m.weights, **common)
+    names = read_class_names(m.class_names)
+    missing, extra = [c for c in seen if c not in names], [c for c in names if c not in set(seen)]
+    if missing or extra:
+        raise ModelError(f"{m.class_names}: the classifier's classes do not match the dataset's seen classes: "
+                         f"{len(missing)} seen classes have no row ({missing[:10]}), {len(extra)} rows name no "
+                         f"seen class ({extra[:10]})")
+    model = build_model(m.arch, len(names), state_dict=load_state_dict_file(m.weights), source=m.weights, **common)
+    order = torch.as_tensor([names.index(c) for c in seen])
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[order].clone())
+        model.classifier.bias.copy_(model.classifier.bias[order].clone())
+    return model
 
 
 def _optimizer(model: NiwtNet, phase: str, lr: float, p: Params, steps: int):
@@ -59,8 +85,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
     classes, splits = read_tables(data)
     used = splits.select("train", "val", "test_seen")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
-    model = build_model(p.model.arch, classes.n_seen, pretrained=p.model.pretrained, width=p.model.width,
-                        hidden=p.model.hidden, image_size=p.model.image_size)
+    model = initial_model(p, classes.names[: classes.n_seen])
     model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -74,7 +99,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
 
     resume_path = out.parent / (out.name + ".resume")
     fingerprint = _fingerprint(p, data)
-    state = _load_resume(resume_path, fingerprint)
+    state = _load_resume(resume_path, fingerprint) if p.finetune.mode != "none" else None
     history: list[dict] = state["history"] if state else []
     best_acc, best_state = (state["best_acc"], state["best_state"]) if state else (-1.0, None)
     for phase_idx, (phase, epochs, lr) in enumerate(_phases(p)):
@@ -103,7 +128,10 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
             _save_resume(resume_path, fingerprint, phase_idx, epoch, model, opt, sched, history, best_acc, best_state,
                          _get_rng(train_loader.generator))
 
-    model.load_state_dict(best_state)
+    if p.finetune.mode == "none":  # the given classifier exactly as it is: its own head is the seen head
+        best_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
+    else:
+        model.load_state_dict(best_state)
     test_loader = make_loader(test.path, test.class_id, size, train=False, batch_size=bs, num_workers=nw)
     test_metrics = evaluate(model, test_loader, device, amp=p.finetune.amp)
     metrics = {"val_acc": best_acc, "test_seen_acc": test_metrics["acc"], "test_seen_top1": test_metrics["top1"],

@@ -1,10 +1,12 @@
 """``inject``: add one classifier row per unseen class, by NIWT and by each peer method.
 
 Writes ``<out>/<method>.pt`` for every method of ``inject.methods``: the finetuned network with
-an (S+U)-way classifier. NIWT, ICIS and regression keep the seen rows bit-identical and only
-append rows; ESZSL is a compatibility model, so its checkpoint carries rows ``V s_c`` for every
-class (seen included) on the same penultimate features. The importance layer and pooling come
-from the mapping (which read them from the importances), and go into each checkpoint.
+an (S+U)-way classifier; and the same network as plain PyTorch, ``<out>/<method>.pth`` (the state
+dict in torchvision's layout) with ``<out>/<method>.classes.txt`` (one class per output row).
+NIWT, ICIS and regression keep the seen rows bit-identical and only append rows; ESZSL is a
+compatibility model, so its checkpoint carries rows ``V s_c`` for every class (seen included) on
+the same penultimate features. The importance layer and pooling come from the mapping (which
+read them from the importances), and go into each checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from niwt.injection.methods import Context, Partition, build_classifier
 from niwt.injection.registry import METHODS
 from niwt.io.atomic import atomic_path
 from niwt.mapping.store import load_map
-from niwt.models.checkpoint import check_classes, load_checkpoint, save_checkpoint
+from niwt.models.checkpoint import check_classes, export_plain, load_checkpoint, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet
 from niwt.models.training import resolve_device
 from niwt.params import Params, Runtime
@@ -68,6 +70,8 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, out: Pat
                            "weight": cal_w, "bias": cal_b}
             save_checkpoint(tmp / f"{method}.pt", new, {**meta, **importance, "class_names": classes.names,
                                                        "method": method, "calibration": calibration})
+            # usable without niwt: torchvision's get_model(arch, num_classes=N).load_state_dict(...)
+            export_plain(tmp / f"{method}.pth", new, meta["arch"], classes.names)
     return StageResult(metrics)
 
 

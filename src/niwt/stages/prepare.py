@@ -53,19 +53,37 @@ def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> Ra
         raw = load_awa2(workdir / "raw", name="synthetic")
         prefix = str(workdir / "raw")
         return _rebase(raw, prefix, str(final / "raw"))
-    from niwt.data.download import dataset_dir, ensure_dataset
+    if name == "folder":
+        from niwt.data.folder import load_folder
+
+        attrs = p.data.domain in ("attributes", "attributes_binary")
+        return load_folder(image_root(p, final)[0], need_attributes=attrs)
+    from niwt.data.download import DATASETS, DOWNLOADS, dataset_dir, ensure_dataset
     from niwt.data.xlsa17 import ATT_SPLITS
 
     root = image_root(p, final)[0]
-    xlsa = dataset_dir("xlsa17", root) / {"awa2": "AWA2", "cub": "CUB", "sun": "SUN"}.get(name, name)
+    ds = {"awa2": "AWA2", "cub": "CUB", "sun": "SUN"}.get(name, name)
+    xlsa = dataset_dir("xlsa17", root) / ds
     # Only this dataset's xlsa17 folder is needed: a hand-placed xlsa17/data/<DS>/ suffices (the
     # other datasets' split files are not demanded). Everything missing is reported in one message.
     problems = []
-    for dataset in [name] + ([] if (xlsa / ATT_SPLITS).is_file() else ["xlsa17"]):
-        try:
-            ensure_dataset(dataset, root, allow_download=p.data.download, progress=progress)
-        except DatasetError as err:
-            problems.append(str(err))
+    try:
+        ensure_dataset(name, root, allow_download=p.data.download, progress=progress)
+    except DatasetError as err:
+        problems.append(str(err))
+    if not (xlsa / ATT_SPLITS).is_file():
+        (remote,) = DATASETS["xlsa17"]
+        if p.data.download or (root / DOWNLOADS / remote.filename).is_file():
+            try:
+                ensure_dataset("xlsa17", root, allow_download=p.data.download, progress=progress)
+            except DatasetError as err:
+                problems.append(str(err))
+        else:
+            problems.append(
+                f"{xlsa / ATT_SPLITS}: missing: {name}'s split file from xlsa17 (its classes, seen/unseen split "
+                f"and image sets, Xian et al.); put {ds}/att_splits.mat there (from {remote.url}, or the whole "
+                f"archive at {root / DOWNLOADS / remote.filename}), or set data.download: true. For your own, "
+                "non-benchmark images use data.name: folder (README: 'Your own data and classifier').")
     if problems:
         raise DatasetError("\n".join(problems))
     native = dataset_dir(name, root)
@@ -134,6 +152,7 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
         cls, split = assign_splits(raw, order, p.data.val_fraction, p.data.test_seen_fraction, p.base.seed)
         paths = list(raw.image_paths)
         keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, rt.progress)
+        _check_readable_classes(raw, keep)
         names = [raw.class_names[i] for i in order]
         descriptions = [raw.descriptions[i] if raw.descriptions else "" for i in order]
         write_classes(tmp / "classes.parquet", ClassTable(names, len(names) - len(raw.unseen), domain,
@@ -151,6 +170,18 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
     metrics = {"n_classes": len(names), "n_seen": len(names) - len(raw.unseen), "n_unseen": len(raw.unseen),
                "n_bad_images": int((~keep).sum()), "domain_dim": int(domain.shape[1]), **counts}
     return StageResult(metrics)
+
+
+def _check_readable_classes(raw: RawDataset, keep: np.ndarray) -> None:
+    """Every class keeps at least one readable image (after ``data.bad_images: skip``)."""
+    labels = np.asarray(raw.image_labels)
+    counts = np.bincount(labels[keep], minlength=len(raw.class_names))
+    empty = [i for i in range(len(raw.class_names)) if counts[i] == 0]
+    if empty:
+        first = raw.image_paths[int(np.flatnonzero(labels == empty[0])[0])] if (labels == empty[0]).any() else ""
+        where = f" (e.g. {Path(first).parent})" if first else ""
+        raise DatasetError(f"{raw.name}: classes without a readable image: "
+                           f"{[raw.class_names[i] for i in empty[:10]]}{where}")
 
 
 def _drop_bad_images(paths: list[str], policy: str, tmp: Path, out: Path, progress: bool) -> np.ndarray:

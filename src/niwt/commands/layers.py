@@ -1,0 +1,96 @@
+"""``niwt layers --arch NAME [--image-size N]``: the layers a network can take importances at.
+
+Not a pipeline stage. Builds the architecture with random weights (or loads ``--model``, a niwt
+checkpoint), runs one forward pass and prints, for each candidate layer, its output shape and the
+first nonlinearity between it and the classifier. A layer with none (global pooling + linear
+layers only) is marked ``degenerate``: every image's importance would be its class's weight row
+and NIWT would degenerate into weight regression; ``extract`` refuses it unless
+``extract.allow_degenerate: true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--arch", default="smallcnn",
+                    help="smallcnn or a torchvision classification model, e.g. resnet18 (default: %(default)s)")
+    sp.add_argument("--image-size", type=int, default=None,
+                    help="input side in pixels (default: 64 for smallcnn, else 224)")
+    sp.add_argument("--model", type=Path, help="a niwt checkpoint (models/finetuned.pt) instead of --arch")
+    sp.add_argument("--depth", type=int, default=2, help="module depth listed for torchvision models (default: 2)")
+    sp.add_argument("--all", action="store_true", help="also list modules that cannot be importance layers")
+
+
+def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) -> list[dict]:
+    """One row per candidate layer: name, output shape, first nonlinearity above it, verdict."""
+    import torch
+
+    from niwt.models.graph import nonlinearity_after
+    from niwt.models.networks import ModelError, importance_layers, split_at
+
+    model.eval()
+    names = importance_layers(model, max_depth=depth)
+    modules = dict(model.named_modules())
+    shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
+    handles = [modules[n].register_forward_hook(
+        lambda m, i, o, n=n: shapes[n].append(tuple(o.shape[1:]) if isinstance(o, torch.Tensor) else ()))
+        for n in names]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name in names:
+        row = {"layer": name, "shape": shapes[name][-1] if shapes[name] else (), "nonlinearity": None, "status": ""}
+        if len(shapes[name]) != 1:
+            row["status"] = "not usable: runs more than once" if shapes[name] else "not usable: never runs"
+        elif len(row["shape"]) != 3:
+            row["status"] = "not usable: no spatial map"
+        else:
+            try:
+                _, head = split_at(model, name)
+            except ModelError as err:
+                row["status"] = f"not usable: {str(err).split(': ', 1)[-1][:80]}"
+            else:
+                row["nonlinearity"] = nonlinearity_after(head)
+                row["status"] = "degenerate (linear path to the logits)" if row["nonlinearity"] is None else "ok"
+        if show_all or not row["status"].startswith("not usable"):
+            rows.append(row)
+    return rows
+
+
+def command(args: argparse.Namespace) -> int:
+    """``niwt layers``; returns the exit status."""
+    from niwt.models.checkpoint import load_checkpoint
+    from niwt.params import InputError
+
+    try:
+        if args.model is not None:
+            model, meta = load_checkpoint(args.model)
+            arch, size = meta["arch"], args.image_size or meta["image_size"]
+        else:
+            from niwt.models.networks import build_model
+
+            arch = args.arch
+            size = args.image_size or (64 if arch == "smallcnn" else 224)
+            model = build_model(arch, 10, image_size=size)
+        rows = layer_table(model, size, args.depth, args.all)
+    except (InputError, FileNotFoundError) as err:
+        print(f"niwt layers: error: {err}", file=sys.stderr)
+        return 2
+    width = max([len(r["layer"]) for r in rows] + [5])
+    print(f"{arch} at {size}x{size}: candidate importance layers (extract.layer), output shape per image, "
+          "and the first nonlinearity between the layer and the classifier")
+    for r in rows:
+        shape = "x".join(map(str, r["shape"])) or "-"
+        above = r["nonlinearity"] or "-"
+        print(f"{r['layer']:<{width}}  {shape:<14}  {r['status']:<40}  {above}")
+    print("degenerate: only pooling and linear layers above it, so every image's importance is its class's weight "
+          "row and NIWT reduces to weight regression; extract refuses it unless extract.allow_degenerate: true")
+    return 0

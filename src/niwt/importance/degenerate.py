@@ -1,0 +1,116 @@
+"""Refuse the degenerate importance layer: one with nothing nonlinear between it and the logits.
+
+If the layer feeds only global (average) pooling and linear layers, the logit of class c is an
+affine function of the activation, so its gradient -- the importance -- is the same vector for every
+image (for ResNet's last stage: exactly c's weight row). NIWT then regresses weight rows: it still
+runs, every stage exits 0, and its result means nothing about neurons. Two independent checks:
+
+* by structure: :func:`niwt.models.graph.nonlinearity_after` finds no nonlinear op in the head;
+* by value: the importance of every one of a few random inputs equals its class's classifier row
+  (up to a positive scale), which also catches a nonlinearity that never switches (a ReLU on
+  activations that are already non-negative).
+
+Either one refuses the layer with the explanation unless ``extract.allow_degenerate`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from niwt.importance.capture import LayerCapture, batch_importance
+from niwt.models.graph import nonlinearity_after
+from niwt.models.networks import ModelError, NiwtNet, canonical_layer, split_at
+from niwt.params import InputError
+
+
+class DegenerateLayerError(InputError):
+    """An importance layer whose importances cannot depend on the image."""
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    layer: str
+    nonlinearity: str | None  # the first nonlinear op above the layer (None: a linear path to the logits)
+    varies: bool | None  # importances of one class differ between inputs (None: not measured); a report only
+    equals_weight_row: bool = False  # every importance is its class's classifier row (up to a scale)
+    shape: tuple[int, ...] = ()  # the layer's output shape for one image
+
+    @property
+    def degenerate(self) -> bool:
+        return self.nonlinearity is None or self.equals_weight_row
+
+
+def by_value(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
+             n_images: int = 4, seed: int = 0) -> tuple[bool, bool, tuple[int, ...]]:
+    """Measure the importances of ``n_images`` random inputs (targets cycling over the classes).
+
+    Returns:
+        (the importances differ between inputs of the same target, every importance equals its
+        target's classifier row up to a positive scale, the layer's output shape per image).
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    x = torch.randn(n_images, 3, image_size, image_size, generator=gen).to(device)
+    n_classes = model.classifier.out_features
+    same = torch.zeros(n_images, dtype=torch.long, device=device)
+    cycled = torch.arange(n_images, device=device) % n_classes
+    try:
+        with LayerCapture(model, layer) as cap:
+            alpha, _ = batch_importance(model, cap, x, same, pooling)  # type: ignore[arg-type]
+            shape = tuple(cap.activation.shape[1:])
+            alpha_cycled, _ = batch_importance(model, cap, x, cycled, pooling)  # type: ignore[arg-type]
+    finally:
+        model.train(was_training)
+    alpha = alpha.double()
+    scale = alpha.abs().max().clamp_min(1e-30)
+    varies = bool(((alpha - alpha[:1]).abs().max() / scale) > 1e-5)
+    rows = model.classifier.weight.detach().double().cpu()[cycled.cpu()]
+    equals_rows = False
+    if rows.shape == alpha_cycled.shape:
+        cos = torch.nn.functional.cosine_similarity(alpha_cycled.double(), rows, dim=1)
+        equals_rows = bool((cos > 1 - 1e-6).all())
+    return varies, equals_rows, shape
+
+
+def inspect_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
+                  measure: bool = True) -> LayerVerdict:
+    """Both checks of one layer (the value check only when ``measure``)."""
+    layer = canonical_layer(model, layer)
+    _, head = split_at(model, layer)
+    nonlinearity = nonlinearity_after(head)
+    if not measure:
+        return LayerVerdict(layer, nonlinearity, None)
+    varies, equals_row, shape = by_value(model, layer, image_size, pooling)
+    return LayerVerdict(layer, nonlinearity, varies, equals_row, shape)
+
+
+def explain(verdict: LayerVerdict) -> str:
+    how = []
+    if verdict.nonlinearity is None:
+        how.append("only pooling and linear layers stand between it and the logits")
+    if verdict.equals_weight_row:
+        how.append("every image's importance equals its class's classifier row")
+    return (f"importance layer {verdict.layer!r} is degenerate for NIWT: {'; '.join(how)}. The importance of a "
+            "class would not depend on the image, so NIWT would only regress classifier rows. Choose a layer with "
+            "a nonlinearity above it (an earlier block; `niwt layers --arch ARCH` marks them), or set "
+            "extract.allow_degenerate: true to run it anyway")
+
+
+def check_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum", allow: bool = False) -> LayerVerdict:
+    """Refuse a degenerate layer with the explanation (or only return the verdict when ``allow``).
+
+    Raises:
+        DegenerateLayerError: the layer is degenerate and ``allow`` is False.
+        ModelError: the layer's output is not a (C, H, W) map.
+    """
+    verdict = inspect_layer(model, layer, image_size, pooling)
+    if len(verdict.shape) != 3:
+        raise ModelError(f"importance layer {verdict.layer!r} outputs shape {list(verdict.shape)} per image; an "
+                         "importance layer must output channels x height x width (a convolutional feature map)")
+    if verdict.degenerate and not allow:
+        raise DegenerateLayerError(explain(verdict))
+    return verdict
