@@ -195,8 +195,7 @@ def damage_whole_class_unreadable(raw: Path) -> str:
     seen = _classes(raw, "trainvalclasses.txt")[2]
     for jpg in (raw / "JPEGImages" / seen).glob("*.jpg"):
         _truncate(jpg)
-    return (r"synthetic after dropping 12 unreadable images \(data\.bad_images: skip\): "
-            rf"seen classes without train images: \['{seen}'\]")
+    return rf"synthetic: classes without a readable image: \['{seen}'\]"
 
 
 def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
@@ -403,10 +402,7 @@ def test_inject_checks_images_only_for_methods_that_read_them(proj: Project, tmp
                                                               capsys: pytest.CaptureFixture, untouched: None) -> None:
     """The registry says which methods read images (NIWT's pool, ESZSL's features): with one of
     them, missing images fail before any work; the image-free peers run without them."""
-    data = tmp_path / "prepared"
-    data.mkdir()
-    for name in ("classes.parquet", "splits.parquet"):
-        shutil.copy(proj.data / name, data / name)
+    data = copy_tables(proj, tmp_path / "prepared")
     _edit_splits(_missing_images)(data, tmp_path)
     out = tmp_path / "out"
     niwt = write_params(tmp_path / "niwt.yaml", {"inject": {"methods": ["niwt"]}})
