@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,18 @@ def test_method_registry_is_the_one_list() -> None:
         assert callable(getattr(methods, spec.builder, None)), spec
     assert Params().inject.methods == tuple(METHODS)
     assert load_params(REPO / "params.yaml").inject.methods == tuple(METHODS)
+
+
+def test_dvc_baseline_is_committed() -> None:
+    """`dvc metrics diff main` and `dvc exp show` compare against a committed reference run:
+    dvc.lock of every stage and the headline metrics of every method."""
+    from niwt.injection.registry import METHODS
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {s.name for s in STAGES}
+    for method in METHODS:
+        headline = json.loads((REPO / "metrics" / "gzsl" / f"{method}.json").read_text())
+        assert set(headline) == {"S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"}
+        assert all(isinstance(v, float) and round(v, 4) == v for v in headline.values())
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "remote = local" in config and "niwt-dvc-remote" in config
