@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+from niwt.mapping.linear import single_thread as _one_thread
 
 
 @pytest.fixture
@@ -14,9 +15,5 @@ def single_thread():
     (10x slower on a loaded 2-CPU machine). Opt in with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
