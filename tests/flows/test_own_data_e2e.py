@@ -70,11 +70,11 @@ def test_own_folder_dataset_and_own_resnet18(tmp_path: Path) -> None:
                            list(reversed(seen)))
     dvc(["repro"], project)
 
-    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    metrics = json.loads((project / "stats" / "evaluate.json").read_text())
     assert {"S", "U", "H"} <= set(metrics["niwt"])
     table = (project / "plots" / "evaluate" / "comparison.md").read_text()
     assert "NIWT" in table and "| H" in table.replace(" H |", "| H |")
-    finetune = json.loads((project / "metrics" / "finetune.json").read_text())
+    finetune = json.loads((project / "stats" / "finetune.json").read_text())
     assert finetune["epochs_trained"] == 0  # mode none: the user's classifier as it is
 
     # the seen rows are the user's own rows (reordered to the dataset's seen order), untouched
