@@ -72,7 +72,8 @@ def test_real_data_under_dvc_experiments_other_directories_and_raw_edits(tmp_pat
     e.pop("MLFLOW_TRACKING_URI")  # the default: <project root>/mlflow.db
     proc = subprocess.run(["niwt", "evaluate", "--params", str(project / "params.yaml"),
                            "--data", str(project / "data/prepared"), "--injected", str(project / "models/injected"),
-                           "--plots", str(elsewhere / "plots"), "--metrics", str(elsewhere / "evaluate.json")],
+                           "--plots", str(elsewhere / "plots"), "--headline", str(elsewhere / "gzsl"),
+                           "--stats", str(elsewhere / "evaluate.json")],
                           cwd=elsewhere, env=e, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((elsewhere / "evaluate.json").read_text()) == before
