@@ -59,7 +59,8 @@ POOLING = "sum"  # NIWT's pooling, as the default extract.pooling
 
 def reference_full_network(model, layer: str, images: torch.Tensor, alpha_hat: torch.Tensor,
                            w_seen: torch.Tensor, cfg: InjectParams, device: torch.device,
-                           whole_graph: bool = False, seed: int = 0) -> tuple[torch.Tensor, list[float], list[float]]:
+                           whole_graph: bool = False, seed: int = 0, lr: float = 1e-3,
+                           lambda_: float = 1e-3) -> tuple[torch.Tensor, list[float], list[float]]:
     """The original's loop: per iteration, images -> whole network -> double backprop -> Adam on W_u.
 
     Draws the init and the minibatch order from one generator exactly as ``inject`` does, so the
@@ -76,7 +77,7 @@ def reference_full_network(model, layer: str, images: torch.Tensor, alpha_hat: t
     img_of = torch.arange(n_pool).repeat(n_unseen)
     cls_of = torch.arange(n_unseen).repeat_interleave(n_pool)
     w_u = w0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w_u], lr=cfg.lr)
+    opt = torch.optim.Adam([w_u], lr=lr)
     history: list[float] = []
     seconds: list[float] = []
     with LayerCapture(model, layer, detach=not whole_graph) as cap, torch.enable_grad():
@@ -88,7 +89,7 @@ def reference_full_network(model, layer: str, images: torch.Tensor, alpha_hat: t
                 logit = (feats * rows).sum()  # unseen logits (the bias has no gradient w.r.t. A)
                 (grad,) = torch.autograd.grad(logit, cap.activation, create_graph=True)
                 loss = niwt_loss(pool(grad, POOLING), alpha_hat[cls_of[idx].to(device)], w_u, mu,
-                                 cfg.lambda_)
+                                 lambda_)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -132,9 +133,9 @@ def main() -> None:
     images = images.to(device)
     trunk, head = split_at(model, layer)
     w_seen = model.classifier.weight.detach()
-    cfg = InjectParams(lr=args.lr, lambda_=args.lambda_, batch_size=args.batch_size, max_iters=iters,
-                       patience=10**9, min_improvement=0.01)
-    run = {"pooling": POOLING, "seed": args.seed}  # inject()'s keywords
+    cfg = InjectParams(batch_size=args.batch_size, max_iters=iters, patience=10**9, min_improvement=0.01)
+    hyper = {"lr": args.lr, "lambda_": args.lambda_}
+    run = {"pooling": POOLING, "seed": args.seed, **hyper}  # inject()'s keywords
     print(f"# model: {model_desc}; layer {layer}; pool: {data_desc}; {n_unseen} unseen classes; "
           f"{iters} iterations of batch {args.batch_size}", flush=True)
 
@@ -156,21 +157,23 @@ def main() -> None:
     # warm-up every path (allocator, kernel selection, vmap/jvp tracing) so timings are steady state
     timed(activations, device)
     warm = dataclasses.replace(cfg, max_iters=2)
-    reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, seed=args.seed)
+    reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, seed=args.seed, **hyper)
     if not args.no_whole_graph:
         reference_full_network(model, layer, images, alpha_hat, w_seen, warm, device, whole_graph=True,
-                               seed=args.seed)
+                               seed=args.seed, **hyper)
     inject(head, acts, alpha_hat, w_seen, warm, "double_backprop", **run)
     inject(head, acts, alpha_hat, w_seen, warm, "jacobian", **run)
     inject(head, acts[:64], alpha_hat, w_seen, warm, "jacobian", channel_jacobian(head, acts[:64], POOLING), **run)
     # The reference runs once (minutes) and is timed per iteration: its median iteration time is
     # robust to bursts of other load. The cached variants are cheap: best of ``repeats`` runs.
-    w_ref, h_ref, s_ref = reference_full_network(model, layer, images, alpha_hat, w_seen, cfg, device, seed=args.seed)
+    w_ref, h_ref, s_ref = reference_full_network(model, layer, images, alpha_hat, w_seen, cfg, device,
+                                                 seed=args.seed, **hyper)
     runs = {}
     if not args.no_whole_graph:
         cfg_whole = dataclasses.replace(cfg, max_iters=min(iters, args.whole_graph_iters))
         runs["(i-b) full-network, whole graph"] = reference_full_network(
-            model, layer, images, alpha_hat, w_seen, cfg_whole, device, whole_graph=True, seed=args.seed)
+            model, layer, images, alpha_hat, w_seen, cfg_whole, device, whole_graph=True, seed=args.seed,
+            **hyper)
     best: dict[str, tuple[float, object]] = {}
 
     def keep_best(name: str, fn) -> None:

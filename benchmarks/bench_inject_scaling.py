@@ -51,7 +51,7 @@ def one(n_unseen: int, n_pool: int, iters: int, seed: int) -> dict[str, float]:
     alpha_hat = torch.randn(n_unseen, acts.shape[1], generator=torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     result = inject(head, acts, alpha_hat, model.classifier.weight.detach(), cfg, solver, jac, pooling="sum",
-                    seed=seed)
+                    seed=seed, lr=1e-3, lambda_=1e-3)
     seconds = time.perf_counter() - start
     return {"s_per_iter": seconds / result.iterations, "precompute_s": precompute,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "solver": result.solver}
@@ -76,7 +76,7 @@ def low_precision(n_pool: int, iters: int, seed: int) -> dict[str, float]:
     for name, jac in (("float32", DenseJacobian(dense)), ("bfloat16", DenseJacobian(dense.to(torch.bfloat16)))):
         start = time.perf_counter()
         res = inject(head, acts, alpha_hat, model.classifier.weight.detach(), cfg, "jacobian", jac, pooling="sum",
-                     seed=seed)
+                     seed=seed, lr=1e-3, lambda_=1e-3)
         out[name] = (res, (time.perf_counter() - start) / res.iterations, jac.nbytes)
     (r32, t32, b32), (r16, t16, b16) = out["float32"], out["bfloat16"]
     return {"speedup": t32 / t16, "bytes_ratio": b16 / b32, "loss_f32": r32.final_loss, "loss_bf16": r16.final_loss,

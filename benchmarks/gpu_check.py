@@ -126,7 +126,7 @@ def injection_rate(arch: str, size: int, pool: int, iters: int, device: torch.de
     alpha_hat = torch.randn(10, acts.shape[1], generator=gen)
     w_seen = model.classifier.weight.detach()
     start = time.perf_counter()
-    result = inject(head, acts, alpha_hat, w_seen, cfg, solver, jac, pooling="sum", seed=0)
+    result = inject(head, acts, alpha_hat, w_seen, cfg, solver, jac, pooling="sum", seed=0, lr=1e-3, lambda_=1e-3)
     return result.iterations / (time.perf_counter() - start), result.solver
 
 

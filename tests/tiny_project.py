@@ -17,9 +17,11 @@ TINY = {
     "model": {"width": 8, "hidden": 32, "image_size": 32},
     "finetune": {"epochs": 2, "batch_size": 32},
     "extract": {"batch_size": 16, "shard_size": 40},
-    "mapping": {"epochs": 4, "n_val_classes": 2},
-    "inject": {"max_iters": 20, "pool_size": 24,
+    "mapping": {"epochs": 4, "n_val_classes": 2, "candidate_epochs": [2, 4]},
+    "inject": {"max_iters": 20, "pool_size": 24, "lr": [0.001, 0.01], "lambda": [0.001],
+               "ridge_alpha": [0.1, 1.0], "eszsl_exponents": [-1, 0, 1],
                "methods": ["niwt", "icis", "regression", "regression_rescaled", "eszsl"]},
+    "validate": {"n_classes": 2, "finetune_epochs": 1},
     "evaluate": {"batch_size": 64},
 }
 

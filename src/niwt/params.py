@@ -102,6 +102,7 @@ class MappingParams:
     weight_decay: float = 0.0
     n_val_classes: int = 5
     selection: Literal["rank_corr", "val_loss"] = "rank_corr"
+    candidate_epochs: tuple[int, ...] = (10, 20, 40, 60)
 
 
 def _method_names() -> tuple[str, ...]:
@@ -115,17 +116,26 @@ def _method_names() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class InjectParams:
     methods: tuple[str, ...] = field(default_factory=_method_names)
-    lr: float = 0.001
-    lambda_: float = 1e-3
+    lr: tuple[float, ...] = (0.001, 0.01)
+    lambda_: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    ridge_alpha: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    eszsl_exponents: tuple[int, ...] = (-3, -2, -1, 0, 1, 2, 3, 4, 5, 6)
     batch_size: int = 64
     max_iters: int = 3000
     patience: int = 40
     min_improvement: float = 0.01
-    pool: Literal["train", "noise"] = "train"
+    pool: str = "train"  # train | noise | a folder of images (searched recursively)
     pool_size: int = 1024
     solver: Literal["auto", "jacobian", "double_backprop"] = "auto"
     init: Literal["seen_centered", "mean"] = "seen_centered"
     feature_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    classes: Literal["auto", "seeded"] = "auto"
+    n_classes: int = 5
+    finetune_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ class Params:
     extract: ExtractParams = field(default_factory=ExtractParams)
     mapping: MappingParams = field(default_factory=MappingParams)
     inject: InjectParams = field(default_factory=InjectParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     explain: ExplainParams = field(default_factory=ExplainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
@@ -175,6 +186,8 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
             raise ParamsError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
         return value
     if origin is tuple:
+        if get_args(hint)[0] in (int, float) and not isinstance(value, (list, tuple, dict)):
+            value = [value]  # a candidate list given one number: that number, fixed
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = get_args(hint)[:1]
@@ -268,6 +281,8 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "mapping.batch_size": (0, 1_048_576),
     "mapping.n_val_classes": (0, 100_000),
     "inject.batch_size": (0, 65_536),
+    "validate.n_classes": (1, 100_000),
+    "validate.finetune_epochs": (0, 10_000),
     "inject.max_iters": (0, 10_000_000),
     "inject.patience": (1, 10_000_000),
     "inject.pool_size": (1, 10_000_000),
@@ -318,12 +333,36 @@ def _check_ranges(p: Params, source: str) -> None:
     if p.model.weights not in ("none", "imagenet") and not p.model.class_names:
         problems.append("model.weights is a file: set model.class_names to a text file naming its classifier rows, "
                         "one class per line, in row order")
+    problems += _grid_problems(p)
     valid = _method_names()
     unknown = set(p.inject.methods) - set(valid)
     if unknown:
         problems.append(f"inject.methods: unknown {sorted(unknown)}; valid: {' '.join(valid)}")
     if problems:
         raise ParamsError(f"{source}: " + "; ".join(problems))
+
+
+def _grid_problems(p: Params) -> list[str]:
+    """The candidate lists ``validate`` chooses from: non-empty, in range."""
+    problems = []
+    grids = {"inject.lr": p.inject.lr, "inject.lambda": p.inject.lambda_, "inject.ridge_alpha": p.inject.ridge_alpha,
+             "inject.eszsl_exponents": p.inject.eszsl_exponents, "mapping.candidate_epochs": p.mapping.candidate_epochs}
+    for name, grid in grids.items():
+        if not grid:
+            problems.append(f"{name}: give at least one candidate (one value fixes it)")
+        elif len(grid) > 64:
+            problems.append(f"{name}: at most 64 candidates, got {len(grid)}")
+    for name, grid, low, high in (("inject.lr", p.inject.lr, 0.0, 1e3), ("inject.lambda", p.inject.lambda_, 0.0, 1e9),
+                                  ("inject.ridge_alpha", p.inject.ridge_alpha, 0.0, 1e12),
+                                  ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12)):
+        bad = [v for v in grid if not low <= v <= high]
+        if bad:
+            problems.append(f"{name}: candidates must be between {low} and {high}, got {bad}")
+    bad = [e for e in p.mapping.candidate_epochs if not 1 <= e <= p.mapping.epochs]
+    if bad:
+        problems.append(f"mapping.candidate_epochs: each must be between 1 and mapping.epochs = {p.mapping.epochs}, "
+                        f"got {bad}")
+    return problems
 
 
 class _DuplicateKey(Exception):

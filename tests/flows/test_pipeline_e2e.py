@@ -79,7 +79,8 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     assert evaluate_run.data.metrics["evaluate/niwt/H"] == pytest.approx(metrics["niwt"]["H"])
     # one parent run for the `dvc repro`, holding every pipeline param; the stages its children
     (parent,) = [r for r in runs if r.data.tags.get("niwt.stage") == "pipeline"]
-    assert parent.data.params["inject.lambda"] == "0.001" and parent.data.params["extract.layer"] == "body.block4"
+    assert parent.data.params["inject.lambda"] == "0.0001,0.001,0.01"
+    assert parent.data.params["extract.layer"] == "body.block4"
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == set(TRACKED)
     # one run per method, same metric names, tagged ``method``: the compare view puts them side by side
@@ -105,14 +106,14 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     store = project / "src" / "niwt" / "mapping" / "store.py"
     store.write_text(store.read_text() + "\n# edited\n")
     status = dvc(["status"], project).stdout
-    assert {"fit_mapping:", "inject:", "explain:"} <= set(status.split())
-    assert not {"prepare:", "finetune:", "extract:", "evaluate:"} & set(status.split()), status
+    assert {"validate:", "fit_mapping:", "inject:", "explain:"} <= set(status.split())
+    assert not {"prepare:", "finetune:", "finetune_validation:", "extract:", "evaluate:"} & set(status.split()), status
     # the importance layer belongs to extract: changing it reruns extract and after, never finetune
     params = (project / "params.yaml").read_text().replace("layer: body.block4", "layer: body.block3")
     (project / "params.yaml").write_text(params)
     third = dvc(["repro"], project).stdout
     ran = [s for s in STAGES if f"Running stage '{s}'" in third]
-    assert ran == ["fingerprint", "extract", "fit_mapping", "inject", "evaluate", "explain"], third
+    assert ran == ["fingerprint", "validate", "extract", "fit_mapping", "inject", "evaluate", "explain"], third
     assert torch.load(project / "models" / "injected" / "niwt.pt", weights_only=True)["layer"] == "body.block3"
 
 

@@ -31,7 +31,8 @@ CUB_SMALL = {
     "model": {"arch": "smallcnn", "width": 8, "hidden": 32, "image_size": 32},
     "finetune": {"epochs": 1, "batch_size": 16},
     "extract": {"layer": "body.block4", "batch_size": 16, "shard_size": 32},
-    "mapping": {"epochs": 2, "n_val_classes": 1},
+    "mapping": {"epochs": 2, "n_val_classes": 1, "candidate_epochs": [2]},
+    "validate": {"n_classes": 1},
     "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8},
     "evaluate": {"batch_size": 32},
     "explain": {"images_per_class": 2},
@@ -39,7 +40,8 @@ CUB_SMALL = {
 
 
 def _ran(stdout: str) -> list[str]:
-    stages = ["fingerprint", "prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain"]
+    stages = ["fingerprint", "prepare", "finetune", "finetune_validation", "validate", "extract", "fit_mapping",
+              "inject", "evaluate", "explain"]
     return [s for s in stages if f"Running stage '{s}'" in stdout]
 
 
@@ -72,6 +74,7 @@ def test_real_data_under_dvc_experiments_other_directories_and_raw_edits(tmp_pat
     e.pop("MLFLOW_TRACKING_URI")  # the default: <project root>/mlflow.db
     proc = subprocess.run(["niwt", "evaluate", "--params", str(project / "params.yaml"),
                            "--data", str(project / "data/prepared"), "--injected", str(project / "models/injected"),
+                           "--validation", str(project / "models/validation.json"),
                            "--plots", str(elsewhere / "plots"), "--headline", str(elsewhere / "gzsl"),
                            "--stats", str(elsewhere / "evaluate.json")],
                           cwd=elsewhere, env=e, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)

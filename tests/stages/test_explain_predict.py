@@ -23,7 +23,7 @@ from niwt.io.atomic import write_json
 from niwt.models.checkpoint import load_checkpoint
 from niwt.models.training import predict
 from niwt.params import load_params, load_runtime
-from niwt.stages import evaluate, extract, finetune, fit_mapping, inject, prepare
+from niwt.stages import evaluate, extract, finetune, finetune_validation, fit_mapping, inject, prepare, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_project import TINY, merge  # noqa: E402
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """prepare -> finetune -> extract -> fit_mapping -> inject (NIWT) -> evaluate, tiny, in a temp dir."""
+    """prepare -> finetune -> validate -> extract -> fit_mapping -> inject (NIWT) -> evaluate, tiny, in a temp dir."""
     root = tmp_path_factory.mktemp("explain_project")
     raw = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY),
                 {"finetune": {"epochs": 3}, "inject": {"methods": ["niwt"]}})
@@ -46,10 +46,12 @@ def project(tmp_path_factory):
     torch.set_num_threads(1)
     prepare.run(p, rt, data)
     finetune.run(p, rt, data, ckpt, root / "finetune.csv")
+    finetune_validation.run(p, rt, data, root / "validation_backbone.pt")
+    validate.run(p, rt, data, root / "validation_backbone.pt", root / "validation.json")
     extract.run(p, rt, data, ckpt, imp)
-    fit_mapping.run(p, rt, data, imp, mapping, root / "inverse_map.pt", root / "mapping.csv")
-    inject.run(p, rt, data, ckpt, mapping, injected)
-    result = evaluate.run(p, rt, data, injected, root / "plots", root / "gzsl")
+    fit_mapping.run(p, rt, data, imp, root / "validation.json", mapping, root / "inverse_map.pt", root / "mapping.csv")
+    inject.run(p, rt, data, ckpt, mapping, root / "validation.json", injected)
+    result = evaluate.run(p, rt, data, injected, root / "validation.json", root / "plots", root / "gzsl")
     write_json(root / "evaluate.json", result.metrics)
     return root
 

@@ -68,6 +68,9 @@ def _protocol(names: list[str], unseen: list[str], labels: list[int]) -> dict[st
         else:
             count[lab] = count.get(lab, 0) + 1
             locs["trainval_loc" if count[lab] <= N_TRAINVAL else "test_seen_loc"].append(i)
+    # xlsa17's class-disjoint val split of the seen classes: the trainval images of the first two
+    first_two = [i for i, n in enumerate(names) if n not in unseen][:2]
+    locs["val_loc"] = [i for i in locs["trainval_loc"] if labels[i - 1] in first_two]
     return locs
 
 
@@ -222,8 +225,10 @@ def small_params(name: str, root: Path, arch: str, layer: str, domain: str = "at
         "model": {"arch": arch, "weights": "none", "image_size": 32},
         "finetune": {"epochs": 1, "batch_size": 8},
         "extract": {"layer": layer, "batch_size": 8, "shard_size": 16},
-        "mapping": {"epochs": 2, "n_val_classes": 1},
-        "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8},
+        "mapping": {"epochs": 2, "n_val_classes": 1, "candidate_epochs": [2]},
+        "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8, "lr": [0.001],
+                   "lambda": [0.001], "ridge_alpha": [0.1, 1.0]},
+        "validate": {"n_classes": 1, "finetune_epochs": 1},
         "evaluate": {"batch_size": 16},
     }
 
@@ -245,12 +250,17 @@ def stage_argv(work: Path, params: Path) -> dict[str, list[str]]:
     return {
         "prepare": ["--out", d / "prepared"],
         "finetune": ["--data", d / "prepared", "--out", m / "finetuned.pt", "--history", p / "finetune_history.csv"],
+        "finetune_validation": ["--data", d / "prepared", "--out", m / "validation_backbone.pt"],
+        "validate": ["--data", d / "prepared", "--backbone", m / "validation_backbone.pt",
+                     "--out", m / "validation.json"],
         "extract": ["--data", d / "prepared", "--model", m / "finetuned.pt", "--out", d / "importances"],
-        "fit_mapping": ["--data", d / "prepared", "--importances", d / "importances", "--out", m / "mapping.pt",
+        "fit_mapping": ["--data", d / "prepared", "--importances", d / "importances",
+                        "--validation", m / "validation.json", "--out", m / "mapping.pt",
                         "--inverse-out", m / "inverse_map.pt", "--history", p / "mapping_history.csv"],
         "inject": ["--data", d / "prepared", "--model", m / "finetuned.pt", "--mapping", m / "mapping.pt",
-                   "--out", m / "injected"],
-        "evaluate": ["--data", d / "prepared", "--injected", m / "injected", "--plots", p / "evaluate",
+                   "--validation", m / "validation.json", "--out", m / "injected"],
+        "evaluate": ["--data", d / "prepared", "--injected", m / "injected", "--validation", m / "validation.json",
+                     "--plots", p / "evaluate",
                      "--headline", work / "metrics" / "gzsl"],
     }
 
@@ -280,6 +290,7 @@ def check_prepared(work: Path, fixture: dict, domain_dim: int, prepare: dict) ->
     # joint order: xlsa17's seen classes (in allclasses_names order), then its unseen ones
     assert classes.names == seen + [n for n in names if n in unseen]
     assert classes.n_seen == len(seen) and classes.domain.shape == (len(names), domain_dim)
+    assert classes.validation is not None and [classes.names[i] for i in classes.validation] == seen[:2]
 
     splits = read_splits(work / "data" / "prepared" / "splits.parquet")
     assert len(splits) == len(fixture["files"])

@@ -64,23 +64,30 @@ class Project:
     importances: Path
     mapping: Path
     injected: Path
+    validation: Path
 
 
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """prepare -> finetune -> extract -> fit_mapping -> inject once, on the tiny config."""
+    """prepare -> finetune -> validate -> extract -> fit_mapping -> inject once, on the tiny config."""
     root = tmp_path_factory.mktemp("robust")
     p = Project(root, write_params(root / "params.yaml"), root / "data/prepared", root / "models/finetuned.pt",
-                root / "data/importances", root / "models/mapping.pt", root / "models/injected")
+                root / "data/importances", root / "models/mapping.pt", root / "models/injected",
+                root / "models/validation.json")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIWT_TRACKING", "off")
         mp.setenv("NIWT_PROGRESS", "0")
         for argv in (["prepare", "--out", p.data],
                      ["finetune", "--data", p.data, "--out", p.model, "--history", root / "plots/ft.csv"],
+                     ["finetune_validation", "--data", p.data, "--out", root / "models/validation_backbone.pt"],
+                     ["validate", "--data", p.data, "--backbone", root / "models/validation_backbone.pt",
+                      "--out", p.validation],
                      ["extract", "--data", p.data, "--model", p.model, "--out", p.importances],
-                     ["fit_mapping", "--data", p.data, "--importances", p.importances, "--out", p.mapping,
-                      "--inverse-out", root / "models/inverse_map.pt", "--history", root / "plots/map.csv"],
-                     ["inject", "--data", p.data, "--model", p.model, "--mapping", p.mapping, "--out", p.injected]):
+                     ["fit_mapping", "--data", p.data, "--importances", p.importances, "--validation", p.validation,
+                      "--out", p.mapping, "--inverse-out", root / "models/inverse_map.pt",
+                      "--history", root / "plots/map.csv"],
+                     ["inject", "--data", p.data, "--model", p.model, "--mapping", p.mapping,
+                      "--validation", p.validation, "--out", p.injected]):
             assert main([str(a) for a in argv] + ["--params", str(p.params)]) == 0, argv[0]
     return p
 
@@ -124,11 +131,13 @@ def stage_argv(stage: str, proj: Project, out: Path, params: Path, data: Path | 
     args = {
         "finetune": ["--data", data, "--out", out / "finetuned.pt", "--history", out / "finetune.csv"],
         "extract": ["--data", data, "--model", model, "--out", out / "importances"],
-        "fit_mapping": ["--data", data, "--importances", proj.importances, "--out", out / "mapping.pt",
-                        "--inverse-out", out / "inverse_map.pt", "--history", out / "mapping.csv"],
-        "inject": ["--data", data, "--model", model, "--mapping", mapping or proj.mapping, "--out", out / "injected"],
-        "evaluate": ["--data", data, "--injected", injected or proj.injected, "--plots", out / "plots",
-                     "--headline", out / "gzsl"],
+        "fit_mapping": ["--data", data, "--importances", proj.importances, "--validation", proj.validation,
+                        "--out", out / "mapping.pt", "--inverse-out", out / "inverse_map.pt",
+                        "--history", out / "mapping.csv"],
+        "inject": ["--data", data, "--model", model, "--mapping", mapping or proj.mapping,
+                   "--validation", proj.validation, "--out", out / "injected"],
+        "evaluate": ["--data", data, "--injected", injected or proj.injected, "--validation", proj.validation,
+                     "--plots", out / "plots", "--headline", out / "gzsl"],
     }[stage]
     return [stage, *args, "--params", params, "--metrics", out / "metrics.json"]
 

@@ -133,9 +133,9 @@ def test_solvers_agree_from_same_seed() -> None:
     acts = torch.randn(6, C, H, H)
     alpha_hat = torch.randn(2, C)
     w_seen = torch.randn(5, D)
-    cfg = InjectParams(lr=0.01, lambda_=1e-3, batch_size=4, max_iters=40, patience=1000)
-    jac = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", pooling="sum", seed=7)
-    dbp = inject(head, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=7)
+    cfg, opt = InjectParams(batch_size=4, max_iters=40, patience=1000), {"lr": 0.01, "lambda_": 1e-3}
+    jac = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", pooling="sum", seed=7, **opt)
+    dbp = inject(head, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=7, **opt)
     assert jac.iterations == dbp.iterations == 40
     assert len(jac.history) == 40
     assert jac.history[0] == pytest.approx(dbp.history[0], abs=1e-6)  # same init, same first batch
@@ -143,10 +143,10 @@ def test_solvers_agree_from_same_seed() -> None:
     torch.testing.assert_close(jac.weight, dbp.weight, rtol=1e-4, atol=1e-4)
     assert jac.history[-1] < jac.history[0]
     pre = channel_jacobian(head, acts, "sum")  # precomputed products give the same run
-    again = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", jacobian=pre, pooling="sum", seed=7)
+    again = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", jacobian=pre, pooling="sum", seed=7, **opt)
     assert torch.equal(again.weight, jac.weight)
     with pytest.raises(ValueError, match="unknown solver"):
-        inject(head, acts, alpha_hat, w_seen, cfg, solver="newton", pooling="sum", seed=7)
+        inject(head, acts, alpha_hat, w_seen, cfg, solver="newton", pooling="sum", seed=7, **opt)
 
 
 def test_recovers_planted_row_when_cosine_one_is_reachable() -> None:
@@ -162,8 +162,8 @@ def test_recovers_planted_row_when_cosine_one_is_reachable() -> None:
     torch.testing.assert_close(channel_jacobian(head, acts, "sum"), lin.T.expand(8, c, d))
     w_star = torch.randn(2, d)
     alpha_hat = w_star @ lin
-    cfg = InjectParams(lr=0.05, lambda_=0.0, batch_size=8, max_iters=3000, patience=100)
-    res = inject(head, acts, alpha_hat, torch.randn(5, d), cfg, pooling="sum", seed=0)
+    cfg = InjectParams(batch_size=8, max_iters=3000, patience=100)
+    res = inject(head, acts, alpha_hat, torch.randn(5, d), cfg, pooling="sum", seed=0, lr=0.05, lambda_=0.0)
     assert res.final_loss < 1e-4
     assert res.history[0] > 0.05
     assert F.cosine_similarity(res.weight @ lin, alpha_hat, dim=1).min() > 0.9999
@@ -179,10 +179,10 @@ def test_large_lambda_pulls_rows_to_mean_seen_row() -> None:
     w_seen = torch.randn(5, d)
     mu = w_seen.mean(0)
     far = inject(head, acts, alpha_hat, w_seen,
-                 InjectParams(lr=0.01, lambda_=0.0, batch_size=8, max_iters=300, patience=10**6), pooling="sum", seed=0)
+                 InjectParams(batch_size=8, max_iters=300, patience=10**6), pooling="sum", seed=0, lr=0.01, lambda_=0.0)
     near = inject(head, acts, alpha_hat, w_seen,
-                  InjectParams(lr=0.05, lambda_=1e3, batch_size=8, max_iters=300, patience=10**6),
-                  pooling="sum", seed=0)
+                  InjectParams(batch_size=8, max_iters=300, patience=10**6),
+                  pooling="sum", seed=0, lr=0.05, lambda_=1e3)
     assert (far.weight - mu).abs().max() > 0.5
     assert (near.weight - mu).abs().max() < 1e-2
 
@@ -220,13 +220,13 @@ def test_plateau_stopper_follows_original_rule() -> None:
 def test_optimise_stops_on_plateau_with_iteration_count() -> None:
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
     acts = torch.randn(4, 3, 2, 2)
-    cfg = InjectParams(lr=0.0, lambda_=0.0, batch_size=4, max_iters=100, patience=5)
-    res = inject(head, acts, torch.randn(1, 3), torch.randn(3, 2), cfg, pooling="sum", seed=0)
+    cfg = InjectParams(batch_size=4, max_iters=100, patience=5)
+    res = inject(head, acts, torch.randn(1, 3), torch.randn(3, 2), cfg, pooling="sum", seed=0, lr=0.0, lambda_=0.0)
     # lr 0: the loss never changes; counter 1 -> 2 (2nd) ... -> 5 (5th call); the 6th call stops
     assert res.iterations == 6 and len(res.history) == 6
     assert len(set(res.history)) == 1
     res = inject(head, acts, torch.randn(1, 3), torch.randn(3, 2),
-                 InjectParams(lr=0.0, batch_size=4, max_iters=3, patience=50), pooling="sum", seed=0)
+                 InjectParams(batch_size=4, max_iters=3, patience=50), pooling="sum", seed=0, lr=0.0, lambda_=1e-3)
     assert res.iterations == 3
 
 
@@ -243,3 +243,34 @@ def test_seen_centered_init_statistics() -> None:
     assert torch.equal(same, seen_centered_init(w_seen, 5, torch.Generator().manual_seed(3)))
     mean_rows = seen_centered_init(w_seen, 4, torch.Generator().manual_seed(0), mode="mean")
     assert torch.equal(mean_rows, mu.expand(4, 3))
+
+
+def test_pool_from_a_folder_of_images(tmp_path) -> None:
+    """``inject.pool: <folder>``: the original's random natural images; any image files, found
+    recursively, sampled by seed; a folder without images is one clear error."""
+    import numpy as np
+    from PIL import Image
+
+    from niwt.data.tables import SplitTable
+    from niwt.injection.methods import pool_activations, pool_folder_images
+    from niwt.params import InputError
+
+    (tmp_path / "pool" / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        where = tmp_path / "pool" / ("sub" if i % 2 else "") / f"img{i}.{'png' if i < 3 else 'JPG'}"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(where, format="PNG")
+    (tmp_path / "pool" / "notes.txt").write_text("not an image")
+    found = pool_folder_images(str(tmp_path / "pool"))
+    assert len(found) == 5 and found == sorted(found) and not any(f.endswith(".txt") for f in found)
+    trunk = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
+    empty = SplitTable(np.array([], dtype=np.int64), [], np.array([], dtype=np.int64), np.array([], dtype=str))
+    cfg = InjectParams(pool=str(tmp_path / "pool"), pool_size=3, feature_batch_size=2)
+    a = pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu"))
+    assert a.shape == (3, 2, 14, 14)
+    assert torch.equal(a, pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu")))  # seeded
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match=r"nothing: inject\.pool names this folder but it holds no images"):
+        pool_folder_images(str(tmp_path / "nothing"))
+    with pytest.raises(InputError, match=r"inject\.pool: '.*missing' is neither 'train', 'noise' nor a folder"):
+        pool_folder_images(str(tmp_path / "missing"))

@@ -150,9 +150,9 @@ def test_inject_with_gated_jacobian_matches_double_backprop() -> None:
     with torch.no_grad():
         acts = trunk(torch.randn(12, 3, 32, 32))
     alpha_hat, w_seen = torch.randn(3, 16), model.classifier.weight.detach()
-    cfg = InjectParams(lr=0.01, lambda_=1e-3, batch_size=8, max_iters=60, patience=1000)
-    jac = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", pooling="sum", seed=2)
-    dbp = inject(head, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=2)
+    cfg, opt = InjectParams(batch_size=8, max_iters=60, patience=1000), {"lr": 0.01, "lambda_": 1e-3}
+    jac = inject(head, acts, alpha_hat, w_seen, cfg, solver="jacobian", pooling="sum", seed=2, **opt)
+    dbp = inject(head, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=2, **opt)
     assert jac.history[-1] < jac.history[0]
     assert max(abs(a - b) for a, b in zip(jac.history, dbp.history, strict=True)) < 1e-5
     torch.testing.assert_close(jac.weight, dbp.weight, rtol=1e-5, atol=1e-5)
@@ -173,13 +173,13 @@ def test_auto_solver_falls_back_to_double_backprop_when_the_dense_form_is_too_la
         resolve_solver(conv, acts, "sum", "jacobian")
     with pytest.raises(ValueError, match="unknown solver"):
         resolve_solver(conv, acts, "sum", "newton")
-    cfg = InjectParams(lr=0.01, batch_size=4, max_iters=5, patience=1000)
+    cfg, opt = InjectParams(batch_size=4, max_iters=5, patience=1000), {"lr": 0.01, "lambda_": 1e-3}
     alpha_hat, w_seen = torch.randn(2, C), torch.randn(3, 7)
-    auto = inject(conv, acts, alpha_hat, w_seen, cfg, pooling="sum", seed=0)  # the default solver is auto
-    reference = inject(conv, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=0)
+    auto = inject(conv, acts, alpha_hat, w_seen, cfg, pooling="sum", seed=0, **opt)  # the default solver is auto
+    reference = inject(conv, acts, alpha_hat, w_seen, cfg, solver="double_backprop", pooling="sum", seed=0, **opt)
     assert auto.solver == reference.solver == "double_backprop"
     assert torch.equal(auto.weight, reference.weight)
-    assert inject(mlp, acts, alpha_hat, w_seen, cfg, pooling="sum", seed=0).solver == "jacobian (gated)"
+    assert inject(mlp, acts, alpha_hat, w_seen, cfg, pooling="sum", seed=0, **opt).solver == "jacobian (gated)"
 
 
 def test_dense_limit_follows_free_memory(monkeypatch) -> None:

@@ -15,6 +15,7 @@ from niwt.mapping.linear import (
     cosine_distance,
     fit_inverse_map,
     fit_mapping,
+    fit_snapshots,
     normalize_domain,
     predict_importance,
     rank_correlation,
@@ -168,3 +169,32 @@ def test_held_out_classes_are_split_by_true_class(fit) -> None:
     e = fit(dom, true, alphas, val, cfg, seed=0)
     f = fit(dom, true, alphas, val, cfg, seed=0, true_labels=true)
     assert torch.equal(e.weight, f.weight) and torch.equal(e.heldout_weight, f.heldout_weight)
+
+
+def test_snapshots_equal_runs_of_that_many_epochs() -> None:
+    """``validate`` takes the map at each candidate epoch from one run: each snapshot must be
+    exactly the map of a separate run of that many epochs."""
+    dom, _, labels, alphas = planted(seed=4, n_cls=8, n_seen=8, a=5, c=6, per=6)
+    cfg = MappingParams(epochs=5, lr=0.05, batch_size=8)
+    snaps = fit_snapshots(dom, labels, alphas, cfg, seed=2, epochs=(1, 3))
+    assert sorted(snaps) == [1, 3]
+    d, lab, alp = normalize_domain(torch.as_tensor(dom)), torch.as_tensor(labels), torch.as_tensor(alphas)
+    for e in (1, 3):
+        ref = _train(d, lab, alp.float(), cfg, 2, e)
+        assert torch.equal(snaps[e][0], ref.weight.detach()) and torch.equal(snaps[e][1], ref.bias.detach())
+
+
+def test_validated_epochs_override_the_held_out_rule() -> None:
+    dom, _, labels, alphas = planted(seed=1, n_cls=12, n_seen=12, a=6, c=8, per=8, noise=1.0)
+    val = np.array([9, 10, 11])
+    cfg = MappingParams(epochs=6, lr=0.05, batch_size=16)
+    rule = fit_mapping(dom, labels, alphas, val, cfg, seed=3)
+    chosen = 2 if rule.best_epoch != 2 else 3
+    res = fit_mapping(dom, labels, alphas, val, cfg, seed=3, epochs=chosen)
+    assert res.best_epoch == chosen and res.heldout_epoch == rule.best_epoch == rule.heldout_epoch
+    assert res.history == rule.history  # the held-out trace is the same run
+    d = normalize_domain(torch.as_tensor(dom))
+    ref = _train(d, torch.as_tensor(labels), torch.as_tensor(alphas).float(), cfg, 3, chosen)
+    assert torch.equal(res.weight, ref.weight.detach())
+    longer = fit_mapping(dom, labels, alphas, val, cfg, seed=3, epochs=9)  # beyond mapping.epochs: trace grows
+    assert longer.best_epoch == 9 and len(longer.history) == 9

@@ -23,12 +23,12 @@ def test_repo_params_yaml_loads() -> None:
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
     assert p.model.arch == "smallcnn" and p.extract.layer == "body.block4"
-    assert p.inject.lambda_ == pytest.approx(1e-3) and isinstance(p.inject.lambda_, float)
+    assert p.inject.lambda_ == pytest.approx((1e-4, 1e-3, 1e-2)) and all(isinstance(v, float) for v in p.inject.lambda_)
     assert isinstance(p.inject.methods, tuple) and "niwt" in p.inject.methods
     assert p.extract.pooling in ("sum", "mean")
     assert p.data.synthetic.n_unseen < p.data.synthetic.n_classes
     with pytest.raises(dataclasses.FrozenInstanceError):
-        p.inject.lr = 1.0  # type: ignore[misc]
+        p.inject.lr = (1.0,)  # type: ignore[misc]
 
 
 def test_empty_document_gives_defaults() -> None:
@@ -56,9 +56,14 @@ def test_unknown_key_names_key_and_valid_keys() -> None:
     ({"finetune": {"epochs": 1.5}}, r"finetune\.epochs: expected an integer"),
     ({"data": {"download": 1}}, r"data\.download: expected true/false, got int 1"),
     ({"data": {"download": "yes"}}, r"data\.download: expected true/false"),
-    ({"inject": {"lr": "x"}}, r"inject\.lr: expected a number, got 'x'"),
-    ({"inject": {"lr": True}}, r"inject\.lr: expected a number, got bool"),
-    ({"inject": {"lr": None}}, r"inject\.lr: expected a number"),
+    ({"inject": {"lr": "x"}}, r"inject\.lr\[0\]: expected a number, got 'x'"),
+    ({"inject": {"lr": True}}, r"inject\.lr\[0\]: expected a number, got bool"),
+    ({"inject": {"lr": [0.1, None]}}, r"inject\.lr\[1\]: expected a number"),
+    ({"inject": {"lr": {"a": 1}}}, r"inject\.lr: expected a list"),
+    ({"inject": {"lr": []}}, r"inject\.lr: give at least one candidate"),
+    ({"inject": {"eszsl_exponents": [1.5]}}, r"inject\.eszsl_exponents\[0\]: expected an integer"),
+    ({"mapping": {"candidate_epochs": [10, 61]}}, r"mapping\.candidate_epochs: each must be between 1 and"),
+    ({"validate": {"classes": "xlsa"}}, r"validate\.classes: 'xlsa' is not one of"),
     ({"extract": {"layer": 4}}, r"extract\.layer: expected a string, got int 4"),
     ({"inject": {"methods": "niwt"}}, r"inject\.methods: expected a list"),
     ({"inject": {"methods": ["niwt", 3]}}, r"inject\.methods\[1\]: expected a string"),
@@ -72,8 +77,8 @@ def test_wrong_types(raw: dict, pattern: str) -> None:
 
 def test_numeric_conversions() -> None:
     p = parse_params({"inject": {"lr": "1e-5", "lambda": 0, "methods": ["niwt", "icis"]}})
-    assert p.inject.lr == 1e-5 and isinstance(p.inject.lr, float)  # YAML's 1e-5 is a string
-    assert p.inject.lambda_ == 0.0 and isinstance(p.inject.lambda_, float)
+    assert p.inject.lr == (1e-5,) and isinstance(p.inject.lr[0], float)  # YAML's 1e-5 is a string
+    assert p.inject.lambda_ == (0.0,) and isinstance(p.inject.lambda_[0], float)  # one number: a fixed candidate
     assert p.inject.methods == ("niwt", "icis")
 
 
@@ -92,8 +97,8 @@ def test_literal_violation() -> None:
 
 
 def test_lambda_keyword_maps_to_field() -> None:
-    assert parse_params({"inject": {"lambda": 0.25}}).inject.lambda_ == 0.25
-    assert section_dict(parse_params({"inject": {"lambda": 0.25}}).inject)["lambda"] == 0.25
+    assert parse_params({"inject": {"lambda": 0.25}}).inject.lambda_ == (0.25,)
+    assert section_dict(parse_params({"inject": {"lambda": [0.25]}}).inject)["lambda"] == "0.25"
 
 
 def test_overrides(tmp_path: Path) -> None:
@@ -101,7 +106,7 @@ def test_overrides(tmp_path: Path) -> None:
     path.write_text("inject:\n  lambda: 1.0e-3\n  lr: 0.001\n")
     p = load_params(path, {"inject.lambda": 0.0, "data.synthetic.n_classes": 20,
                            "model.arch": "vgg16"})
-    assert p.inject.lambda_ == 0.0 and p.inject.lr == 0.001
+    assert p.inject.lambda_ == (0.0,) and p.inject.lr == (0.001,)
     assert p.data.synthetic.n_classes == 20 and p.data.synthetic.n_unseen == 10
     assert p.model.arch == "vgg16"
     with pytest.raises(ParamsError, match=r"inject: unknown key 'lamda'"):
@@ -149,14 +154,14 @@ def test_range_checks_report_all_problems() -> None:
 def test_section_dict_flattening() -> None:
     p = parse_params({"inject": {"lambda": 0.5, "methods": ["niwt", "eszsl"]}})
     inj = section_dict(p.inject)
-    assert inj["lambda"] == 0.5 and "lambda_" not in inj
+    assert inj["lambda"] == "0.5" and "lambda_" not in inj
     assert inj["methods"] == "niwt,eszsl"
     assert set(inj) == {"lambda" if f.name == "lambda_" else f.name for f in dataclasses.fields(InjectParams)}
     data = section_dict(p.data)
     assert data["synthetic.n_classes"] == 50 and data["synthetic.clutter"] == 0.3
     assert data["name"] == "synthetic" and "synthetic" not in data
     full = section_dict(p)
-    assert full["inject.lambda"] == 0.5 and full["data.synthetic.n_unseen"] == 10
+    assert full["inject.lambda"] == "0.5" and full["data.synthetic.n_unseen"] == 10
     assert full["base.seed"] == 0
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from niwt.evaluation.metrics import mean_per_class_accuracy
-from niwt.peers.eszsl import eszsl_scores, fit_eszsl, grid_search_eszsl
+from niwt.peers.eszsl import eszsl_scores, fit_eszsl
 from niwt.peers.icis import (
     IcisConfig,
     IcisModel,
@@ -63,25 +63,6 @@ def test_eszsl_recovers_planted_structure() -> None:
     V = fit_eszsl(X, y, seen, alpha, gamma)
     pred = np.argmax(eszsl_scores(Xu, V, unseen), axis=1)
     assert mean_per_class_accuracy(yu, pred) == 1.0
-
-
-def test_eszsl_grid_search_is_best_of_grid() -> None:
-    rng = np.random.default_rng(2)
-    S_att = rng.normal(size=(12, 5))
-    P = rng.normal(size=(10, 5))
-    y = np.repeat(np.arange(12), 6)
-    X = S_att[y] @ P.T + 0.5 * rng.normal(size=(y.size, 10))
-    tr = y < 8
-    exps = range(-2, 3)
-    choice = grid_search_eszsl(X[tr], y[tr], S_att[:8], X[~tr], y[~tr] - 8, S_att[8:], exps)
-    accs = {}
-    for i in exps:
-        for j in exps:
-            V = fit_eszsl(X[tr], y[tr], S_att[:8], 10.0**i, 10.0**j)
-            accs[(10.0**i, 10.0**j)] = mean_per_class_accuracy(
-                y[~tr] - 8, np.argmax(eszsl_scores(X[~tr], V, S_att[8:]), axis=1))
-    assert choice.val_acc == pytest.approx(max(accs.values()))
-    assert accs[(choice.alpha, choice.gamma)] == pytest.approx(choice.val_acc)
 
 
 def test_ridge_matches_normal_equations() -> None:

@@ -40,6 +40,8 @@ class RawDataset:
             from the benchmark's protocol (xlsa17); None means ``prepare`` draws the split itself.
         descriptions: optional one-line text per class, for the ``text`` domain.
         sentences: optional (n_classes, d) class-level sentence embeddings (CUB ``sent_splits.mat``).
+        validation: optional seen classes the benchmark sets aside for validation (the classes of
+            xlsa17's ``val_loc`` images), which ``validate`` uses with ``validate.classes: auto``.
     """
 
     name: str
@@ -53,6 +55,7 @@ class RawDataset:
     image_splits: list[str] | None = None
     descriptions: list[str] | None = None
     sentences: np.ndarray | None = field(default=None)
+    validation: list[str] | None = None
 
     def __post_init__(self) -> None:
         n_classes = len(self.class_names)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from niwt.data.raw import SPLITS, DatasetError, RawDataset
 from niwt.io.atomic import atomic_path
 from niwt.io.project import project_root
+from niwt.params import ParamsError
 
 SPLITS_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -39,6 +40,8 @@ class ClassTable:
     domain_kind: str
     attribute_names: list[str]  # names of the domain dimensions when they are attributes
     descriptions: list[str]
+    # seen classes the dataset itself sets aside for validation (xlsa17 val_loc), or None
+    validation: np.ndarray | None = None
 
     @property
     def n_unseen(self) -> int:
@@ -63,6 +66,40 @@ class SplitTable:
 
     def __len__(self) -> int:
         return len(self.image_id)
+
+
+def subproblem(classes: ClassTable, splits: SplitTable, seen: np.ndarray,
+               unseen: np.ndarray) -> tuple[ClassTable, SplitTable]:
+    """A smaller zero-shot problem inside the seen classes: ``seen`` keep their role, ``unseen``
+    (seen classes of the real problem) play the unseen one; ids are remapped to ``seen`` first.
+
+    Kept: the train and val images of ``seen``, and the train and val images of ``unseen``, which
+    become that problem's ``test_unseen``. No test image of the real problem (``test_seen``,
+    ``test_unseen``) is in it, so choices made on it never see a test label.
+    """
+    order = np.concatenate([np.asarray(seen), np.asarray(unseen)]).astype(np.int64)
+    remap = np.full(len(classes.names), -1)
+    remap[order] = np.arange(len(order))
+    table = ClassTable([classes.names[i] for i in order], len(seen), classes.domain[order], classes.domain_kind,
+                       classes.attribute_names,
+                       [classes.descriptions[i] for i in order] if classes.descriptions else [])
+    keep = np.isin(splits.class_id, order) & np.isin(splits.split, ("train", "val"))
+    cls = remap[splits.class_id[keep]]
+    role = np.where(cls >= len(seen), "test_unseen", splits.split[keep]).astype(splits.split.dtype)
+    return table, SplitTable(splits.image_id[keep], [p for p, k in zip(splits.path, keep, strict=True) if k], cls,
+                             role)
+
+
+def held_out_classes(n_seen: int, n_val: int, seed: int, key: str = "mapping.n_val_classes") -> np.ndarray:
+    """The seen classes kept out of fitting for model selection (seeded, sorted).
+
+    Drawn by ``fit_mapping`` (stored in the map; every later use reads them from there) and by
+    ``validate`` (its validation classes; the same draw for the same count and seed).
+    """
+    if not 0 < n_val < n_seen:
+        raise ParamsError(f"{key} must be between 1 and {n_seen - 1} (the dataset has {n_seen} "
+                          f"seen classes), got {n_val}")
+    return np.sort(np.random.default_rng(seed).choice(n_seen, size=n_val, replace=False))
 
 
 def joint_order(raw: RawDataset) -> list[int]:
@@ -125,6 +162,8 @@ def write_classes(path: Path, table: ClassTable) -> None:
             pa.array(table.domain.astype(np.float32).ravel()), dim),
         "description": pa.array(table.descriptions, pa.string()),
     }
+    if table.validation is not None:  # only where the dataset names its own validation classes
+        arrays["validation"] = pa.array(np.isin(np.arange(n), table.validation))
     meta = {b"domain_kind": table.domain_kind.encode(),
             b"attribute_names": json.dumps(table.attribute_names).encode()}
     with atomic_path(path) as tmp:
@@ -187,7 +226,18 @@ def read_classes(path: Path) -> ClassTable:
     if attribute_names and len(attribute_names) != domain.shape[1]:
         raise DatasetError(f"{path}: {len(attribute_names)} attribute names for {domain.shape[1]}-dimensional "
                            "domain vectors (one name per dimension expected)")
+    validation = None
+    if "validation" in table.column_names:
+        if not pa.types.is_boolean(table["validation"].type) or table["validation"].null_count:
+            raise DatasetError(f"{path}: column 'validation' must be bool without nulls (true: a seen class the "
+                               "dataset sets aside for validation)")
+        flags = table["validation"].to_numpy(zero_copy_only=False)
+        if (flags & ~seen).any():
+            raise DatasetError(f"{path}: column 'validation' marks unseen classes "
+                               f"{[names[i] for i in np.flatnonzero(flags & ~seen)[:5]]}; only seen classes can be")
+        validation = np.flatnonzero(flags)
     return ClassTable(
+        validation=validation,
         names=names, n_seen=n_seen, domain=domain,
         domain_kind=meta.get(b"domain_kind", b"unknown").decode(),
         attribute_names=attribute_names,

@@ -440,6 +440,16 @@ def _align_images(raw: RawDataset, files: list[str], labels: np.ndarray, splits:
     return [raw.image_paths[j] for j in index], labels.copy(), [str(s) for s in split_of]
 
 
+def _validation_classes(splits: Xlsa17Splits, labels: np.ndarray) -> list[str] | None:
+    """The seen classes of xlsa17's ``val_loc`` images (its class-disjoint train/val split of the
+    seen classes), or None where the file has no ``val_loc`` or it names no seen class only."""
+    if splits.val_loc is None or splits.unseen is None or not len(splits.val_loc):
+        return None
+    names = {splits.class_names[i] for i in np.unique(labels[splits.val_loc])}
+    seen = [n for n in splits.class_names if n in names and n not in set(splits.unseen)]
+    return seen if seen and len(seen) == len(names) else None
+
+
 def apply_xlsa17(raw: RawDataset, xlsa_dir: Path, marker: str | None = None) -> RawDataset:
     """Put ``raw`` on the xlsa17 protocol found in ``xlsa_dir`` (``xlsa17/data/<DATASET>``).
 
@@ -477,6 +487,7 @@ def apply_xlsa17(raw: RawDataset, xlsa_dir: Path, marker: str | None = None) -> 
         if marker is None:
             raise DatasetError(f"{raw.name}: no default image-path marker; pass marker= to apply_xlsa17")
         paths, image_labels, image_splits = _align_images(out, files, labels, splits, marker, res_path)
-        out = replace(out, image_paths=paths, image_labels=image_labels, image_splits=image_splits)
+        out = replace(out, image_paths=paths, image_labels=image_labels, image_splits=image_splits,
+                      validation=_validation_classes(splits, labels))
     _check_exist(out.image_paths, f"{raw.name}")
     return out

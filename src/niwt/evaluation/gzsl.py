@@ -76,3 +76,11 @@ def calibrated(scores: np.ndarray, y: np.ndarray, n_seen: int, gamma: float) -> 
     seen_mask = np.arange(scores.shape[1]) < n_seen
     cal = gzsl_metrics(scores, y, seen_mask, y >= n_seen, gamma=gamma)
     return {"gamma": gamma, "cal_S": cal["S"], "cal_U": cal["U"], "cal_H": cal["H"]}
+
+
+def validation_numbers(scores: np.ndarray, y: np.ndarray, n_seen: int) -> dict[str, float]:
+    """One candidate setting scored on a validation problem: S, U, H, AUSUC, and S, U, H with the
+    calibrated-stacking gamma that maximises H there (``cal_*``, ``gamma``)."""
+    m, _ = method_metrics(scores, y, n_seen)
+    gamma = select_gamma(scores, y, np.arange(scores.shape[1]) < n_seen, y >= n_seen)
+    return {**{k: m[k] for k in ("S", "U", "H", "ausuc")}, **calibrated(scores, y, n_seen, gamma)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-COLUMNS = ("S", "U", "H", "cal_S", "cal_U", "cal_H", "ausuc", "zsl_top1", "seen_acc")
+COLUMNS = ("S", "U", "H", "cal_S", "cal_U", "cal_H", "heldout_H", "ausuc", "zsl_top1", "seen_acc")
 
 
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:

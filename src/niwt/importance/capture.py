@@ -12,8 +12,10 @@ selected logit gives every per-sample gradient of a batch at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -146,3 +148,26 @@ def importance(
             return batch_importance(model, cap, images, targets, pooling)[0]
     finally:
         model.train(was_training)
+
+
+def loader_importances(model: nn.Module, loader, layer: str, pooling: Pooling, target: str,
+                       channels_last: bool = False,
+                       progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Importances of every image of ``loader`` (batches of (images, labels, index)), in order.
+
+    ``model`` is prepared by :func:`prepare_for_extraction`. ``target``: ``ground_truth`` (the
+    image's label's logit) or ``predicted`` (its argmax). Returns ((N, C) float32 importances,
+    (N,) the class whose logit each one is of).
+    """
+    device = next(model.parameters()).device
+    parts, targets = [], []
+    with LayerCapture(model, layer) as cap:
+        for images, labels, _ in loader:
+            wanted = labels.to(device) if target == "ground_truth" else None
+            images = to_model_format(images.to(device), channels_last)
+            alpha, logits = batch_importance(model, cap, images, wanted, pooling)
+            parts.append(alpha.numpy())
+            targets.append((labels if wanted is not None else logits.argmax(1)).cpu().numpy())
+            if progress is not None:
+                progress(len(labels))
+    return np.concatenate(parts), np.concatenate(targets)

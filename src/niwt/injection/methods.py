@@ -3,14 +3,17 @@
 
 Every builder answers the same question: given a partition of the classes into ``seen`` (rows
 known) and ``unseen`` (rows to build from domain vectors), return the new rows. The stage asks it
-twice per method: for the real unseen classes, and for the validation partition in which the
-mapping's held-out seen classes play the unseen role (for calibrated stacking's gamma).
+twice per method: for the real unseen classes, and for the partition in which the mapping's
+held-out seen classes play the unseen role (the older, biased calibration, kept for comparison).
+``validate`` asks it once per candidate setting on its class-disjoint validation problem. Each
+method's hyperparameters (``Context.hyper``) are the ones ``validate`` chose.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ from niwt.mapping.linear import normalize_domain, predict_importance
 from niwt.mapping.store import StoredMap
 from niwt.models.networks import NiwtNet, split_at
 from niwt.models.training import predict
-from niwt.params import InjectParams
+from niwt.params import InjectParams, InputError
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,9 @@ class Rows:
 
 @dataclass
 class Context:
-    """What every method may use: the finetuned network, classes, images, the mapping, and caches
-    shared between the two partitions (pool activations, the head Jacobian, ESZSL's features)."""
+    """What every method may use: the finetuned network, classes, images, the mapping, each
+    method's hyperparameters (``hyper``: method -> {name: value}, as ``validate`` chose them), and
+    caches shared between partitions and settings (pool activations, the head Jacobian, features)."""
 
     model: NiwtNet
     cfg: InjectParams
@@ -58,7 +62,15 @@ class Context:
     mapping: StoredMap
     image_size: int
     device: torch.device
+    hyper: dict[str, dict[str, float]] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
+
+    def setting(self, method: str, name: str) -> float:
+        """The chosen value of one hyperparameter of ``method`` (``validate``'s choice)."""
+        try:
+            return float(self.hyper[method][name])
+        except KeyError as err:
+            raise KeyError(f"no {name!r} chosen for {method!r}: the validation choices lack it") from err
 
     def seen_rows(self, seen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         fc = self.model.classifier
@@ -83,21 +95,44 @@ class Context:
         return self.cached("train_features", compute)
 
 
+POOL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def pool_folder_images(pool: str) -> list[str]:
+    """The images of an ``inject.pool`` folder (recursive, sorted); one clear error if there are none.
+
+    Checked by ``validate`` and ``inject`` before any work."""
+    folder = Path(pool)
+    if not folder.is_dir():
+        raise InputError(f"inject.pool: {pool!r} is neither 'train', 'noise' nor a folder of images "
+                         f"({'not a folder' if folder.exists() else 'no such folder'})")
+    found = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in POOL_SUFFIXES and p.is_file())
+    if not found:
+        raise InputError(f"{folder}: inject.pool names this folder but it holds no images ({', '.join(POOL_SUFFIXES)})")
+    return found
+
+
 def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, splits: SplitTable, image_size: int,
                      device: torch.device) -> torch.Tensor:
     """Layer activations of the image pool, computed once (the trunk is never rerun).
 
     ``train``: ``inject.pool_size`` seen training images (seeded); ``noise``: Gaussian images,
-    the original's image-free fallback.
+    the original's image-free fallback; a folder: ``pool_size`` of its images (seeded), like the
+    original's random natural images (any unlabelled images; never the unseen test images).
     """
     n = cfg.pool_size
     gen = torch.Generator().manual_seed(seed)
     if cfg.pool == "noise":
         batches = torch.randn(n, 3, image_size, image_size, generator=gen).split(cfg.feature_batch_size)
     else:
-        train = splits.select("train")
-        pick = torch.randperm(len(train), generator=gen)[:n].sort().values.numpy()
-        loader = make_loader([train.path[i] for i in pick], train.class_id[pick], image_size, train=False,
+        if cfg.pool == "train":
+            train = splits.select("train")
+            paths, labels = train.path, train.class_id
+        else:
+            paths = pool_folder_images(cfg.pool)
+            labels = np.zeros(len(paths), dtype=np.int64)
+        pick = torch.randperm(len(paths), generator=gen)[:n].sort().values.numpy()
+        loader = make_loader([paths[i] for i in pick], labels[pick], image_size, train=False,
                              batch_size=cfg.feature_batch_size)
         batches = (images for images, _, _ in loader)
     trunk.eval()
@@ -120,7 +155,8 @@ def niwt_rows(ctx: Context, part: Partition) -> Rows:
     weight, bias = (m.heldout_weight, m.heldout_bias) if part.heldout else (m.weight, m.bias)
     alpha_hat = predict_importance(weight, bias, ctx.classes.domain[part.unseen])
     result = inject(head, acts, alpha_hat, ctx.seen_rows(part.seen)[0], ctx.cfg, solver, jac,
-                    pooling=pooling, seed=ctx.seed)
+                    pooling=pooling, seed=ctx.seed, lr=ctx.setting("niwt", "lr"),
+                    lambda_=ctx.setting("niwt", "lambda"))
     stats = {"iterations": result.iterations, "final_loss": result.final_loss, "pool_size": int(acts.shape[0]),
              "solver": result.solver}
     return Rows(result.weight, torch.zeros(len(part.unseen)), None, stats)
@@ -147,7 +183,8 @@ def regression_rows(ctx: Context, part: Partition, rescale: bool = False) -> Row
     from niwt.peers.regression import fit_ridge, predict_rows, rescale_rows
 
     targets = _seen_targets(ctx, part.seen)
-    coef, intercept = fit_ridge(ctx.domain(part.seen), targets, alpha=1.0)
+    alpha = ctx.setting("regression_rescaled" if rescale else "regression", "alpha")
+    coef, intercept = fit_ridge(ctx.domain(part.seen), targets, alpha=alpha)
     rows = predict_rows(ctx.domain(part.unseen), coef, intercept)
     return _split_rows(rescale_rows(rows, targets) if rescale else rows)
 
@@ -162,35 +199,20 @@ def icis_rows(ctx: Context, part: Partition) -> Rows:
 
 
 def eszsl_rows(ctx: Context, part: Partition) -> Rows:
-    """ESZSL on penultimate features; rows ``V s_c`` for the unseen AND (replacing) the seen classes.
-
-    Its two ridge strengths are chosen once, on the mapping's held-out seen classes (ZSL
-    accuracy), and reused for the validation partition.
-    """
-    from niwt.peers.eszsl import fit_eszsl, grid_search_eszsl
+    """ESZSL on penultimate features; rows ``V s_c`` for the unseen AND (replacing) the seen classes,
+    with the two ridge strengths ``validate`` chose."""
+    from niwt.peers.eszsl import fit_eszsl
 
     seen, unseen = part.seen, part.unseen
     feats, labels = ctx.train_features()
     keep = np.isin(labels, seen)
-    x, y = feats[keep].astype(np.float64), labels[keep]
     local = np.full(ctx.classes.n_seen + ctx.classes.n_unseen, -1)
     local[seen] = np.arange(len(seen))
-    stats = {}
-    if "eszsl_choice" not in ctx._cache:
-        val = ctx.mapping.provenance.val_classes
-        fit = np.setdiff1d(np.arange(len(seen)), val)
-        ly = local[y]
-        tr, va = np.isin(ly, fit), np.isin(ly, val)
-        remap = np.full(len(seen), -1)
-        remap[fit], remap[val] = np.arange(len(fit)), np.arange(len(val))
-        dom = ctx.domain(seen)
-        choice = ctx.cached("eszsl_choice", lambda: grid_search_eszsl(x[tr], remap[ly[tr]], dom[fit], x[va],
-                                                                      remap[ly[va]], dom[val]))
-        stats = {"alpha": choice.alpha, "gamma": choice.gamma, "val_acc": choice.val_acc}
-    choice = ctx._cache["eszsl_choice"]
-    v = fit_eszsl(x, local[y], ctx.domain(seen), alpha=choice.alpha, gamma=choice.gamma)
+    alpha, gamma = ctx.setting("eszsl", "alpha"), ctx.setting("eszsl", "gamma")
+    v = fit_eszsl(feats[keep].astype(np.float64), local[labels[keep]], ctx.domain(seen), alpha=alpha, gamma=gamma)
     to_rows = lambda idx: torch.as_tensor(ctx.domain(idx) @ v.T, dtype=torch.float32)  # noqa: E731
-    return Rows(to_rows(unseen), torch.zeros(len(unseen)), (to_rows(seen), torch.zeros(len(seen))), stats)
+    return Rows(to_rows(unseen), torch.zeros(len(unseen)), (to_rows(seen), torch.zeros(len(seen))),
+                {"alpha": alpha, "gamma": gamma})
 
 
 def build_classifier(ctx: Context, method: str, part: Partition) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -199,3 +221,19 @@ def build_classifier(ctx: Context, method: str, part: Partition) -> tuple[torch.
     rows = globals()[spec.builder](ctx, part)  # a function of this module, named by the registry
     w_s, b_s = rows.seen if spec.replaces_seen else ctx.seen_rows(part.seen)
     return torch.cat([w_s, rows.weight.float()]), torch.cat([b_s, rows.bias.float()]), dict(rows.stats)
+
+
+def candidates(method: str, cfg: InjectParams, mapping_epochs: tuple[int, ...]) -> list[dict[str, float]]:
+    """Every setting ``validate`` tries for ``method``, in grid order (a tie goes to the first).
+
+    NIWT: the forward map's epochs x Adam's lr x lambda; ridge: alpha; ESZSL: alpha x gamma, each
+    10^e for e in ``inject.eszsl_exponents``; ICIS: its fixed configuration (one setting).
+    """
+    if method == "niwt":
+        return [{"mapping_epochs": e, "lr": lr, "lambda": lam}
+                for e in mapping_epochs for lr in cfg.lr for lam in cfg.lambda_]
+    if method in ("regression", "regression_rescaled"):
+        return [{"alpha": a} for a in cfg.ridge_alpha]
+    if method == "eszsl":
+        return [{"alpha": 10.0**i, "gamma": 10.0**j} for i in cfg.eszsl_exponents for j in cfg.eszsl_exponents]
+    return [{}]

@@ -107,10 +107,10 @@ def observed_importance(head: nn.Module, acts: torch.Tensor, w_rows: torch.Tenso
 
 
 def _optimise(step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w0: torch.Tensor,
-              n_pairs: int, cfg: InjectParams, generator: torch.Generator) -> InjectResult:
+              n_pairs: int, cfg: InjectParams, generator: torch.Generator, lr: float) -> InjectResult:
     """Adam on W_u over shuffled minibatches of (pool image, unseen class) pairs."""
     w_u = w0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w_u], lr=cfg.lr)
+    opt = torch.optim.Adam([w_u], lr=lr)
     stopper = PlateauStopper(cfg.patience, cfg.min_improvement)
     history: list[float] = []
     it = 0
@@ -162,6 +162,8 @@ def inject(
     *,
     pooling: Pooling,
     seed: int,
+    lr: float,
+    lambda_: float,
 ) -> InjectResult:
     """Learn one classifier row per unseen class, all classes in one batched graph.
 
@@ -173,7 +175,7 @@ def inject(
         acts: (P, C, H, W) cached activations of the image pool.
         alpha_hat: (U, C) predicted importances of the unseen classes.
         w_seen: (S, D) seen classifier rows (init statistics and regulariser target).
-        cfg: the ``inject`` params (lr, lambda, batch size, stopping rule, init, solver).
+        cfg: the ``inject`` params (batch size, stopping rule, init, solver).
         solver: overrides ``cfg.solver``: ``jacobian`` (precomputed products), ``double_backprop``
             (reference), or ``auto`` (the Jacobian when it fits in memory): see :func:`resolve_solver`.
         jacobian: optional precomputed :func:`~niwt.injection.jacobian.head_jacobian` (or a dense
@@ -181,6 +183,8 @@ def inject(
             the ``jacobian`` solver unless ``double_backprop`` is asked for.
         pooling: how the importances were pooled (the mapping's provenance, from extract).
         seed: ``base.seed``.
+        lr: Adam's learning rate; lambda_: the pull of each new row to the mean seen row (both
+            chosen by ``validate`` among ``inject.lr`` / ``inject.lambda``).
     """
     solver = cfg.solver if solver is None else solver
     gen = torch.Generator().manual_seed(seed)
@@ -202,13 +206,13 @@ def inject(
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             obs = m.apply(img_of(idx), w_u[cls_of(idx)])  # (B, C)
-            return niwt_loss(obs, alpha_hat[cls_of(idx)], w_u, mu, cfg.lambda_)
+            return niwt_loss(obs, alpha_hat[cls_of(idx)], w_u, mu, lambda_)
     else:
 
         def step_loss(w_u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             obs = observed_importance(head, acts[img_of(idx)], w_u[cls_of(idx)], pooling, True)
-            return niwt_loss(obs, alpha_hat[cls_of(idx)], w_u, mu, cfg.lambda_)
+            return niwt_loss(obs, alpha_hat[cls_of(idx)], w_u, mu, lambda_)
     with torch.enable_grad():
-        result = _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen)
+        result = _optimise(step_loss, w0, n_pool * n_unseen, cfg, gen, lr)
     result.solver = f"jacobian ({m.kind})" if m is not None else "double_backprop"
     return result

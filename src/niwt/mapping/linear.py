@@ -29,6 +29,7 @@ class MappingResult:
     bias: torch.Tensor  # (out,)
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
+    heldout_epoch: int = 0  # what the held-out-seen rule alone would have chosen
     # the map at the selected epoch, fit WITHOUT the held-out classes: used to calibrate GZSL
     # on those classes without any leak of their importances
     heldout_weight: torch.Tensor | None = None
@@ -101,10 +102,12 @@ def select_epoch(history: list[dict[str, float]], selection: str) -> int:
 
 def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, is_val: torch.Tensor,
                  cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float],
-                 is_train: torch.Tensor | None = None) -> MappingResult:
+                 is_train: torch.Tensor | None = None, epochs: int | None = None) -> MappingResult:
     """Fit a linear map on pairs ``(inputs[index[i]], targets[i])`` with the cosine loss, choose the
     number of epochs on the held-out pairs (``is_val``), then refit on all pairs for that many.
     ``is_train`` (default: not ``is_val``) are the pairs the selection run learns from.
+    ``epochs``: the number of epochs chosen elsewhere (``validate``, on classes the backbone never
+    saw), which overrides the held-out rule; the held-out trace is still recorded.
 
     The one fitter behind both directions (domain -> importance in :func:`fit_mapping`,
     importance -> domain in :func:`fit_inverse_map`); they differ only in their pairs and in how
@@ -123,11 +126,29 @@ def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tenso
         history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_corr})
         snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
 
-    _train(inputs, index[is_train], targets[is_train], cfg, seed, cfg.epochs, on_epoch=score)
-    epoch = select_epoch(history, cfg.selection)
+    _train(inputs, index[is_train], targets[is_train], cfg, seed, max(cfg.epochs, epochs or 0), on_epoch=score)
+    heldout_epoch = select_epoch(history, cfg.selection)
+    epoch = heldout_epoch if epochs is None else epochs
     final = _train(inputs, index, targets, cfg, seed, epoch)
     return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
-                         *snapshots[epoch])
+                         heldout_epoch, *snapshots[epoch])
+
+
+def fit_snapshots(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, cfg: MappingParams, *, seed: int,
+                  epochs: tuple[int, ...]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The map domain -> importance on all pairs, as (weight, bias) after each of ``epochs``: one
+    training run, the same trajectory as a run of that many epochs (``validate`` picks one)."""
+    dom = normalize_domain(torch.as_tensor(domain))
+    lab = torch.as_tensor(labels, dtype=torch.long)
+    alp = torch.tensor(np.asarray(alphas), dtype=torch.float32)
+    wanted, snapshots = set(epochs), {}
+
+    def keep(epoch: int, linear: nn.Linear) -> None:
+        if epoch in wanted:
+            snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
+
+    _train(dom, lab, alp, cfg, seed, max(epochs), on_epoch=keep)
+    return snapshots
 
 
 def _held_out(labels: torch.Tensor, true_labels: np.ndarray | None,
@@ -141,8 +162,9 @@ def _held_out(labels: torch.Tensor, true_labels: np.ndarray | None,
 
 
 def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
-                cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None) -> MappingResult:
-    """Fit domain -> importance, pick the epoch on held-out seen classes, refit on all.
+                cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None,
+                epochs: int | None = None) -> MappingResult:
+    """Fit domain -> importance, pick the epoch on held-out seen classes (or take ``epochs``), refit on all.
 
     Args:
         domain: (n_classes, a) class domain vectors, indexed by ``labels``.
@@ -153,6 +175,7 @@ def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_
         cfg: the ``mapping`` params (epochs, lr, batch size, weight decay, selection rule).
         seed: ``base.seed``.
         true_labels: (N,) each image's true class, which decides the held-out split (default: ``labels``).
+        epochs: the epoch count ``validate`` chose (None: the held-out rule's).
 
     Returns:
         The map refit on all classes for the selected number of epochs, the trace, and the map
@@ -165,7 +188,7 @@ def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_
     is_val, is_train = _held_out(lab, true_labels, val_c)
     target = class_mean_importance(alp[is_val], lab[is_val], val_c)
     return fit_selected(dom, lab, alp, is_val, cfg, seed, lambda linear: rank_correlation(linear(dom[val_c]), target),
-                        is_train)
+                        is_train, epochs)
 
 
 def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,

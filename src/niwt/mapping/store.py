@@ -18,18 +18,6 @@ from niwt.io.atomic import atomic_path
 from niwt.mapping.linear import MappingResult
 from niwt.models.checkpoint import safe_load
 from niwt.models.networks import ModelError
-from niwt.params import ParamsError
-
-
-def held_out_classes(n_seen: int, n_val: int, seed: int) -> np.ndarray:
-    """The seen classes kept out of fitting for model selection (seeded, sorted).
-
-    Drawn once, by ``fit_mapping``, and stored in the map; every later use reads them from there.
-    """
-    if not 0 < n_val < n_seen:
-        raise ParamsError(f"mapping.n_val_classes must be between 1 and {n_seen - 1} (the dataset has {n_seen} "
-                          f"seen classes), got {n_val}")
-    return np.sort(np.random.default_rng(seed).choice(n_seen, size=n_val, replace=False))
 
 
 @dataclass(frozen=True)

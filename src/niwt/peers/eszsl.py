@@ -12,11 +12,7 @@ paper's lambda). Note that the mvp18 re-implementation names them the other way 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-
-from niwt.evaluation.metrics import mean_per_class_accuracy
 
 
 def _label_matrix(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -56,50 +52,3 @@ def fit_eszsl(X: np.ndarray, y: np.ndarray, S_att: np.ndarray, alpha: float, gam
 def eszsl_scores(X: np.ndarray, V: np.ndarray, S_all: np.ndarray) -> np.ndarray:
     """(N, C) compatibility scores ``X V S_all^T`` for any class set (seen, unseen or joint)."""
     return np.asarray(X, dtype=np.float64) @ V @ np.asarray(S_all, dtype=np.float64).T
-
-
-class EszslChoice(NamedTuple):
-    """Grid-search result: the chosen raw regularisers and their validation accuracy."""
-
-    alpha: float
-    gamma: float
-    val_acc: float
-
-
-def grid_search_eszsl(
-    X_tr: np.ndarray,
-    y_tr: np.ndarray,
-    S_tr: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    S_val: np.ndarray,
-    exps: range | list[int] = range(-3, 4),
-) -> EszslChoice:
-    """Choose (alpha, gamma) = (10^i, 10^j) by ZSL accuracy on held-out seen classes.
-
-    The validation classes must be disjoint from the training classes (xlsa17 ``train_loc`` ->
-    ``val_loc``), so the choice mimics the unseen-class setting without touching test data. The
-    caller then refits on all seen classes with the chosen values.
-
-    Args:
-        X_tr: (N_tr, d) training features; y_tr: (N_tr,) labels indexing rows of S_tr (T, a).
-        X_val: (N_val, d) validation features; y_val: (N_val,) labels indexing rows of S_val (V, a).
-        exps: exponents tried for both regularisers.
-
-    Returns:
-        The best ``EszslChoice``; ties go to the first pair in (alpha, gamma) grid order.
-    """
-    X_tr = np.asarray(X_tr, dtype=np.float64)
-    S_tr = np.asarray(S_tr, dtype=np.float64)
-    Y = _label_matrix(np.asarray(y_tr, dtype=int), S_tr.shape[0])
-    xtx, rhs = X_tr.T @ X_tr, X_tr.T @ Y @ S_tr  # (d, d), (d, a)
-    left = {j: np.linalg.solve(xtx + 10.0**j * np.eye(xtx.shape[0]), rhs) for j in exps}
-    best = EszslChoice(float("nan"), float("nan"), -1.0)
-    for i in exps:
-        for j in exps:
-            v = _right_solve(left[j], S_tr, 10.0**i)
-            pred = np.argmax(eszsl_scores(X_val, v, S_val), axis=1)
-            acc = mean_per_class_accuracy(np.asarray(y_val), pred)
-            if acc > best.val_acc:
-                best = EszslChoice(10.0**i, 10.0**j, acc)
-    return best

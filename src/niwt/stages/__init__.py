@@ -31,6 +31,13 @@ STAGES: tuple[Stage, ...] = (
           tracked=False),
     Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),
     Stage("finetune", ("base.seed", "model", "finetune"), "train the classifier on seen classes"),
+    # The class-disjoint validation protocol replays the chain: finetune_validation trains as finetune
+    # does (its params) without the validation classes; validate rebuilds extract .. inject on that
+    # backbone (their params) and chooses among the candidate lists of mapping and inject.
+    Stage("finetune_validation", ("base.seed", "model", "finetune", "validate"),
+          "train the validation backbone on the seen classes minus the validation classes"),
+    Stage("validate", ("base.seed", "extract", "mapping", "inject"),
+          "choose every hyperparameter and gamma on validation classes the validation backbone never saw"),
     Stage("extract", ("base.seed", "extract"), "neuron importances of every seen training image (sharded Parquet)"),
     Stage("fit_mapping", ("base.seed", "mapping"), "fit the domain-vector -> importance map and its inverse"),
     Stage("inject", ("base.seed", "inject"), "add unseen-class rows to the classifier (NIWT and peers)"),

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
-from niwt.importance.capture import LayerCapture, batch_importance, prepare_for_extraction, to_model_format
+from niwt.importance.capture import LayerCapture, loader_importances, prepare_for_extraction
 from niwt.importance.degenerate import check_layer, explain
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
@@ -75,23 +75,13 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     if target.is_file():
         return target.name
     model, meta = _cached_model(job.checkpoint, job.device, job.channels_last, job.meta)
-    device = next(model.parameters()).device
     loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
                          batch_size=job.batch_size)
-    parts, targets = [], []
-    with LayerCapture(model, job.layer) as cap:
-        for images, labels, _ in loader:
-            wanted = labels.to(device) if job.target == "ground_truth" else None
-            images = to_model_format(images.to(device), job.channels_last)
-            alpha, logits = batch_importance(model, cap, images, wanted, job.pooling)
-            parts.append(alpha.numpy())
-            targets.append((labels if wanted is not None else logits.argmax(1)).cpu().numpy())
-            if progress is not None:
-                progress(len(labels))
-    values = np.concatenate(parts)
+    values, targets = loader_importances(model, loader, job.layer, job.pooling, job.target, job.channels_last,
+                                         progress)
     schema = importance_schema(values.shape[1], dict(job.meta))
     write_shard(target, schema, np.array(job.image_id), np.array(job.class_id), list(job.split),
-                np.concatenate(targets), values)
+                targets, values)
     return target.name
 
 

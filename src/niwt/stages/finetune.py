@@ -23,51 +23,12 @@ from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
-from niwt.models.checkpoint import load_state_dict_file, read_class_names, safe_load, save_checkpoint
-from niwt.models.networks import ModelError, NiwtNet, build_model
+from niwt.models.checkpoint import safe_load, save_checkpoint
+from niwt.models.finetuning import initial_model, make_optimizer, phases
+from niwt.models.networks import ModelError
 from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
 from niwt.params import InputError, Params, Runtime, section_dict
 from niwt.stages import StageResult
-
-
-def _phases(p: Params) -> list[tuple[str, int, float]]:
-    """(phase, epochs, lr) in order: head-only first, then the whole network (none for ``none``)."""
-    f = p.finetune
-    if f.mode == "none":
-        return []
-    if f.mode == "fixed":
-        return [("head", f.epochs, f.lr)]
-    return [(name, n, lr) for name, n, lr in (("head", f.head_epochs, f.lr), ("full", f.epochs, f.lr_full)) if n > 0]
-
-
-def initial_model(p: Params, seen: list[str]) -> NiwtNet:
-    """The network to start from: ``model.arch`` with ``model.weights`` (none, imagenet, or the user's
-    state_dict, whose classifier rows ``model.class_names`` names; they are put in the dataset's
-    seen-class order, which changes no prediction)."""
-    m = p.model
-    common = {"width": m.width, "hidden": m.hidden, "image_size": m.image_size}
-    if m.weights in ("none", "imagenet"):
-        return build_model(m.arch, len(seen), weights=m.weights, **common)
-    names = read_class_names(m.class_names)
-    missing, extra = [c for c in seen if c not in names], [c for c in names if c not in set(seen)]
-    if missing or extra:
-        raise ModelError(f"{m.class_names}: the classifier's classes do not match the dataset's seen classes: "
-                         f"{len(missing)} seen classes have no row ({missing[:10]}), {len(extra)} rows name no "
-                         f"seen class ({extra[:10]})")
-    model = build_model(m.arch, len(names), state_dict=load_state_dict_file(m.weights), source=m.weights, **common)
-    order = torch.as_tensor([names.index(c) for c in seen])
-    with torch.no_grad():
-        model.classifier.weight.copy_(model.classifier.weight[order].clone())
-        model.classifier.bias.copy_(model.classifier.bias[order].clone())
-    return model
-
-
-def _optimizer(model: NiwtNet, phase: str, lr: float, p: Params, steps: int):
-    params = model.classifier.parameters() if phase == "head" else model.parameters()
-    for prm in model.body.parameters():
-        prm.requires_grad_(phase == "full")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=p.finetune.weight_decay)
-    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.2)
 
 
 def _fingerprint(p: Params, data: Path) -> str:
@@ -85,7 +46,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
     classes, splits = read_tables(data)
     used = splits.select("train", "val", "test_seen")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
-    model = initial_model(p, classes.names[: classes.n_seen])
+    model = initial_model(p.model, classes.names[: classes.n_seen])
     model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -102,8 +63,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
     state = _load_resume(resume_path, fingerprint) if p.finetune.mode != "none" else None
     history: list[dict] = state["history"] if state else []
     best_acc, best_state = (state["best_acc"], state["best_state"]) if state else (-1.0, None)
-    for phase_idx, (phase, epochs, lr) in enumerate(_phases(p)):
-        opt, sched = _optimizer(model, phase, lr, p, epochs * len(train_loader))
+    for phase_idx, (phase, epochs, lr) in enumerate(phases(p.finetune)):
+        opt, sched = make_optimizer(model, phase, lr, p.finetune, epochs * len(train_loader))
         start = 1
         if state and state["phase_idx"] == phase_idx:
             model.load_state_dict(state["model"])

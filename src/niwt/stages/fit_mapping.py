@@ -1,8 +1,10 @@
 """``fit_mapping``: learn the linear map from class domain vectors to neuron importances, and back.
 
-Seen classes are split once (seeded) into fitting classes and ``mapping.n_val_classes`` held-out
-classes; the epoch count is chosen on the held-out ones (rank correlation by default, as the
-paper), and the map is then refit on all seen classes. The inverse map (importance -> domain
+The forward map is trained on all seen classes for the number of epochs ``validate`` chose on its
+class-disjoint validation problem. Seen classes are also split once (seeded) into fitting classes
+and ``mapping.n_val_classes`` held-out classes: the held-out trace (rank correlation, as the
+paper's rule) is recorded with what that rule would have picked, and the map fit without them
+gives the older, biased calibration that ``evaluate`` reports for comparison. The inverse map (importance -> domain
 vector, for explanations) is fit the same way on the same pairs. Both files record the importance
 layer and pooling (read from the importances) and the held-out classes, for the stages after.
 """
@@ -14,21 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from niwt.data.tables import read_classes
+from niwt.data.tables import held_out_classes, read_classes
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
+from niwt.io.choices import read_choices
 from niwt.io.parquet import ImportanceFileError, read_importances
 from niwt.mapping.linear import MappingResult, fit_inverse_map, fit_mapping
-from niwt.mapping.store import Provenance, held_out_classes, save_map
+from niwt.mapping.store import Provenance, save_map
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 HISTORY_FIELDS = ["epoch", "val_loss", "val_rank_corr"]
 
 
-def run(p: Params, rt: Runtime, data: Path, importances: Path, out: Path, inverse_out: Path,
+def run(p: Params, rt: Runtime, data: Path, importances: Path, validation: Path, out: Path, inverse_out: Path,
         history: Path) -> StageResult:
     classes = read_classes(data / "classes.parquet")
+    epochs = read_choices(validation).mapping_epochs  # None when NIWT was not validated: the held-out rule
     imp = read_importances(importances)
     labels = imp.target_id.astype(np.int64)  # the class whose logit was differentiated
     if labels.max() >= classes.n_seen:
@@ -36,7 +40,8 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, out: Path, invers
                                   f"{classes.n_seen} seen classes in {data / 'classes.parquet'}")
     val = held_out_classes(classes.n_seen, p.mapping.n_val_classes, p.base.seed)
     true = imp.class_id.astype(np.int64)  # held out by true class, whatever logit an importance is of
-    result = fit_mapping(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed, true_labels=true)
+    result = fit_mapping(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed, true_labels=true,
+                         epochs=epochs)
     inverse = fit_inverse_map(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed,
                               true_labels=true)
     provenance = Provenance(imp.meta.get("layer", ""), imp.meta.get("pooling", ""), classes.domain_kind, val)
@@ -52,7 +57,8 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, out: Path, invers
         save_map(inverse_out, inverse, provenance, attribute_names, heldout=False)
     steps = {f"{prefix}{k}": [(int(h["epoch"]), float(h[k])) for h in r.history]
              for prefix, r in (("", result), ("inverse/", inverse)) for k in ("val_loss", "val_rank_corr")}
-    return StageResult({**_selection("", result), **_selection("inverse/", inverse), "n_pairs": int(len(labels))},
+    return StageResult({**_selection("", result), **_selection("inverse/", inverse), "n_pairs": int(len(labels)),
+                        "heldout_rule_epoch": result.heldout_epoch},
                        [Path(history), png], steps=steps)
 
 

@@ -19,9 +19,10 @@ import torch
 
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
-from niwt.injection.methods import Context, Partition, build_classifier
+from niwt.injection.methods import Context, Partition, build_classifier, pool_folder_images
 from niwt.injection.registry import METHODS
 from niwt.io.atomic import atomic_path
+from niwt.io.choices import read_choices
 from niwt.mapping.store import load_map
 from niwt.models.checkpoint import check_classes, export_plain, load_checkpoint, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet
@@ -30,25 +31,30 @@ from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
-def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, out: Path) -> StageResult:
-    """Write one injected checkpoint per method, each with its calibration classifier.
+def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validation: Path, out: Path) -> StageResult:
+    """Write one injected checkpoint per method, with the hyperparameters ``validate`` chose.
 
-    The calibration classifier is the same method run on a validation partition: the mapping's
-    held-out seen classes play the unseen role (their finetuned rows are set aside and rebuilt by
-    the method from their domain vectors). ``evaluate`` picks the calibrated-stacking gamma on
-    the seen val images with it, so no test image ever informs gamma.
+    Each checkpoint also carries the older, biased calibration classifier, for comparison only:
+    the same method run on a partition in which the mapping's held-out seen classes play the
+    unseen role (but the finetuned network saw their images). ``evaluate`` reports the gamma it
+    picks beside the class-disjoint one of ``validate``.
     """
     device = resolve_device(rt.device)
     classes, splits = read_tables(data)
     if any(METHODS[m].needs_images for m in p.inject.methods):
         train = splits.select("train")
         check_images_exist(train.path, train.image_id, data / "splits.parquet")
+        if p.inject.pool not in ("train", "noise") and "niwt" in p.inject.methods:
+            pool_folder_images(p.inject.pool)
     checkpoint, mapping_path = Path(model), Path(mapping)
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
+    choices = read_choices(validation)
+    choices.require(p.inject.methods)
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
-    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device)
+    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device,
+                  hyper=choices.hyper)
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, validation = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
@@ -61,7 +67,7 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, out: Pat
             weight, bias, stats = build_classifier(ctx, method, main)
             stats["seconds"] = time.perf_counter() - start
             cal_w, cal_b, _ = build_classifier(ctx, method, validation)
-            metrics.update({f"{method}/{k}": v for k, v in stats.items()})
+            metrics.update({f"{method}/{k}": v for k, v in {**choices.hyper[method], **stats}.items()})
             new = NiwtNet(model.body, torch.nn.Linear(weight.shape[1], weight.shape[0])).cpu()
             with torch.no_grad():
                 new.classifier.weight.copy_(weight)

@@ -155,8 +155,9 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
         _check_readable_classes(raw, keep)
         names = [raw.class_names[i] for i in order]
         descriptions = [raw.descriptions[i] if raw.descriptions else "" for i in order]
+        validation = np.array([names.index(v) for v in raw.validation]) if raw.validation else None
         write_classes(tmp / "classes.parquet", ClassTable(names, len(names) - len(raw.unseen), domain,
-                                                          p.data.domain, dim_names, descriptions))
+                                                          p.data.domain, dim_names, descriptions, validation))
         ids = np.arange(len(paths), dtype=np.int64)[keep]
         n_bad = int((~keep).sum())
         dropped = f" after dropping {n_bad} unreadable images (data.bad_images: skip)" if n_bad else ""

@@ -1,0 +1,69 @@
+"""``models/validation.json``: what ``validate`` chose, read by ``fit_mapping``, ``inject`` and ``evaluate``.
+
+One JSON document: the validation classes, whether the backbone was class-disjoint, per method the
+chosen hyperparameters and calibration gamma, the forward map's epochs, and the whole grid with
+its validation numbers (for people: ``jq '.grid[] | select(.method=="niwt")'``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from niwt.params import InputError
+
+VERSION = 1
+
+
+class ChoicesError(InputError):
+    """A validation-choices file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Choices:
+    path: Path
+    classes: list[str]
+    class_disjoint: bool
+    hyper: dict[str, dict[str, float]]  # method -> {name: value}, without the calibration gamma
+    gamma: dict[str, float]  # method -> calibration gamma chosen on the validation problem
+    mapping_epochs: int | None
+
+    def require(self, methods: list[str] | tuple[str, ...]) -> None:
+        """Every method must have been validated (else: rerun validate with the same methods)."""
+        missing = [m for m in methods if m not in self.hyper]
+        if missing:
+            raise ChoicesError(f"{self.path}: no validated choice for {missing} (it has {sorted(self.hyper)}); "
+                               "rerun `dvc repro validate` with the same inject.methods")
+
+
+def write_choices(path: Path, document: dict) -> None:
+    from niwt.io.atomic import write_json
+
+    write_json(Path(path), {"version": VERSION, **document})
+
+
+def read_choices(path: Path) -> Choices:
+    """Read and check ``validate``'s output; problems are one :class:`ChoicesError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: validation choices not found; run `dvc repro validate`")
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as err:
+        raise ChoicesError(f"{path}: not valid JSON ({err}); rerun `dvc repro validate`") from err
+    if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("choices"), dict):
+        raise ChoicesError(f"{path}: not a validation-choices file of version {VERSION}; rerun `dvc repro validate`")
+    hyper, gamma = {}, {}
+    for method, choice in doc["choices"].items():
+        if not isinstance(choice, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in choice.values()):
+            raise ChoicesError(f"{path}: choices of {method!r} must map names to numbers, got {choice!r}")
+        if "calibration_gamma" not in choice:
+            raise ChoicesError(f"{path}: choices of {method!r} lack 'calibration_gamma'")
+        gamma[method] = float(choice["calibration_gamma"])
+        hyper[method] = {k: float(v) for k, v in choice.items() if k != "calibration_gamma"}
+    epochs = doc.get("mapping_epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise ChoicesError(f"{path}: 'mapping_epochs' must be a positive integer or null, got {epochs!r}")
+    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)), hyper, gamma, epochs)

@@ -1,0 +1,71 @@
+"""``finetune_validation``: the validation backbone of the class-disjoint protocol (Xian et al.).
+
+Some seen classes are set aside as validation classes (xlsa17's ``val_loc`` classes where the data
+has them with ``validate.classes: auto``, else ``validate.n_classes`` drawn by ``base.seed``), and a
+network is fine-tuned exactly as ``finetune`` trains (same ``model`` and ``finetune`` params;
+``validate.finetune_epochs`` may shorten it) on the other seen classes only, so it has never seen a
+validation class. ``validate`` rebuilds the chain on it. A separate stage so that a sweep of
+``inject`` or ``mapping`` values reruns only ``validate``, never this training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from niwt.data.images import check_images_exist, make_loader
+from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
+from niwt.models.checkpoint import save_checkpoint
+from niwt.models.finetuning import initial_model, train_best
+from niwt.models.training import resolve_device, seed_everything
+from niwt.params import Params, Runtime
+from niwt.stages import StageResult
+
+
+def validation_classes(classes: ClassTable, p: Params) -> tuple[np.ndarray, str]:
+    """(sorted seen-class ids, where they come from): the dataset's own validation classes
+    (xlsa17 ``val_loc``) with ``validate.classes: auto`` where it has them, else a seeded draw
+    (the same draw as ``fit_mapping``'s held-out classes for the same count and seed)."""
+    own = np.flatnonzero(np.isin(np.arange(classes.n_seen), classes.validation)) \
+        if classes.validation is not None else np.array([], dtype=np.int64)
+    if p.validate.classes == "auto" and 0 < len(own) < classes.n_seen:
+        return own, "dataset"
+    return held_out_classes(classes.n_seen, p.validate.n_classes, p.base.seed, "validate.n_classes"), "seeded"
+
+
+def run(p: Params, rt: Runtime, data: Path, out: Path) -> StageResult:
+    device = resolve_device(rt.device)
+    classes, splits = read_tables(data)
+    used = splits.select("train", "val")
+    check_images_exist(used.path, used.image_id, data / "splits.parquet")
+    held, source = validation_classes(classes, p)
+    fit = np.setdiff1d(np.arange(classes.n_seen), held)
+    sub, sub_splits = subproblem(classes, splits, fit, held)
+    print(f"[finetune_validation] {len(held)} validation classes ({source}): "
+          f"{[classes.names[i] for i in held]}", flush=True)
+    seed_everything(p.base.seed)
+    model = initial_model(p.model, sub.names[: sub.n_seen], allow_extra=True).to(device)
+    if p.finetune.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train, val = sub_splits.select("train"), sub_splits.select("val")
+    size, bs = p.model.image_size, p.finetune.batch_size
+    train_loader = make_loader(train.path, train.class_id, size, train=True, batch_size=bs, num_workers=rt.workers,
+                               seed=p.base.seed, pin_memory=device.type == "cuda")
+    val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=rt.workers)
+    epochs = p.validate.finetune_epochs or p.finetune.epochs
+    val_acc, history = train_best(model, p.finetune, train_loader, val_loader, device, epochs=epochs,
+                                  progress=rt.progress,
+                                  log=lambda m: print(f"[finetune_validation] {m}", flush=True))
+    # A network that saw the validation classes (finetune.mode: none keeps the user's classifier,
+    # trained on every seen class) makes the protocol as biased as the old one: say so in the file.
+    disjoint = p.finetune.mode != "none"
+    metrics = {"val_acc": val_acc, "epochs_trained": len(history), "n_classes": len(held),
+               "n_fit_classes": len(fit), "class_disjoint": int(disjoint)}
+    meta = {"arch": p.model.arch, "class_names": sub.names[: sub.n_seen], "n_seen": sub.n_seen, "image_size": size,
+            "width": p.model.width, "hidden": p.model.hidden, "metrics": metrics,
+            "validation_classes": [classes.names[i] for i in held], "validation_source": source,
+            "class_disjoint": disjoint}
+    save_checkpoint(out, model.cpu(), meta)
+    return StageResult(metrics, steps={"val_acc": [(int(h["epoch"]), float(h["val_acc"])) for h in history]})

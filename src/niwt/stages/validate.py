@@ -1,0 +1,113 @@
+"""``validate``: every hyperparameter and calibration gamma, chosen on the class-disjoint validation problem.
+
+The validation backbone (``finetune_validation``) never saw its validation classes. On it the whole
+chain is rebuilt: importances of its training images (as ``extract``), the forward map (one run,
+snapshots at each of ``mapping.candidate_epochs``), and each method's rows for the validation
+classes, for every candidate setting (the lists of ``inject``). Each setting is scored on the
+validation GZSL problem (val images of the backbone's classes, train+val images of the validation
+classes: never a test image) by H after calibrated stacking with the gamma that maximises it; the
+best setting of each method and its gamma go to ``--out`` for ``fit_mapping``, ``inject`` and
+``evaluate``, with the whole grid.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from niwt.data.images import check_images_exist, make_loader
+from niwt.data.tables import ClassTable, read_tables, subproblem
+from niwt.evaluation.gzsl import validation_numbers
+from niwt.importance.capture import loader_importances, prepare_for_extraction
+from niwt.injection.methods import Context, Partition, build_classifier, candidates, pool_folder_images
+from niwt.io.choices import write_choices
+from niwt.mapping.linear import fit_snapshots
+from niwt.mapping.store import Provenance, StoredMap
+from niwt.models.checkpoint import load_checkpoint
+from niwt.models.networks import ModelError
+from niwt.models.training import predict, resolve_device
+from niwt.params import Params, Runtime
+from niwt.stages import StageResult
+
+
+def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageResult:
+    clock = {"start": time.perf_counter()}
+    device = resolve_device(rt.device)
+    classes, splits = read_tables(data)
+    used = splits.select("train", "val")
+    check_images_exist(used.path, used.image_id, data / "splits.parquet")
+    if p.inject.pool not in ("train", "noise") and "niwt" in p.inject.methods:
+        pool_folder_images(p.inject.pool)
+    model, meta = load_checkpoint(backbone, device)
+    held, fit = _classes(meta, classes, Path(backbone))
+    sub_classes, sub_splits = subproblem(classes, splits, fit, held)
+    n_fit = len(fit)
+    layer, pooling = p.extract.layer, p.extract.pooling
+    image_size = int(meta["image_size"])
+    pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
+    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False, batch_size=p.extract.batch_size)
+    model = prepare_for_extraction(model, p.extract.channels_last)
+    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, p.extract.channels_last)
+    snapshots = fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
+                              epochs=p.mapping.candidate_epochs)
+    clock["chain"] = time.perf_counter()
+
+    problem = sub_splits.select("val", "test_unseen")  # seen: val images; unseen: the validation classes
+    feats, y = predict(model, make_loader(problem.path, problem.class_id, image_size, train=False,
+                                          batch_size=p.inject.feature_batch_size), device, features=True)
+    part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
+    shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
+    grid, choices = [], {}
+    for method in p.inject.methods:
+        rows = []
+        for setting in candidates(method, p.inject, p.mapping.candidate_epochs):
+            epochs = int(setting.get("mapping_epochs", p.mapping.candidate_epochs[0]))
+            weight, bias = snapshots[epochs]
+            stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
+            ctx = Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device,
+                          hyper={method: setting}, _cache=shared)
+            w, b, _ = build_classifier(ctx, method, part)
+            with torch.no_grad():
+                scores = (torch.as_tensor(feats) @ w.T + b).numpy()
+            rows.append({"method": method, **setting, **validation_numbers(scores, y, n_fit)})
+        best = max(rows, key=lambda r: r["cal_H"])  # max keeps the first of equals: grid order breaks ties
+        choices[method] = {k: v for k, v in best.items() if k in rows[0] and k not in _NUMBERS}
+        choices[method]["calibration_gamma"] = best["gamma"]
+        grid += rows
+        print(f"[validate] {method}: {len(rows)} settings; best {choices[method]} (validation H {best['H']:.3f}, "
+              f"calibrated H {best['cal_H']:.3f})", flush=True)
+    clock["grid"] = time.perf_counter()
+
+    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"],
+              "class_disjoint": bool(meta["class_disjoint"]), "backbone": meta["metrics"], "choices": choices,
+              "mapping_epochs": choices.get("niwt", {}).get("mapping_epochs"), "grid": grid}
+    write_choices(Path(out), result)
+    metrics = {"n_classes": len(held), "class_disjoint": int(result["class_disjoint"]), "n_settings": len(grid),
+               "seconds_chain": clock["chain"] - clock["start"],
+               "seconds_grid": clock["grid"] - clock["chain"]}
+    for method, choice in choices.items():
+        best = next(r for r in grid if r["method"] == method and all(r.get(k) == v for k, v in choice.items()
+                                                                      if k != "calibration_gamma"))
+        metrics.update({f"{method}/{k}": float(v) for k, v in choice.items()})
+        metrics.update({f"{method}/val_{k}": best[k] for k in ("H", "cal_H", "ausuc")})
+    return StageResult(metrics, [Path(out)])
+
+
+_NUMBERS = ("S", "U", "H", "ausuc", "gamma", "cal_S", "cal_U", "cal_H", "method")
+
+
+def _classes(meta: dict, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(validation class ids, the backbone's class ids) in this dataset; a backbone of another
+    dataset or version is one clear error."""
+    names = classes.names[: classes.n_seen]
+    held_names, fit_names = meta.get("validation_classes"), list(meta["class_names"])
+    if held_names is None or "class_disjoint" not in meta:
+        raise ModelError(f"{path}: not a validation backbone (no validation classes); rerun finetune_validation")
+    unknown = [n for n in [*held_names, *fit_names] if n not in names]
+    if unknown or set(held_names) & set(fit_names):
+        raise ModelError(f"{path}: its classes are not this dataset's seen classes ({unknown[:5]}); "
+                         "rerun finetune_validation")
+    return np.array([names.index(n) for n in held_names]), np.array([names.index(n) for n in fit_names])

@@ -1,0 +1,121 @@
+"""The pieces of the class-disjoint validation protocol (``validate``): the validation problem, the
+candidate grids, the choices file, and the scoring of one setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from niwt.data.tables import ClassTable, SplitTable, read_classes, subproblem, write_classes
+from niwt.evaluation.gzsl import validation_numbers
+from niwt.evaluation.metrics import gzsl_metrics
+from niwt.injection.methods import candidates
+from niwt.io.choices import ChoicesError, read_choices, write_choices
+from niwt.models.finetuning import initial_model
+from niwt.models.networks import ModelError, build_model
+from niwt.params import InjectParams, parse_params
+
+
+def _tables() -> tuple[ClassTable, SplitTable]:
+    names = ["a", "b", "c", "d", "u1", "u2"]
+    classes = ClassTable(names, 4, np.eye(6, dtype=np.float32), "attributes", [f"x{i}" for i in range(6)],
+                         [f"class {n}" for n in names])
+    cls = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5])
+    split = np.array(["train", "val", "test_seen"] * 4 + ["test_unseen"] * 2)
+    return classes, SplitTable(np.arange(14) + 100, [f"img{i}.png" for i in range(14)], cls, split)
+
+
+def test_subproblem_remaps_classes_and_holds_no_test_image() -> None:
+    classes, splits = _tables()
+    sub_c, sub_s = subproblem(classes, splits, np.array([0, 2, 3]), np.array([1]))
+    assert sub_c.names == ["a", "c", "d", "b"] and sub_c.n_seen == 3
+    assert np.array_equal(sub_c.domain, np.eye(6, dtype=np.float32)[[0, 2, 3, 1]])
+    assert sub_c.descriptions == ["class a", "class c", "class d", "class b"]
+    # no test_seen / test_unseen image of the real problem; b's train and val images are its unseen
+    assert sub_s.image_id.tolist() == [100, 101, 103, 104, 106, 107, 109, 110]
+    assert sub_s.class_id.tolist() == [0, 0, 3, 3, 1, 1, 2, 2]
+    assert sub_s.split.tolist() == ["train", "val", "test_unseen", "test_unseen", "train", "val", "train", "val"]
+    assert sub_s.path == [f"img{i - 100}.png" for i in sub_s.image_id]
+
+
+def test_grids_in_order() -> None:
+    cfg = InjectParams(lr=(0.001, 0.01), lambda_=(0.1,), ridge_alpha=(1.0, 10.0), eszsl_exponents=(-1, 2))
+    niwt = candidates("niwt", cfg, (5, 10))
+    assert niwt == [{"mapping_epochs": e, "lr": lr, "lambda": 0.1} for e in (5, 10) for lr in (0.001, 0.01)]
+    assert candidates("regression", cfg, (5,)) == [{"alpha": 1.0}, {"alpha": 10.0}]
+    assert candidates("eszsl", cfg, (5,)) == [{"alpha": 0.1, "gamma": 0.1}, {"alpha": 0.1, "gamma": 100.0},
+                                              {"alpha": 100.0, "gamma": 0.1}, {"alpha": 100.0, "gamma": 100.0}]
+    assert candidates("icis", cfg, (5,)) == [{}]
+
+
+def test_default_eszsl_grid_is_wider_than_the_old_edge() -> None:
+    """The old grid (10^-3 .. 10^3) picked gamma = 1000, its edge; the default now reaches 10^6."""
+    exps = parse_params({}).inject.eszsl_exponents
+    assert min(exps) <= -3 and max(exps) >= 6 and list(exps) == sorted(exps)
+
+
+def test_validation_numbers_pick_the_gamma_that_maximises_h() -> None:
+    # 2 seen classes, 1 unseen; the unseen score is always 1 below the best seen one
+    scores = np.array([[3.0, 0.0, 2.0], [0.0, 3.0, 2.0], [3.0, 0.0, 2.5], [0.0, 3.0, 2.5]])
+    y = np.array([0, 1, 2, 2])
+    out = validation_numbers(scores, y, 2)
+    assert out["H"] == 0.0 and out["U"] == 0.0 and out["S"] == 1.0
+    assert 0.5 < out["gamma"] < 1.0 and out["cal_H"] == 1.0  # between the two flips: all right
+    again = gzsl_metrics(scores, y, np.array([True, True, False]), y >= 2, gamma=out["gamma"])
+    assert again["H"] == out["cal_H"]
+
+
+def test_choices_round_trip_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "validation.json"
+    write_choices(path, {"classes": ["b"], "class_disjoint": True, "mapping_epochs": 10,
+                         "choices": {"niwt": {"mapping_epochs": 10, "lr": 0.01, "lambda": 0.001,
+                                              "calibration_gamma": -0.5},
+                                     "icis": {"calibration_gamma": 2.0}}, "grid": []})
+    c = read_choices(path)
+    assert c.hyper == {"niwt": {"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.001}, "icis": {}}
+    assert c.gamma == {"niwt": -0.5, "icis": 2.0} and c.mapping_epochs == 10 and c.class_disjoint
+    c.require(["niwt", "icis"])
+    with pytest.raises(ChoicesError, match=r"validation\.json: no validated choice for \['eszsl'\]"):
+        c.require(["niwt", "eszsl"])
+    for doc, pattern in (("{", "not valid JSON"), ('{"version": 0, "choices": {}}', "version 1"),
+                         ('{"version": 1, "choices": {"niwt": {"lr": "x", "calibration_gamma": 0}}}',
+                          "must map names to numbers"),
+                         ('{"version": 1, "choices": {"niwt": {"lr": 1}}}', "lack 'calibration_gamma'"),
+                         ('{"version": 1, "choices": {}, "mapping_epochs": 0}', "positive integer")):
+        path.write_text(doc)
+        with pytest.raises(ChoicesError, match=pattern):
+            read_choices(path)
+    with pytest.raises(FileNotFoundError, match="dvc repro validate"):
+        read_choices(tmp_path / "missing.json")
+
+
+def test_class_table_carries_the_dataset_validation_classes(tmp_path: Path) -> None:
+    classes, _ = _tables()
+    write_classes(tmp_path / "plain.parquet", classes)
+    assert read_classes(tmp_path / "plain.parquet").validation is None
+    marked = ClassTable(*[getattr(classes, f) for f in ("names", "n_seen", "domain", "domain_kind",
+                                                           "attribute_names", "descriptions")], np.array([1, 3]))
+    write_classes(tmp_path / "marked.parquet", marked)
+    assert read_classes(tmp_path / "marked.parquet").validation.tolist() == [1, 3]
+    bad = ClassTable(*[getattr(classes, f) for f in ("names", "n_seen", "domain", "domain_kind",
+                                                        "attribute_names", "descriptions")], np.array([4]))
+    write_classes(tmp_path / "bad.parquet", bad)
+    with pytest.raises(ValueError, match=r"bad\.parquet: column 'validation' marks unseen classes \['u1'\]"):
+        read_classes(tmp_path / "bad.parquet")
+
+
+def test_validation_backbone_keeps_only_its_rows_of_a_given_classifier(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = build_model("smallcnn", 4, width=4, hidden=8, image_size=16)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "names.txt").write_text("a\nb\nc\nd\n")
+    m = parse_params({"model": {"weights": str(tmp_path / "w.pt"), "class_names": str(tmp_path / "names.txt"),
+                                "width": 4, "hidden": 8, "image_size": 16}}).model
+    sub = initial_model(m, ["d", "b"], allow_extra=True)
+    assert torch.equal(sub.classifier.weight, net.classifier.weight[[3, 1]])
+    assert torch.equal(sub.classifier.bias, net.classifier.bias[[3, 1]])
+    with pytest.raises(ModelError, match="2 rows name no seen class"):
+        initial_model(m, ["d", "b"])
