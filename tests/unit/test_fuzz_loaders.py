@@ -325,7 +325,7 @@ def test_fuzz_parse_params(doc) -> None:
         return
     # accepted: typed as declared
     assert isinstance(p.base.seed, int) and isinstance(p.finetune.epochs, int) and p.finetune.epochs > 0
-    assert isinstance(p.inject.methods, tuple) and isinstance(p.inject.lr, float)
+    assert isinstance(p.inject.methods, tuple) and p.inject.lr and all(isinstance(v, float) for v in p.inject.lr)
 
 
 @FUZZ

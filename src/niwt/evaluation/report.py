@@ -30,3 +30,21 @@ def comparison_markdown(metrics: dict[str, dict[str, float]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(metrics: dict[str, dict[str, float]]) -> str:
+    """The two calibration rules side by side, per method: gamma and test S, U, H with the gamma
+    ``validate`` chose on classes its backbone never saw, and with the older gamma chosen on seen
+    classes held out from the map only (the finetuned network was trained on them)."""
+    from niwt.injection.registry import METHODS, ordered
+
+    lines = ["| method | γ class-disjoint | cal S | cal U | cal H | γ held-out seen | S | U | H |",
+             "|---" * 9 + "|"]
+    for method in ordered(list(metrics)):
+        m = metrics[method]
+        if "heldout_gamma" not in m:
+            continue
+        cells = [f"{m['gamma']:.3g}", *(f"{100 * m[k]:.1f}" for k in ("cal_S", "cal_U", "cal_H")),
+                 f"{m['heldout_gamma']:.3g}", *(f"{100 * m[k]:.1f}" for k in ("heldout_S", "heldout_U", "heldout_H"))]
+        lines.append(f"| {METHODS[method].label if method in METHODS else method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

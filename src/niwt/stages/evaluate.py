@@ -22,7 +22,7 @@ from niwt.evaluation import tables
 from niwt.evaluation.gzsl import calibrated, calibration_gamma, load_methods, method_metrics, score_methods
 from niwt.evaluation.metrics import per_class_accuracy
 from niwt.evaluation.plots import draw_confusion, draw_seen_unseen_curves, draw_unseen_bars
-from niwt.evaluation.report import comparison_markdown
+from niwt.evaluation.report import calibration_markdown, comparison_markdown
 from niwt.evaluation.tables import (
     write_curves_csv,
     write_per_class_csv,
@@ -47,9 +47,9 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     used = splits.select("test_seen", "test_unseen", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
     checkpoints = method_checkpoints(injected)
+    loaded = load_methods(checkpoints, classes.names)
     choices = read_choices(validation)
     choices.require([c.stem for c in checkpoints])
-    loaded = load_methods(checkpoints, classes.names)
     base, meta = loaded[checkpoints[0].stem]
     base = base.to(device)
     size, bs = meta["image_size"], p.evaluate.batch_size
@@ -84,8 +84,10 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
                    draw_confusion(staged / "confusion_niwt.png", scores[shown], y, names, n_seen, shown)]
         table = staged / "comparison.md"
         table.write_text("GZSL comparison (%); cal_* use calibrated stacking with the gamma chosen by validate on "
-                         "classes its validation backbone never saw.\n\n"
-                         + comparison_markdown(metrics))
+                         "classes its validation backbone never saw.\n\n" + comparison_markdown(metrics)
+                         + "\nCalibration rules on the test split (%): the class-disjoint gamma of validate, and the "
+                         "older gamma chosen on seen classes the finetuned network was trained on.\n\n"
+                         + calibration_markdown(metrics))
         written.append(table)
         relative = [w.relative_to(staged) for w in written]
     with atomic_path(headline) as staged:  # the declared DVC metrics: one small file per method

@@ -60,7 +60,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageR
                                           batch_size=p.inject.feature_batch_size), device, features=True)
     part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
     shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
-    grid, choices = [], {}
+    grid, choices, summary = [], {}, {}
     for method in p.inject.methods:
         rows = []
         for setting in candidates(method, p.inject, p.mapping.candidate_epochs):
@@ -72,10 +72,12 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageR
             w, b, _ = build_classifier(ctx, method, part)
             with torch.no_grad():
                 scores = (torch.as_tensor(feats) @ w.T + b).numpy()
-            rows.append({"method": method, **setting, **validation_numbers(scores, y, n_fit)})
+            numbers = validation_numbers(scores, y, n_fit)
+            numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
+            rows.append({"method": method, "setting": setting, **numbers})
         best = max(rows, key=lambda r: r["cal_H"])  # max keeps the first of equals: grid order breaks ties
-        choices[method] = {k: v for k, v in best.items() if k in rows[0] and k not in _NUMBERS}
-        choices[method]["calibration_gamma"] = best["gamma"]
+        choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
+        summary[method] = best
         grid += rows
         print(f"[validate] {method}: {len(rows)} settings; best {choices[method]} (validation H {best['H']:.3f}, "
               f"calibrated H {best['cal_H']:.3f})", flush=True)
@@ -89,14 +91,9 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageR
                "seconds_chain": clock["chain"] - clock["start"],
                "seconds_grid": clock["grid"] - clock["chain"]}
     for method, choice in choices.items():
-        best = next(r for r in grid if r["method"] == method and all(r.get(k) == v for k, v in choice.items()
-                                                                      if k != "calibration_gamma"))
         metrics.update({f"{method}/{k}": float(v) for k, v in choice.items()})
-        metrics.update({f"{method}/val_{k}": best[k] for k in ("H", "cal_H", "ausuc")})
+        metrics.update({f"{method}/val_{k}": summary[method][k] for k in ("H", "cal_H", "ausuc")})
     return StageResult(metrics, [Path(out)])
-
-
-_NUMBERS = ("S", "U", "H", "ausuc", "gamma", "cal_S", "cal_U", "cal_H", "method")
 
 
 def _classes(meta: dict, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
