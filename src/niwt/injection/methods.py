@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from niwt.data.images import make_loader
+from niwt.data.images import ImageSource, make_loader
 from niwt.data.tables import ClassTable, SplitTable
 from niwt.injection.niwt import inject, resolve_solver
 from niwt.injection.registry import METHODS
@@ -58,6 +58,7 @@ class Context:
     mapping: StoredMap
     image_size: int
     device: torch.device
+    images: ImageSource | None = None  # the decoded-image cache; None: decode the image files
     _cache: dict = field(default_factory=dict)
 
     def seen_rows(self, seen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,13 +79,13 @@ class Context:
         def compute() -> tuple[np.ndarray, np.ndarray]:
             train = self.splits.select("train")
             loader = make_loader(train.path, train.class_id, self.image_size, train=False,
-                                 batch_size=self.cfg.feature_batch_size)
+                                 batch_size=self.cfg.feature_batch_size, cache=self.images)
             return predict(self.model.to(self.device), loader, self.device, features=True)
         return self.cached("train_features", compute)
 
 
 def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, splits: SplitTable, image_size: int,
-                     device: torch.device) -> torch.Tensor:
+                     device: torch.device, images: ImageSource | None = None) -> torch.Tensor:
     """Layer activations of the image pool, computed once (the trunk is never rerun).
 
     ``train``: ``inject.pool_size`` seen training images (seeded); ``noise``: Gaussian images,
@@ -98,7 +99,7 @@ def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, split
         train = splits.select("train")
         pick = torch.randperm(len(train), generator=gen)[:n].sort().values.numpy()
         loader = make_loader([train.path[i] for i in pick], train.class_id[pick], image_size, train=False,
-                             batch_size=cfg.feature_batch_size)
+                             batch_size=cfg.feature_batch_size, cache=images)
         batches = (images for images, _, _ in loader)
     trunk.eval()
     with torch.inference_mode():
@@ -111,7 +112,8 @@ def niwt_rows(ctx: Context, part: Partition) -> Rows:
 
     def pool() -> tuple[torch.Tensor, torch.nn.Module, tuple]:
         trunk, head = split_at(ctx.model, layer)
-        acts = pool_activations(trunk.to(ctx.device), ctx.cfg, ctx.seed, ctx.splits, ctx.image_size, ctx.device)
+        acts = pool_activations(trunk.to(ctx.device), ctx.cfg, ctx.seed, ctx.splits, ctx.image_size, ctx.device,
+                                ctx.images)
         head = head.cpu().eval()
         return acts, head, resolve_solver(head, acts, pooling, ctx.cfg.solver)  # one Jacobian for both runs
 

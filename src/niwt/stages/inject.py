@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
 from niwt.injection.methods import Context, Partition, build_classifier
@@ -30,7 +31,8 @@ from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
-def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, out: Path) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, out: Path,
+        cache: Path | None = None) -> StageResult:
     """Write one injected checkpoint per method, each with its calibration classifier.
 
     The calibration classifier is the same method run on a validation partition: the mapping's
@@ -48,7 +50,8 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, out: Pat
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
-    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device)
+    images = open_cache(cache, data / "splits.parquet", meta["image_size"])
+    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device, images)
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, validation = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
