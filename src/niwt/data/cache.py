@@ -268,19 +268,24 @@ class CachedImages(Dataset):
     """``ImageTable`` on the cache: the same (image tensor, label, index) items, fetched a batch at a
     time (``__getitems__``; the loader's collate function passes the batch through).
 
-    Training runs the loader's own transforms on each cached image (as a PIL image: the same
-    random draws, in the same order, as reading the files). Evaluation (resize, centre crop,
-    ``ToTensor``, ``Normalize``; the resize is the identity on a cached image) runs on the whole
-    batch at once with the same elementwise float operations, so its tensors are identical too.
+    The loader's own PIL transforms before ``ToTensor`` (training: random crop and flip, with the
+    same random draws in the same order as reading the files; evaluation: a resize that is the
+    identity on a cached image, and the centre crop, done as array slicing) run per image; then
+    ``ToTensor`` and ``Normalize`` run on the whole uint8 batch at once, with the same elementwise
+    float operations, so the tensors are identical to the file path's.
     """
 
     def __init__(self, cache: ImageCache, rows: np.ndarray, labels: np.ndarray, transform: T.Compose,
                  image_size: int, train: bool) -> None:
         self.cache, self.rows, self.transform, self.image_size, self.train = cache, rows, transform, image_size, train
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        norm = next(t for t in transform.transforms if isinstance(t, T.Normalize))
-        self.mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
+        steps = list(transform.transforms)
+        cut = next(i for i, t in enumerate(steps) if isinstance(t, T.ToTensor))
+        if not (len(steps) == cut + 2 and isinstance(steps[cut + 1], T.Normalize)):
+            raise ValueError(f"expected the transforms to end with ToTensor, Normalize, got {steps}")
+        self.geometric = T.Compose(steps[:cut])
+        self.mean = torch.as_tensor(steps[cut + 1].mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(steps[cut + 1].std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -288,14 +293,18 @@ class CachedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.transform(Image.fromarray(self.cache.image(self.rows[i]))), self.labels[i], i
 
+    def _pixels(self, indices: list[int]) -> np.ndarray:
+        """``(B, s, s, 3)`` uint8: each image after the transforms before ``ToTensor``."""
+        if self.train:
+            return np.stack([np.asarray(self.geometric(Image.fromarray(self.cache.image(self.rows[i]))))
+                             for i in indices])
+        raw = np.stack([self.cache.image(self.rows[i]) for i in indices])
+        side, s = raw.shape[1], self.image_size
+        top = int(round((side - s) / 2.0))  # torchvision's CenterCrop (the resize is the identity here)
+        return raw[:, top:top + s, top:top + s]
+
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        if self.train:
-            images = torch.stack([self[i][0] for i in indices])
-        else:
-            raw = np.stack([self.cache.image(self.rows[i]) for i in indices])
-            side, s = raw.shape[1], self.image_size
-            top = int(round((side - s) / 2.0))  # torchvision's CenterCrop
-            batch = torch.from_numpy(raw[:, top:top + s, top:top + s]).permute(0, 3, 1, 2).contiguous()
-            images = batch.to(torch.float32).div(255).sub_(self.mean).div_(self.std)
+        batch = torch.from_numpy(self._pixels(indices)).permute(0, 3, 1, 2).contiguous()
+        images = batch.to(torch.float32).div(255).sub_(self.mean).div_(self.std)  # ToTensor, Normalize
         return images, self.labels[idx], idx
