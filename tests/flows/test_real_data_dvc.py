@@ -39,7 +39,7 @@ CUB_SMALL = {
 
 
 def _ran(stdout: str) -> list[str]:
-    stages = ["fingerprint", "prepare", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain"]
+    stages = ["fingerprint", "prepare", "cache", "finetune", "extract", "fit_mapping", "inject", "evaluate", "explain"]
     return [s for s in stages if f"Running stage '{s}'" in stdout]
 
 
