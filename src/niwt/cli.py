@@ -24,20 +24,24 @@ from niwt.io.project import project_root
 from niwt.params import InputError, Params, declared_view, load_params, load_runtime, section_dict
 from niwt.stages import STAGES
 
+# The decoded-image cache (the cache stage's output), for every stage that reads images; without it
+# they decode the image files.
+CACHE = ("--cache", False, None, "decoded-image cache from the cache stage (default: decode the image files)")
 # The stage's paths: (flag, required, default, help). Every path a stage reads or writes is a flag,
 # so dvc.yaml's cmd, deps and outs name the same files side by side; each flag's name is the
 # keyword argument of the stage's ``run``.
 PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
     "fingerprint": [("--out", True, None, "fingerprint JSON of the raw dataset (a dep of prepare)")],
     "prepare": [("--out", True, None, "prepared data directory")],
+    "cache": [("--data", True, None, "prepared data"), ("--out", True, None, "decoded-image cache directory")],
     "finetune": [("--data", True, None, "prepared data"), ("--out", True, None, "finetuned checkpoint"),
-                 ("--history", True, None, "per-epoch CSV (a DVC plot)")],
+                 ("--history", True, None, "per-epoch CSV (a DVC plot)"), CACHE],
     "finetune_validation": [("--data", True, None, "prepared data"),
-                            ("--out", True, None, "the validation backbone checkpoint")],
+                            ("--out", True, None, "the validation backbone checkpoint"), CACHE],
     "validate": [("--data", True, None, "prepared data"), ("--backbone", True, None, "the validation backbone"),
-                 ("--out", True, None, "the choices (JSON) that fit_mapping, inject and evaluate read")],
+                 ("--out", True, None, "the choices (JSON) that fit_mapping, inject and evaluate read"), CACHE],
     "extract": [("--data", True, None, "prepared data"), ("--model", True, None, "finetuned checkpoint"),
-                ("--out", True, None, "importance dataset directory")],
+                ("--out", True, None, "importance dataset directory"), CACHE],
     "fit_mapping": [("--data", True, None, "prepared data"), ("--importances", True, None, "importance dataset"),
                     ("--validation", True, None, "validate's choices (the forward map's epochs)"),
                     ("--out", True, None, "the map domain vector -> importance"),
@@ -46,18 +50,19 @@ PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
     "inject": [("--data", True, None, "prepared data"), ("--model", True, None, "finetuned checkpoint"),
                ("--mapping", True, None, "the map from fit_mapping"),
                ("--validation", True, None, "validate's choices (each method's hyperparameters)"),
-               ("--out", True, None, "directory of injected checkpoints")],
+               ("--out", True, None, "directory of injected checkpoints"), CACHE],
     "evaluate": [("--data", True, None, "prepared data"), ("--injected", True, None, "injected checkpoints"),
                  ("--validation", True, None, "validate's choices (each method's calibration gamma)"),
                  ("--plots", True, None, "plot directory"),
-                 ("--headline", True, None, "directory of the headline metrics, one JSON per method (DVC metrics)")],
+                 ("--headline", True, None, "directory of the headline metrics, one JSON per method (DVC metrics)"),
+                 CACHE],
     "explain": [("--data", True, None, "prepared data"), ("--injected", True, None, "injected checkpoints"),
                 ("--importances", True, None, "importance dataset"),
                 ("--inverse-map", True, None, "the inverse map from fit_mapping"),
                 ("--out", True, None, "report directory"),
                 ("--comparison", False, "stats/evaluate.json", "evaluate's numbers, for the report"),
                 ("--evaluation", False, "plots/evaluate", "evaluate's plots and per-class accuracies, for the report"),
-                ("--pipeline-params", False, "params.yaml", "the params file, for the report's provenance")],
+                ("--pipeline-params", False, "params.yaml", "the params file, for the report's provenance"), CACHE],
 }
 
 
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--stats", "--metrics", dest="stats", type=Path,
                         help="write every number of the stage here (JSON; also logged to MLflow)")
         for flag, required, default, help_ in PATHS[stage.name]:
-            suffix = "" if required else " (default: %(default)s)"
+            suffix = "" if required or default is None else " (default: %(default)s)"
             sp.add_argument(flag, type=Path, required=required, default=None if default is None else Path(default),
                             help=help_ + suffix)
         _add_runtime(sp)

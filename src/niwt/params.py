@@ -55,6 +55,11 @@ class DataParams:
 
 
 @dataclass(frozen=True)
+class CacheParams:
+    enabled: bool = True  # decoded-image cache (the cache stage); false: stages decode the image files
+
+
+@dataclass(frozen=True)
 class ModelParams:
     """The network that ``finetune`` builds and trains (the importance layer belongs to ``extract``)."""
 
@@ -159,6 +164,7 @@ class TrackingParams:
 class Params:
     base: BaseParams = field(default_factory=BaseParams)
     data: DataParams = field(default_factory=DataParams)
+    cache: CacheParams = field(default_factory=CacheParams)
     model: ModelParams = field(default_factory=ModelParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     extract: ExtractParams = field(default_factory=ExtractParams)

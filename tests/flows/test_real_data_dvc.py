@@ -40,8 +40,8 @@ CUB_SMALL = {
 
 
 def _ran(stdout: str) -> list[str]:
-    stages = ["fingerprint", "prepare", "finetune", "finetune_validation", "validate", "extract", "fit_mapping",
-              "inject", "evaluate", "explain"]
+    stages = ["fingerprint", "prepare", "cache", "finetune", "finetune_validation", "validate", "extract",
+              "fit_mapping", "inject", "evaluate", "explain"]
     return [s for s in stages if f"Running stage '{s}'" in stdout]
 
 

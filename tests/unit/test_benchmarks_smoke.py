@@ -22,6 +22,7 @@ EXPECTED = {
     "bench_memory.py": ["peak_rss_large_vs_small", "time_large_vs_small", "cpu_time_per_image_large_vs_small"],
     "bench_inject_scaling.py": ["time_per_iter_largest_vs_smallest_U", "time_per_iter_largest_vs_smallest_P",
                                 "dense_bf16_bytes_ratio", "dense_bf16_relative_dW"],
+    "bench_cache.py": ["read_speedup_cache_vs_jpeg", "loader_share_cache"],
 }
 RATIO = re.compile(r"^RATIO (\S+)(?: \([^)]*\))? = [-+0-9.e]+x?(?: \(target .*\))?$", re.M)
 

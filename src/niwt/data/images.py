@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,6 +17,14 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from niwt.data.raw import DatasetError
+
+
+class ImageSource(Protocol):
+    """Where a loader's images come from instead of their files (the decoded-image cache,
+    :class:`niwt.data.cache.ImageCache`)."""
+
+    def dataset(self, paths: Sequence[str], labels: np.ndarray, transform: T.Compose, image_size: int,
+                train: bool) -> Dataset: ...
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,23 +80,50 @@ class ImageTable(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        try:
-            with _bombs_are_errors(), Image.open(self.paths[i]) as img:
-                image = img.convert("RGB")
-        except _BOMB_ERRORS as err:
-            raise DatasetError(f"{self.paths[i]}: cannot read image ({_bomb_reason(err)}); it changed after "
-                               "prepare, which decodes every image: restore it, or rerun prepare "
-                               "(data.bad_images: skip drops unreadable images)") from err
-        return self.transform(image), self.labels[i], i
+        return self.transform(read_rgb(self.paths[i])), self.labels[i], i
+
+
+def read_rgb(path: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode one image as RGB; ``draft``: let JPEG decode at a reduced size no smaller than this
+    (libjpeg's DCT scaling, PIL's ``draft``; other formats ignore it). An unreadable image is a
+    :class:`DatasetError` naming the file."""
+    try:
+        with _bombs_are_errors(), Image.open(path) as img:
+            if draft is not None:
+                img.draft("RGB", draft)
+            return img.convert("RGB")
+    except _BOMB_ERRORS as err:
+        raise DatasetError(f"{path}: cannot read image ({_bomb_reason(err)}); it changed after "
+                           "prepare, which decodes every image: restore it, or rerun prepare "
+                           "(data.bad_images: skip drops unreadable images)") from err
 
 
 def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, train: bool,
-                batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A deterministic DataLoader (seeded shuffling; no shuffling for evaluation)."""
+                batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool | None = None,
+                cache: ImageSource | None = None) -> DataLoader:
+    """A deterministic DataLoader (seeded shuffling; no shuffling for evaluation).
+
+    With ``cache`` (:func:`niwt.data.cache.open_cache`) the images come from the decoded-image cache
+    instead of their files, with the same transforms (the same tensors below 128 px). Pinned memory
+    when CUDA is there (``pin_memory`` None), and with worker processes, persistent workers that
+    each prefetch 4 batches.
+    """
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ImageTable(paths, labels, make_transform(image_size, train)), batch_size=batch_size,
-                      shuffle=train, generator=gen, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+    transform = make_transform(image_size, train)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    extra = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
+    if cache is None:
+        dataset, collate = ImageTable(paths, labels, transform), None
+    else:
+        dataset, collate = cache.dataset(paths, labels, transform, image_size, train), batched
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=gen, num_workers=num_workers,
+                      pin_memory=pin_memory, collate_fn=collate, **extra)
+
+
+def batched(batch):
+    """The collate function of datasets whose ``__getitems__`` returns a whole batch already."""
+    return batch
 
 
 def find_bad_images(paths: Sequence[str], progress: bool = True) -> list[tuple[str, str]]:

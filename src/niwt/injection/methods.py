@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from niwt.data.images import make_loader
+from niwt.data.images import ImageSource, make_loader
 from niwt.data.tables import ClassTable, SplitTable
 from niwt.injection.niwt import inject, resolve_solver
 from niwt.injection.registry import METHODS
@@ -62,6 +62,7 @@ class Context:
     mapping: StoredMap
     image_size: int
     device: torch.device
+    images: ImageSource | None = None  # the decoded-image cache; None: decode the image files
     hyper: dict[str, dict[str, float]] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
 
@@ -90,7 +91,7 @@ class Context:
         def compute() -> tuple[np.ndarray, np.ndarray]:
             train = self.splits.select("train")
             loader = make_loader(train.path, train.class_id, self.image_size, train=False,
-                                 batch_size=self.cfg.feature_batch_size)
+                                 batch_size=self.cfg.feature_batch_size, cache=self.images)
             return predict(self.model.to(self.device), loader, self.device, features=True)
         return self.cached("train_features", compute)
 
@@ -113,7 +114,7 @@ def pool_folder_images(pool: str) -> list[str]:
 
 
 def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, splits: SplitTable, image_size: int,
-                     device: torch.device) -> torch.Tensor:
+                     device: torch.device, images: ImageSource | None = None) -> torch.Tensor:
     """Layer activations of the image pool, computed once (the trunk is never rerun).
 
     ``train``: ``inject.pool_size`` seen training images (seeded); ``noise``: Gaussian images,
@@ -128,12 +129,12 @@ def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, split
         if cfg.pool == "train":
             train = splits.select("train")
             paths, labels = train.path, train.class_id
-        else:
-            paths = pool_folder_images(cfg.pool)
+        else:  # not images of the split table: never in the cache
+            paths, images = pool_folder_images(cfg.pool), None
             labels = np.zeros(len(paths), dtype=np.int64)
         pick = torch.randperm(len(paths), generator=gen)[:n].sort().values.numpy()
         loader = make_loader([paths[i] for i in pick], labels[pick], image_size, train=False,
-                             batch_size=cfg.feature_batch_size)
+                             batch_size=cfg.feature_batch_size, cache=images)
         batches = (images for images, _, _ in loader)
     trunk.eval()
     with torch.inference_mode():
@@ -146,7 +147,8 @@ def niwt_rows(ctx: Context, part: Partition) -> Rows:
 
     def pool() -> tuple[torch.Tensor, torch.nn.Module, tuple]:
         trunk, head = split_at(ctx.model, layer)
-        acts = pool_activations(trunk.to(ctx.device), ctx.cfg, ctx.seed, ctx.splits, ctx.image_size, ctx.device)
+        acts = pool_activations(trunk.to(ctx.device), ctx.cfg, ctx.seed, ctx.splits, ctx.image_size, ctx.device,
+                                ctx.images)
         head = head.cpu().eval()
         return acts, head, resolve_solver(head, acts, pooling, ctx.cfg.solver)  # one Jacobian for both runs
 

@@ -30,6 +30,8 @@ STAGES: tuple[Stage, ...] = (
           "fingerprint the raw dataset (file list, sizes, mtimes) so that editing it reruns prepare",
           tracked=False),
     Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),
+    Stage("cache", ("model.image_size", "cache"),
+          "decode every image once into memory-mapped uint8 arrays that the later stages read"),
     Stage("finetune", ("base.seed", "model", "finetune"), "train the classifier on seen classes"),
     # The class-disjoint validation protocol replays the chain: finetune_validation trains as finetune
     # does (its params) without the validation classes; validate rebuilds extract .. inject on that

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation import tables
@@ -38,7 +39,7 @@ from niwt.stages import StageResult
 
 
 def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, plots: Path,
-        headline: Path) -> StageResult:
+        headline: Path, cache: Path | None = None) -> StageResult:
     """GZSL numbers of every method: all of them in the stage's stats (``--stats``), the headline
     (:func:`niwt.evaluation.tables.headline`) as one DVC metrics file per method in ``headline``."""
     device = resolve_device(rt.device)
@@ -53,9 +54,10 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     base, meta = loaded[checkpoints[0].stem]
     base = base.to(device)
     size, bs = meta["image_size"], p.evaluate.batch_size
+    images = open_cache(cache, data / "splits.parquet", size)
 
     def features(table, desc: str) -> tuple[np.ndarray, np.ndarray]:
-        loader = make_loader(table.path, table.class_id, size, train=False, batch_size=bs)
+        loader = make_loader(table.path, table.class_id, size, train=False, batch_size=bs, cache=images)
         return predict(base, loader, device, features=True, progress=rt.progress, desc=desc)
 
     feats, y = features(test, "test features")

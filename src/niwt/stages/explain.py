@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from niwt.data.cache import open_cache
 from niwt.data.images import make_loader
 from niwt.data.tables import ClassTable, read_classes, read_splits
 from niwt.evaluation.report import comparison_rows
@@ -64,7 +65,7 @@ def slug(name: str) -> str:
 
 def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, inverse_map: Path, out: Path,
         comparison: Path | None = None, evaluation: Path | None = None,
-        pipeline_params: Path | None = None) -> StageResult:
+        pipeline_params: Path | None = None, cache: Path | None = None) -> StageResult:
     """Explain the injected NIWT model; ``comparison``/``evaluation``: evaluate's numbers and plot
     directory, ``pipeline_params``: the params file, shown in the report's provenance."""
     device = resolve_device(rt.device)
@@ -78,6 +79,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
     if len(meta["class_names"]) != len(classes.names) or "layer" not in meta:
         raise ValueError(f"{checkpoint}: {len(meta['class_names'])} outputs, {len(classes.names)} classes in "
                          f"{data}; explain needs an injected (seen + unseen) checkpoint")
+    images = open_cache(cache, data / "splits.parquet", meta["image_size"])
     imp = read_importances(importances)
     inverse = load_map(inverse_map, "inverse map", heldout=False)
     check_same_importance(imp.meta, importances, meta, checkpoint)
@@ -99,7 +101,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
 
     test = splits.select("test_unseen")
     explained, agreement = _explain_unseen(model, meta, classes, test, inverse.weight, inverse.bias,
-                                           e.batch_size, device, e.top_attributes, rt.progress)
+                                           e.batch_size, device, e.top_attributes, rt.progress, images)
     sample = _sample(test, classes, e.images_per_class, p.base.seed)
 
     out = Path(out)
@@ -138,7 +140,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
 
 def _explain_unseen(model, meta: dict, classes: ClassTable, test, weight: torch.Tensor, bias: torch.Tensor,
                     batch_size: int, device: torch.device, top_k: int,
-                    progress: bool) -> tuple[list[Explained], dict[str, np.ndarray]]:
+                    progress: bool, images=None) -> tuple[list[Explained], dict[str, np.ndarray]]:
     """Grad-CAM of the predicted class and textual explanation of every unseen-test image."""
     from tqdm.auto import tqdm
 
@@ -148,7 +150,8 @@ def _explain_unseen(model, meta: dict, classes: ClassTable, test, weight: torch.
     attr = classes.attribute_names or [f"dim_{i}" for i in range(dom.shape[1])]
     explained: list[Explained] = []
     cosine, overlap, correct = [], [], []
-    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size)
+    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size,
+                         cache=images)
     for images, y, _ in tqdm(loader, desc="explain", unit="batch", disable=not progress, leave=False):
         cam = gradcam(model, meta["layer"], images.to(device))
         probs = torch.softmax(cam.logits, 1)

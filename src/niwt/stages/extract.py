@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.importance.capture import LayerCapture, loader_importances, prepare_for_extraction
@@ -58,6 +59,8 @@ class ShardJob:
     device: str
     channels_last: bool
     meta: tuple[tuple[str, str], ...]
+    cache: str = ""  # the decoded-image cache ("": decode the image files) and the split table it was built from
+    splits_file: str = ""
 
 
 @functools.lru_cache(maxsize=2)
@@ -69,14 +72,28 @@ def _cached_model(checkpoint: str, device: str, channels_last: bool, identity: t
     return prepare_for_extraction(model, channels_last), meta
 
 
+@functools.lru_cache(maxsize=2)
+def _opened_cache(cache: str, splits_file: str, image_size: int, stamp: int):
+    """The decoded-image cache, opened (and checked) once per worker process; ``stamp`` (the
+    index's modification time) keys a rebuilt cache at the same path apart."""
+    return open_cache(Path(cache), Path(splits_file), image_size)
+
+
+def _cached_images(cache: str, splits_file: str, image_size: int):
+    if not cache:
+        return None
+    return _opened_cache(cache, splits_file, image_size, (Path(cache) / "index.json").stat().st_mtime_ns)
+
+
 def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> str:
     """Compute and atomically write one shard; returns its file name. Idempotent."""
     target = Path(job.partial_dir) / shard_name(job.index)
     if target.is_file():
         return target.name
     model, meta = _cached_model(job.checkpoint, job.device, job.channels_last, job.meta)
+    cached = _cached_images(job.cache, job.splits_file, meta["image_size"])
     loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
-                         batch_size=job.batch_size)
+                         batch_size=job.batch_size, cache=cached)
     values, targets = loader_importances(model, loader, job.layer, job.pooling, job.target, job.channels_last,
                                          progress)
     schema = importance_schema(values.shape[1], dict(job.meta))
@@ -95,13 +112,15 @@ def fingerprint(checkpoint: Path, p: Params) -> str:
     return digest.hexdigest()
 
 
-def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path) -> tuple[list[ShardJob], Path]:
+def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
+         cache: Path | None = None) -> tuple[list[ShardJob], Path]:
     """Validate inputs and cut the work into shards; prepares ``<out>.partial``."""
     classes, splits = read_tables(data)
     splits = splits.select("train", "val")
     check_images_exist(splits.path, splits.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
+    images = open_cache(cache, data / "splits.parquet", meta["image_size"])  # a mismatch fails before any work
     LayerCapture(model, p.extract.layer)  # unknown layer: fail before any work, listing valid ones
     verdict = check_layer(model, p.extract.layer, meta["image_size"], p.extract.pooling, p.extract.allow_degenerate)
     if verdict.degenerate:
@@ -125,7 +144,9 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path) -> tup
                              tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
                              tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial),
                              p.extract.layer, p.extract.pooling, p.extract.target, p.extract.batch_size,
-                             rt.device, p.extract.channels_last, file_meta))
+                             rt.device, p.extract.channels_last, file_meta,
+                             str(Path(cache).absolute()) if images is not None else "",
+                             str((data / "splits.parquet").absolute())))
     return jobs, partial
 
 
@@ -188,10 +209,10 @@ def dask_executor(address: str = "", workers: int = 2) -> Iterator[concurrent.fu
 
 
 def run(p: Params, rt: Runtime, data: Path, model: Path, out: Path,
-        runner: Callable[[list[ShardJob]], int] | None = None) -> StageResult:
+        runner: Callable[[list[ShardJob]], int] | None = None, cache: Path | None = None) -> StageResult:
     """Plan, compute missing shards (with ``runner``; default: ``rt.runner``), and finish."""
     torch.manual_seed(p.base.seed)
-    jobs, partial = plan(p, rt, data, Path(model), Path(out))
+    jobs, partial = plan(p, rt, data, Path(model), Path(out), cache)
     if runner is not None:
         computed = runner(jobs)
     elif rt.runner == "dask":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
@@ -39,7 +40,7 @@ def _fingerprint(p: Params, data: Path) -> str:
     return digest.hexdigest()
 
 
-def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Path | None = None) -> StageResult:
     history_path = Path(history)  # the per-epoch list below is `history`
     seed_everything(p.base.seed)
     device = resolve_device(rt.device)
@@ -53,9 +54,11 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
     train, val, test = splits.select("train"), splits.select("val"), splits.select("test_seen")
     size, bs, nw = p.model.image_size, p.finetune.batch_size, rt.workers
     pin = device.type == "cuda"
+    images = open_cache(cache, data / "splits.parquet", size)
     train_loader = make_loader(train.path, train.class_id, size, train=True, batch_size=bs, num_workers=nw,
-                               seed=p.base.seed, pin_memory=pin)
-    val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=nw)
+                               seed=p.base.seed, pin_memory=pin, cache=images)
+    val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=nw,
+                             pin_memory=pin, cache=images)
     criterion = nn.CrossEntropyLoss(label_smoothing=p.finetune.label_smoothing)
 
     resume_path = out.parent / (out.name + ".resume")
@@ -93,7 +96,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path) -> StageRe
         best_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
     else:
         model.load_state_dict(best_state)
-    test_loader = make_loader(test.path, test.class_id, size, train=False, batch_size=bs, num_workers=nw)
+    test_loader = make_loader(test.path, test.class_id, size, train=False, batch_size=bs, num_workers=nw,
+                              pin_memory=pin, cache=images)
     test_metrics = evaluate(model, test_loader, device, amp=p.finetune.amp)
     metrics = {"val_acc": best_acc, "test_seen_acc": test_metrics["acc"], "test_seen_top1": test_metrics["top1"],
                "epochs_trained": len(history)}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
 from niwt.models.checkpoint import save_checkpoint
@@ -35,7 +36,7 @@ def validation_classes(classes: ClassTable, p: Params) -> tuple[np.ndarray, str]
     return held_out_classes(classes.n_seen, p.validate.n_classes, p.base.seed, "validate.n_classes"), "seeded"
 
 
-def run(p: Params, rt: Runtime, data: Path, out: Path) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None) -> StageResult:
     device = resolve_device(rt.device)
     classes, splits = read_tables(data)
     used = splits.select("train", "val")
@@ -50,10 +51,12 @@ def run(p: Params, rt: Runtime, data: Path, out: Path) -> StageResult:
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
     train, val = sub_splits.select("train"), sub_splits.select("val")
-    size, bs = p.model.image_size, p.finetune.batch_size
+    size, bs, pin = p.model.image_size, p.finetune.batch_size, device.type == "cuda"
+    images = open_cache(cache, data / "splits.parquet", size)
     train_loader = make_loader(train.path, train.class_id, size, train=True, batch_size=bs, num_workers=rt.workers,
-                               seed=p.base.seed, pin_memory=device.type == "cuda")
-    val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=rt.workers)
+                               seed=p.base.seed, pin_memory=pin, cache=images)
+    val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=rt.workers,
+                             pin_memory=pin, cache=images)
     epochs = p.validate.finetune_epochs or p.finetune.epochs
     val_acc, history = train_best(model, p.finetune, train_loader, val_loader, device, epochs=epochs,
                                   progress=rt.progress,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
 from niwt.injection.methods import Context, Partition, build_classifier, pool_folder_images
@@ -31,7 +32,8 @@ from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
-def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validation: Path, out: Path) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validation: Path, out: Path,
+        cache: Path | None = None) -> StageResult:
     """Write one injected checkpoint per method, with the hyperparameters ``validate`` chose.
 
     Each checkpoint also carries the older, biased calibration classifier, for comparison only:
@@ -53,11 +55,12 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     choices.require(p.inject.methods)
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
-    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device,
+    images = open_cache(cache, data / "splits.parquet", meta["image_size"])
+    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device, images,
                   hyper=choices.hyper)
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
-    main, validation = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
+    main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
     importance = {"layer": stored.provenance.layer, "pooling": stored.provenance.pooling}
     metrics: dict[str, float | int | str] = {}
     with atomic_path(Path(out)) as tmp:
@@ -66,13 +69,13 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
             start = time.perf_counter()
             weight, bias, stats = build_classifier(ctx, method, main)
             stats["seconds"] = time.perf_counter() - start
-            cal_w, cal_b, _ = build_classifier(ctx, method, validation)
+            cal_w, cal_b, _ = build_classifier(ctx, method, heldout)
             metrics.update({f"{method}/{k}": v for k, v in {**choices.hyper[method], **stats}.items()})
             new = NiwtNet(model.body, torch.nn.Linear(weight.shape[1], weight.shape[0])).cpu()
             with torch.no_grad():
                 new.classifier.weight.copy_(weight)
                 new.classifier.bias.copy_(bias)
-            calibration = {"seen": torch.as_tensor(validation.seen), "unseen": torch.as_tensor(held),
+            calibration = {"seen": torch.as_tensor(heldout.seen), "unseen": torch.as_tensor(held),
                            "weight": cal_w, "bias": cal_b}
             save_checkpoint(tmp / f"{method}.pt", new, {**meta, **importance, "class_names": classes.names,
                                                        "method": method, "calibration": calibration})

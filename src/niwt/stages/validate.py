@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, read_tables, subproblem
 from niwt.evaluation.gzsl import validation_numbers
@@ -33,7 +34,7 @@ from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
-def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageResult:
+def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Path | None = None) -> StageResult:
     clock = {"start": time.perf_counter()}
     device = resolve_device(rt.device)
     classes, splits = read_tables(data)
@@ -47,8 +48,10 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageR
     n_fit = len(fit)
     layer, pooling = p.extract.layer, p.extract.pooling
     image_size = int(meta["image_size"])
+    images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
-    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False, batch_size=p.extract.batch_size)
+    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False, batch_size=p.extract.batch_size,
+                         cache=images)
     model = prepare_for_extraction(model, p.extract.channels_last)
     values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, p.extract.channels_last)
     snapshots = fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
@@ -57,7 +60,8 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageR
 
     problem = sub_splits.select("val", "test_unseen")  # seen: val images; unseen: the validation classes
     feats, y = predict(model, make_loader(problem.path, problem.class_id, image_size, train=False,
-                                          batch_size=p.inject.feature_batch_size), device, features=True)
+                                          batch_size=p.inject.feature_batch_size, cache=images), device,
+                       features=True)
     part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
     shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
     grid, choices, summary = [], {}, {}
@@ -67,7 +71,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path) -> StageR
             epochs = int(setting.get("mapping_epochs", p.mapping.candidate_epochs[0]))
             weight, bias = snapshots[epochs]
             stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
-            ctx = Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device,
+            ctx = Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
                           hyper={method: setting}, _cache=shared)
             w, b, _ = build_classifier(ctx, method, part)
             with torch.no_grad():
