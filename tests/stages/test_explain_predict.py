@@ -111,6 +111,38 @@ def test_explain_stage_outputs(project, explained) -> None:
     assert metrics["n_panel_images"] == 4 * len(unseen)
     assert -1 <= metrics["unseen/attr_cosine"] <= 1
 
+    # measured against the generator's ground truth (image_attributes.parquet), both baselines included
+    splits = read_splits(project / "data" / "splits.parquet")
+    assert metrics["text/k"] == 5 and metrics["text/n_images"] == len(splits.select("test_unseen"))
+    for variant in ("paper", "improved", "class_prior", "random"):
+        assert 0 <= metrics[f"text/{variant}/precision_at_k"] <= 1
+        assert 0 <= metrics[f"text/{variant}/exclusive_rate"] <= 1
+    assert metrics["text/improved/exclusive_rate"] == metrics["text/class_prior/exclusive_rate"] == 0
+    for kind in ("unseen", "seen"):
+        assert metrics[f"gradcam/{kind}/n_images"] == len(splits.select(f"test_{kind}"))
+        for key in ("mass_inside", "pointing_hit", "mask_share"):
+            assert 0 <= metrics[f"gradcam/{kind}/{key}"] <= 1
+    assert "Measured against ground truth" in md and "class prior" in page and "pointing hit" in page
+    assert "because" in md and "dim_0" not in md
+
+
+def test_prepare_records_each_images_truth(project) -> None:
+    from niwt.data.truth import object_masks, read_image_truth
+
+    classes = read_classes(project / "data" / "classes.parquet")
+    splits = read_splits(project / "data" / "splits.parquet")
+    truth = read_image_truth(project / "data" / "image_attributes.parquet")
+    assert sorted(truth.image_id.tolist()) == sorted(splits.image_id.tolist())
+    rows = truth.rows(splits.image_id)
+    own = []
+    for r, c in zip(rows, splits.class_id, strict=True):  # one true value per group, mostly the class's own
+        assert len(truth.attributes[r]) == 5 and set(truth.attributes[r]) <= set(classes.attribute_names)
+        own += [classes.domain[c, classes.attribute_names.index(a)] > 50 for a in truth.attributes[r]]
+    assert np.mean(own) > 0.9
+    masks = object_masks(truth, rows[:4])
+    assert masks.shape == (4, 32, 32) and 0.02 < masks.mean() < 0.8
+    assert object_masks(truth, rows[:4], 16).shape == (4, 16, 16)
+
 
 def test_explain_logs_to_mlflow_and_registers_nothing(project, explained) -> None:
     from mlflow import MlflowClient

@@ -19,13 +19,18 @@ from niwt.data import synthetic
 from niwt.data.awa2 import load_awa2
 from niwt.data.raw import DatasetError
 from niwt.data.synthetic import (
+    IMAGE_ATTRIBUTES,
     MARKER,
+    RGB,
     attribute_names,
     class_attributes,
     combo_values,
     describe_class,
     design_benchmark,
     generate_synthetic,
+    geometry_of,
+    object_mask,
+    render_object,
     sample_values,
 )
 from niwt.params import ParamsError, SyntheticParams
@@ -154,10 +159,66 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "render_image", boom)
+    monkeypatch.setattr(synthetic, "render_object", boom)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(tmp_path / "synthetic", SMALL, seed=0, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def _records(root: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(root / IMAGE_ATTRIBUTES).to_pylist()
+
+
+def test_recorded_truth_reproduces_every_image(small_root: Path) -> None:
+    """Replaying an image's RNG stream with its recorded values re-renders the stored file byte for
+    byte, with the recorded geometry; the mask from that geometry covers the object's colour."""
+    import io
+
+    design = design_benchmark(SMALL, 0)
+    records = {r["path"]: r for r in _records(small_root)}
+    assert len(records) == SMALL.n_classes * SMALL.images_per_class
+    for c, name in enumerate(design.names):
+        for i in range(SMALL.images_per_class):
+            rec = records[f"JPEGImages/{name}/{name}_{10001 + i}.jpg"]
+            rng = np.random.default_rng([0, 1, c, i])
+            values = sample_values(rng, design.groups, design.combos[c], SMALL.dominant_prob)
+            assert rec["attributes"] == [f"{g}_{values[g]}" for g, _ in design.groups] and rec["class"] == name
+            values = {g: a[len(g) + 1:] for (g, _), a in zip(design.groups, rec["attributes"], strict=True)}
+            pixels, geometry = render_object(rng, values, SMALL.image_size, SMALL.clutter)
+            assert geometry == geometry_of(rec)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="JPEG", quality=95, subsampling=0)
+            assert buf.getvalue() == (small_root / rec["path"]).read_bytes()
+            mask = object_mask(geometry, SMALL.image_size)
+            if values["pattern"] == "solid" and values["outline"] == "none":  # inside: the class colour
+                distance = np.abs(pixels.astype(float) - RGB[values["colour"]]).mean(-1)
+                assert distance[mask == 1].mean() < distance[mask == 0].mean() - 40
+
+
+def test_recorded_values_agree_with_the_class_attributes(small_root: Path) -> None:
+    ds = load_awa2(small_root)
+    design = design_benchmark(SMALL, 0)
+    records = _records(small_root)
+    agree = []
+    for r in records:
+        assert [a.split("_", 1)[0] for a in r["attributes"]] == [g for g, _ in design.groups]
+        idx = [ds.attribute_names.index(a) for a in r["attributes"]]
+        row = ds.class_names.index(r["class"])
+        assert (ds.attributes[row, idx] > 0).all()
+        agree.append(ds.attributes_binary[row, idx])
+    # each value is the class's dominant one with probability dominant_prob (0.97): 240 draws
+    assert 0.9 <= np.mean(agree) < 1.0
+
+
+def test_pure_classes_record_exactly_the_class_attributes(tmp_path: Path) -> None:
+    root = tmp_path / "pure"
+    generate_synthetic(root, dataclasses.replace(SMALL, images_per_class=2, dominant_prob=1.0), 0, progress=False)
+    ds = load_awa2(root)
+    for r in _records(root):
+        truth = np.isin(ds.attribute_names, r["attributes"]).astype(float)
+        np.testing.assert_array_equal(truth, ds.attributes_binary[ds.class_names.index(r["class"])])
 
 
 @pytest.mark.parametrize(("values", "sentence"), [

@@ -45,7 +45,7 @@ from niwt.io.atomic import fresh_temporary
 from niwt.params import ParamsError, SyntheticParams
 
 # Bump when the output for a given (params, seed) changes, so stale generated copies are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: + image_attributes.parquet (images unchanged)
 MARKER = ".complete"
 
 Group = tuple[str, tuple[str, ...]]
@@ -328,23 +328,69 @@ def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, clutte
     return image
 
 
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where the object of one image is: enough to re-render its mask exactly (:func:`object_mask`).
+
+    Attributes:
+        shape: the shape value (``circle`` ...).
+        centre_x, centre_y: centre in pixels (x right, y down; pixel centres at ``i + 0.5``).
+        radius: nominal radius in pixels (size value x image side x jitter).
+        angle: rotation in radians.
+    """
+
+    shape: str
+    centre_x: float
+    centre_y: float
+    radius: float
+    angle: float
+
+
+def _draw_geometry(rng: np.random.Generator, shape: str, size: str, image_size: int) -> Geometry:
+    """Radius, centre and rotation: the same draws, in the same order, as the generator always made."""
+    r = _RADIUS[size] * image_size * rng.uniform(0.92, 1.08)
+    slack = max(0.0, image_size / 2.0 - r * _EXTENT[shape] - 1.0)
+    cx, cy = image_size / 2.0 + rng.uniform(-slack, slack, size=2)
+    angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)
+    return Geometry(shape, float(cx), float(cy), float(r), float(angle))
+
+
+def _local_frame(g: Geometry, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Object coordinates (u, v) of every pixel centre and the signed distance to the shape there."""
+    yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float64) + 0.5
+    cos, sin = np.cos(g.angle), np.sin(g.angle)
+    u = (xx - g.centre_x) * cos + (yy - g.centre_y) * sin
+    v = -(xx - g.centre_x) * sin + (yy - g.centre_y) * cos
+    return u, v, _sdf(g.shape, u, v, g.radius)
+
+
+def object_mask(g: Geometry, image_size: int) -> np.ndarray:
+    """(size, size) coverage in [0, 1] of the object (fill and outline), exactly as rendered.
+
+    The generator blends the object over the background with this coverage, so ``mask >= 0.5`` is
+    the object's pixel set (what the Grad-CAM checks of ``explain`` measure against).
+    """
+    return np.clip(0.5 - _local_frame(g, image_size)[2], 0.0, 1.0)
+
+
 def render_image(rng: np.random.Generator, values: Mapping[str, str], image_size: int,
                  clutter: float) -> np.ndarray:
-    """Draw one object with the given attribute values; returns (size, size, 3) uint8 RGB.
+    """Draw one object with the given attribute values; returns (size, size, 3) uint8 RGB."""
+    return render_object(rng, values, image_size, clutter)[0]
+
+
+def render_object(rng: np.random.Generator, values: Mapping[str, str], image_size: int,
+                  clutter: float) -> tuple[np.ndarray, Geometry]:
+    """Draw one object with the given attribute values: (size, size, 3) uint8 RGB and its geometry.
 
     Everything is computed at the output resolution from signed distances, so edges, stripes and
     the outline are anti-aliased without supersampling.
     """
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float64) + 0.5
     image = _background(rng, yy, xx, clutter)
-    shape = values["shape"]
-    r = _RADIUS[values["size"]] * image_size * rng.uniform(0.92, 1.08)
-    slack = max(0.0, image_size / 2.0 - r * _EXTENT[shape] - 1.0)
-    cx, cy = image_size / 2.0 + rng.uniform(-slack, slack, size=2)
-    angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)
-    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-    v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
-    sdf = _sdf(shape, u, v, r)
+    geometry = _draw_geometry(rng, values["shape"], values["size"], image_size)
+    u, v, sdf = _local_frame(geometry, image_size)
+    r = geometry.radius
     outer = np.clip(0.5 - sdf, 0.0, 1.0)[..., None]
     width = max(1.5, 0.15 * r) if values["outline"] == "black" else 0.0
     inner = np.clip(0.5 - (sdf + width), 0.0, 1.0)[..., None]
@@ -355,7 +401,7 @@ def render_image(rng: np.random.Generator, values: Mapping[str, str], image_size
     fill = colour * (light + (1.0 - light) * _DARK)
     image = image * (1.0 - outer) + _OUTLINE_RGB * (outer - inner) + fill * inner
     image += rng.normal(0.0, 8.0 * clutter, size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), geometry
 
 
 def sample_values(rng: np.random.Generator, groups: Sequence[Group], combo: Combo,
@@ -408,9 +454,18 @@ def _write_tables(root: Path, design: Design, params: SyntheticParams) -> None:
         (root / file_name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+IMAGE_ATTRIBUTES = "image_attributes.parquet"  # per image: true attribute values and object geometry
+
+
 def _write_images(root: Path, design: Design, params: SyntheticParams, seed: int, progress: bool) -> None:
-    """Render and save every image; each has its own RNG stream, so order and workers do not matter."""
+    """Render and save every image; each has its own RNG stream, so order and workers do not matter.
+
+    What each image really shows (its sampled values, the object's geometry) is recorded in
+    ``image_attributes.parquet`` (:func:`write_image_records`), from the draws the rendering makes
+    anyway: recording adds no random draw, so the images are the same as without it.
+    """
     total = len(design.names) * params.images_per_class
+    records: list[dict] = []
     with tqdm(total=total, desc="synthetic images", unit="img", disable=not progress) as bar:
         for c, (name, combo) in enumerate(zip(design.names, design.combos, strict=True)):
             directory = root / "JPEGImages" / name
@@ -418,10 +473,31 @@ def _write_images(root: Path, design: Design, params: SyntheticParams, seed: int
             for i in range(params.images_per_class):
                 rng = np.random.default_rng([seed, 1, c, i])
                 values = sample_values(rng, design.groups, combo, params.dominant_prob)
-                pixels = render_image(rng, values, params.image_size, params.clutter)
-                Image.fromarray(pixels).save(directory / f"{name}_{10001 + i}.jpg", quality=95,
-                                             subsampling=0)
+                pixels, geometry = render_object(rng, values, params.image_size, params.clutter)
+                file = directory / f"{name}_{10001 + i}.jpg"
+                Image.fromarray(pixels).save(file, quality=95, subsampling=0)
+                records.append({"path": file.relative_to(root).as_posix(), "class": name,
+                                "attributes": [f"{g}_{values[g]}" for g, _ in design.groups],
+                                **dataclasses.asdict(geometry)})
                 bar.update(1)
+    write_image_records(root / IMAGE_ATTRIBUTES, records, params.image_size)
+
+
+def write_image_records(path: Path, records: list[dict], image_size: int) -> None:
+    """Per-image ground truth as Parquet: ``path`` (relative to the dataset root), ``class``,
+    ``attributes`` (the true ``<group>_<value>`` names, one per group) and the :class:`Geometry`
+    fields; ``image_size`` in the file's metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(records)
+    table = table.replace_schema_metadata({"image_size": str(image_size), "generator_version": str(GENERATOR_VERSION)})
+    pq.write_table(table, path)
+
+
+def geometry_of(record: Mapping) -> Geometry:
+    """The :class:`Geometry` of one row of ``image_attributes.parquet``."""
+    return Geometry(**{f.name: record[f.name] for f in dataclasses.fields(Geometry)})
 
 
 def _check_target(root: Path) -> None:

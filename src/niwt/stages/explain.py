@@ -17,7 +17,15 @@ forward map (``models/inverse_map.pt``). The importance layer is the injected ch
 importances and the inverse map must have been made at the same layer and pooling.
 
 Metrics: over all unseen-test images, how well the textual explanation agrees with the predicted
-class's own attributes (cosine, top-k overlap).
+class's own attributes (cosine, top-k overlap). Where the prepared data has per-image ground truth
+(``image_attributes.parquet``, the synthetic default), also measured against what each image really
+shows (:mod:`niwt.explain.measure`), on all unseen-test images: ``text/<variant>/precision_at_k`` and
+``text/<variant>/exclusive_rate`` (k = number of attribute groups) for the paper's inverse map
+(``paper``), the grouped inverse map (``improved``: one value per group, the explanation the report
+and ``niwt predict`` show), the predicted class's own domain vector (``class_prior``) and a seeded
+random ranking (``random``); and Grad-CAM of the predicted class against the object mask:
+``gradcam/<unseen|seen>/mass_inside`` and ``.../pointing_hit`` on test_unseen and test_seen images,
+with ``.../mask_share`` (the object's share of the image: the mass a uniform map would put inside).
 """
 
 from __future__ import annotations
@@ -35,12 +43,22 @@ import torch
 
 from niwt.data.cache import open_cache
 from niwt.data.images import make_loader
-from niwt.data.tables import ClassTable, read_classes, read_splits
+from niwt.data.tables import ClassTable, SplitTable, read_classes, read_splits
+from niwt.data.truth import IMAGE_TRUTH, ImageTruth, attribute_hits, object_masks, read_image_truth
 from niwt.evaluation.report import comparison_rows
 from niwt.explain import report as rp
 from niwt.explain.figures import Explained, draw_class_panel, draw_overview
 from niwt.explain.gradcam import gradcam, to_rgb
 from niwt.explain.inverse import neuron_names, predict_domain
+from niwt.explain.measure import (
+    attribute_groups,
+    exclusive,
+    grouped_order,
+    mass_inside,
+    pointing_hit,
+    precision_at_k,
+    rankings,
+)
 from niwt.injection.registry import method_checkpoints
 from niwt.io.atomic import atomic_path
 from niwt.io.parquet import ImportanceFileError, read_importances
@@ -100,8 +118,11 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
         row["mean_abs_importance"] = float(s)
 
     test = splits.select("test_unseen")
+    truth = read_image_truth(data / IMAGE_TRUTH)
     explained, agreement = _explain_unseen(model, meta, classes, test, inverse.weight, inverse.bias,
-                                           e.batch_size, device, e.top_attributes, rt.progress, images)
+                                           e.batch_size, device, e.top_attributes, rt.progress, truth, images)
+    measured = _measure(model, meta, classes, splits, truth, agreement, e.batch_size, device, p.base.seed,
+                        rt.progress, images)
     sample = _sample(test, classes, e.images_per_class, p.base.seed)
 
     out = Path(out)
@@ -123,7 +144,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
             draw_class_panel(tmp / "panels" / f"{slug(n)}.png", n, items)
         overview = draw_overview(tmp / "panels" / "unseen_overview.png", panels)
         figures = _copy_evaluation_plots(evaluation, tmp / "figures")
-        blocks = _report(p, checkpoint, meta, classes, inverse, names, rows, agreement,
+        blocks = _report(p, checkpoint, meta, classes, inverse, names, rows, agreement, measured,
                          overview.relative_to(tmp).as_posix(), comparison, evaluation,
                          [f.relative_to(tmp).as_posix() for f in figures], _provenance(pipeline_params, rt))
         (tmp / "report.md").write_text(rp.to_markdown(blocks))
@@ -134,29 +155,39 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
                "unseen/attr_cosine": float(agreement["cosine"].mean()),
                f"unseen/attr_top{k}_overlap": float(agreement["overlap"].mean()),
                "unseen/accuracy": float(agreement["correct"].mean()),
-               "n_panel_images": int(sum(len(v) for v in sample.values()))}
+               "n_panel_images": int(sum(len(v) for v in sample.values())), **measured}
     return StageResult(metrics, sorted(out / r for r in relative))
 
 
 def _explain_unseen(model, meta: dict, classes: ClassTable, test, weight: torch.Tensor, bias: torch.Tensor,
-                    batch_size: int, device: torch.device, top_k: int,
-                    progress: bool, images=None) -> tuple[list[Explained], dict[str, np.ndarray]]:
-    """Grad-CAM of the predicted class and textual explanation of every unseen-test image."""
+                    batch_size: int, device: torch.device, top_k: int, progress: bool,
+                    truth: ImageTruth | None = None, cache=None) -> tuple[list[Explained], dict[str, np.ndarray]]:
+    """Grad-CAM of the predicted class and textual explanation of every unseen-test image.
+
+    The listed attributes are the grouped inverse map's (:func:`grouped_order`); ``agreement`` also
+    holds each image's inverse-map scores and prediction, and with ``truth`` the Grad-CAM checks.
+    """
     from tqdm.auto import tqdm
 
     dom = normalize_domain(torch.tensor(classes.domain, dtype=torch.float32))
     k = min(top_k, dom.shape[1])
     class_top = torch.topk(dom, k, dim=1).indices
     attr = classes.attribute_names or [f"dim_{i}" for i in range(dom.shape[1])]
+    groups = attribute_groups(attr)
     explained: list[Explained] = []
-    cosine, overlap, correct = [], [], []
+    cosine, overlap, correct, scores, predicted, cam_checks = [], [], [], [], [], []
     loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size,
-                         cache=images)
-    for images, y, _ in tqdm(loader, desc="explain", unit="batch", disable=not progress, leave=False):
+                         cache=cache)
+    for images, y, index in tqdm(loader, desc="explain", unit="batch", disable=not progress, leave=False):
         cam = gradcam(model, meta["layer"], images.to(device))
         probs = torch.softmax(cam.logits, 1)
         pred_dom = predict_domain(weight, bias, cam.importance)
         top = torch.topk(pred_dom, k, dim=1).indices
+        shown = grouped_order(pred_dom.numpy(), groups)[:, :k]
+        scores.append(pred_dom.numpy())
+        predicted.append(cam.targets.numpy())
+        if truth is not None:
+            cam_checks.append(_cam_on_objects(cam.cam, truth, test.image_id[index.numpy()]))
         for i in range(len(images)):
             c = int(cam.targets[i])
             cosine.append(float(torch.nn.functional.cosine_similarity(pred_dom[i], dom[c], dim=0)))
@@ -164,8 +195,73 @@ def _explain_unseen(model, meta: dict, classes: ClassTable, test, weight: torch.
             correct.append(c == int(y[i]))
             explained.append(Explained(to_rgb(images[i]), cam.cam[i].numpy(), classes.names[int(y[i])],
                                        classes.names[c], float(probs[i, c]), c >= classes.n_seen,
-                                       [attr[j] for j in top[i].tolist()]))
-    return explained, {"cosine": np.array(cosine), "overlap": np.array(overlap), "correct": np.array(correct)}
+                                       [attr[j] for j in shown[i].tolist()]))
+    out = {"cosine": np.array(cosine), "overlap": np.array(overlap), "correct": np.array(correct),
+           "scores": np.concatenate(scores) if scores else np.zeros((0, dom.shape[1])),
+           "predicted": np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)}
+    if cam_checks:
+        out["mass_inside"], out["pointing_hit"], out["mask_share"] = (np.concatenate(c)
+                                                                      for c in zip(*cam_checks, strict=True))
+    return explained, out
+
+
+def _cam_on_objects(cam: torch.Tensor, truth: ImageTruth,
+                    image_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: heat-map mass inside the object, pointing hit, and the object's share of the image."""
+    masks = object_masks(truth, truth.rows(image_id), cam.shape[-1])
+    heat = cam.numpy()
+    return mass_inside(heat, masks), pointing_hit(heat, masks), masks.reshape(len(masks), -1).mean(1)
+
+
+def _seen_cam_checks(model, meta: dict, test: SplitTable, truth: ImageTruth, batch_size: int,
+                     device: torch.device, progress: bool, cache=None) -> dict[str, np.ndarray]:
+    """Grad-CAM of the predicted class on the seen-test images, against the object masks."""
+    from tqdm.auto import tqdm
+
+    checks = []
+    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size,
+                         cache=cache)
+    for images, _, index in tqdm(loader, desc="explain (seen)", unit="batch", disable=not progress, leave=False):
+        cam = gradcam(model, meta["layer"], images.to(device))
+        checks.append(_cam_on_objects(cam.cam, truth, test.image_id[index.numpy()]))
+    mass, hit, share = (np.concatenate(c) for c in zip(*checks, strict=True))
+    return {"mass_inside": mass, "pointing_hit": hit, "mask_share": share}
+
+
+VARIANTS = ("paper", "improved", "class_prior", "random")
+
+
+def _measure(model, meta: dict, classes: ClassTable, splits: SplitTable, truth: ImageTruth | None,
+             agreement: dict, batch_size: int, device: torch.device, seed: int, progress: bool,
+             cache=None) -> dict:
+    """Explanations against ground truth (empty without ``image_attributes.parquet``): the text
+    metrics of every variant on the unseen-test images, Grad-CAM on unseen- and seen-test images."""
+    if truth is None:
+        return {}
+    attr = classes.attribute_names or []
+    test = splits.select("test_unseen")
+    rows = truth.rows(test.image_id)
+    out: dict[str, float] = {}
+    known = {a for r in rows for a in truth.attributes[int(r)]}
+    if attr and known <= set(attr) and len(test):  # text metrics only where the domain is the attributes
+        groups = attribute_groups(attr)
+        k = len(np.unique(groups[[attr.index(a) for a in known]]))
+        hits = attribute_hits(truth, rows, attr)
+        dom = normalize_domain(torch.tensor(classes.domain, dtype=torch.float32)).numpy()
+        for name, order in rankings(agreement["scores"], dom, agreement["predicted"], groups, seed).items():
+            out[f"text/{name}/precision_at_k"] = float(precision_at_k(order, hits, k).mean())
+            out[f"text/{name}/exclusive_rate"] = float(exclusive(order, groups, k).mean())
+        out.update({"text/k": k, "text/n_images": len(test)})
+    seen = splits.select("test_seen")
+    for kind, checks in (("unseen", agreement), ("seen", _seen_cam_checks(model, meta, seen, truth, batch_size,
+                                                                           device, progress, cache)
+                                               if len(seen) else {})):
+        for key in ("mass_inside", "pointing_hit", "mask_share"):
+            if key in checks and len(checks[key]):
+                out[f"gradcam/{kind}/{key}"] = float(np.mean(checks[key]))
+        if "mass_inside" in checks:
+            out[f"gradcam/{kind}/n_images"] = len(checks["mass_inside"])
+    return out
 
 
 def _sample(test, classes: ClassTable, n: int, seed: int) -> dict[int, list[int]]:
@@ -274,9 +370,41 @@ def _provenance(params_file: Path | None, rt: Runtime) -> list[list[str]]:
     return rows
 
 
+VARIANT_LABELS = {"paper": "inverse map (paper: attributes by predicted value)",
+                  "improved": "grouped inverse map (best value per group; shown in this report and `niwt predict`)",
+                  "class_prior": "class prior (the predicted class's own domain vector, blind to the image)",
+                  "random": "random ranking (seeded)"}
+
+
+def _measured_blocks(m: dict) -> list[rp.Block]:
+    """The ground-truth checks as two small tables (nothing when the data has no per-image truth)."""
+    if not m:
+        return [rp.h2("Measured against ground truth"),
+                rp.para("(no per-image ground truth in the prepared data: only the generated default records "
+                        "each image's true attributes and object mask, `image_attributes.parquet`)")]
+    b = [rp.h2("Measured against ground truth")]
+    if "text/k" in m:
+        b += [rp.para(f"Textual explanations of all {m['text/n_images']} unseen-test images against each image's true "
+                      f"attribute values (one per group): precision@k of the top k = {m['text/k']} attributes (the "
+                      "number of groups), and the share of explanations listing two values of one group among them "
+                      "(mutually exclusive)."),
+              rp.table(["explanation", f"precision@{m['text/k']}", "exclusive rate"],
+                       [[VARIANT_LABELS[v], f"{m[f'text/{v}/precision_at_k']:.3f}",
+                         f"{m[f'text/{v}/exclusive_rate']:.3f}"] for v in VARIANTS])]
+    rows = [[kind, str(m[f"gradcam/{kind}/n_images"]), f"{m[f'gradcam/{kind}/mass_inside']:.3f}",
+             f"{m[f'gradcam/{kind}/pointing_hit']:.3f}", f"{m[f'gradcam/{kind}/mask_share']:.3f}"]
+            for kind in ("unseen", "seen") if f"gradcam/{kind}/n_images" in m]
+    b += [rp.para("Grad-CAM of the predicted class against the object mask, on unseen-test (NIWT's injected "
+                  "classes) and seen-test images (the seen classes of the same network): the share of the heat "
+                  "map's mass on the object, the pointing game (is the map's maximum on the object), and the "
+                  "object's share of the image (what a uniform map would put on it)."),
+          rp.table(["test images", "n", "mass inside object", "pointing hit", "object share"], rows)]
+    return b
+
+
 def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, inverse: StoredMap, names: list[dict],
-            rows: list[dict], agreement: dict, overview: str, comparison: Path | None, evaluation: Path | None,
-            figures: list[str], provenance: list[list[str]]) -> list[rp.Block]:
+            rows: list[dict], agreement: dict, measured: dict, overview: str, comparison: Path | None,
+            evaluation: Path | None, figures: list[str], provenance: list[list[str]]) -> list[rp.Block]:
     top_k, best = p.explain.top_attributes, inverse.selection
     per_class = Path(evaluation) / "per_class_accuracy.csv" if evaluation else None
     b = [rp.h1("NIWT explanations"),
@@ -293,9 +421,11 @@ def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, invers
                   f"layer `{meta['layer']}`; green titles are correct predictions, red ones wrong. One figure per "
                   "class is in `panels/`."),
           rp.image(overview, "Grad-CAM of the predicted class, all unseen classes")]
+    b += _measured_blocks(measured)
     b += [rp.h2("Why: textual explanations"),
           rp.para(f"The observed importance of the predicted class on each image (NIWT's alpha at `{meta['layer']}`) "
-                  f"mapped to attributes by the inverse map; the top {top_k} are listed. `cos` is the cosine between "
+                  f"mapped to attributes by the inverse map, one value per attribute group (the grouped inverse "
+                  f"map, below); the top {top_k} are listed. `cos` is the cosine between "
                   "that attribute vector and the predicted class's own one. Over all "
                   f"{len(agreement['cosine'])} unseen-test images: mean cos {agreement['cosine'].mean():.3f}, "
                   f"{100 * agreement['overlap'].mean():.1f}% of the top-{top_k} explanation attributes are among "

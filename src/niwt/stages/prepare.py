@@ -1,7 +1,8 @@
 """``prepare``: get the benchmark on disk and write the class and GZSL split tables.
 
 Outputs (in ``out``): ``classes.parquet``, ``splits.parquet`` and, for the synthetic default, the
-generated dataset itself under ``raw/`` (AWA2 layout). The directory is written atomically.
+generated dataset itself under ``raw/`` (AWA2 layout) and ``image_attributes.parquet`` (per image: its
+true attribute values and object geometry, :mod:`niwt.data.truth`). The directory is written atomically.
 """
 
 from __future__ import annotations
@@ -165,8 +166,13 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
                      len(names) - len(raw.unseen), f"{raw.name}{dropped}")
         # Stored relative to the image root, so the table means the same files from any working
         # directory and in DVC's experiment copies (data/raw is not copied there).
-        write_splits(tmp / "splits.parquet", ids, relative_paths([paths[i] for i in ids], root), cls[keep],
-                     split[keep], image_root=root_meta)
+        rel = relative_paths([paths[i] for i in ids], root)
+        write_splits(tmp / "splits.parquet", ids, rel, cls[keep], split[keep], image_root=root_meta)
+        if p.data.name == "synthetic":  # what each image really shows, for explain's ground-truth checks
+            from niwt.data.synthetic import IMAGE_ATTRIBUTES
+            from niwt.data.truth import IMAGE_TRUTH, write_image_truth
+
+            write_image_truth(tmp / IMAGE_TRUTH, ids, rel, tmp / "raw" / IMAGE_ATTRIBUTES)
     counts = {f"n_{s}": int((split[keep] == s).sum()) for s in ("train", "val", "test_seen", "test_unseen")}
     metrics = {"n_classes": len(names), "n_seen": len(names) - len(raw.unseen), "n_unseen": len(raw.unseen),
                "n_bad_images": int((~keep).sum()), "domain_dim": int(domain.shape[1]), **counts}
