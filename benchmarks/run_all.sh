@@ -9,12 +9,12 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python
 OUT=${BENCH_OUT:-benchmarks/results}
 mkdir -p "$OUT"
-for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache; do
+for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline; do
     echo "== $name $*"
     "$PY" "benchmarks/$name.py" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
 done
 echo "== tables"
-for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache; do
+for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline; do
     sed -n '/^### /,$p' "$OUT/$name.txt"
     echo
 done

@@ -141,6 +141,7 @@ class ValidateParams:
     classes: Literal["auto", "seeded"] = "auto"
     n_classes: int = 5
     finetune_epochs: int = 0
+    criterion: Literal["H", "cal_H", "ausuc"] = "H"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ EXPECTED = {
     "bench_inject_scaling.py": ["time_per_iter_largest_vs_smallest_U", "time_per_iter_largest_vs_smallest_P",
                                 "dense_bf16_bytes_ratio", "dense_bf16_relative_dW"],
     "bench_cache.py": ["read_speedup_cache_vs_jpeg", "loader_share_cache"],
+    "bench_pipeline.py": ["pipeline_time_cache_vs_files", "stages_slower_with_cache"],
 }
 RATIO = re.compile(r"^RATIO (\S+)(?: \([^)]*\))? = [-+0-9.e]+x?(?: \(target .*\))?$", re.M)
 

@@ -36,9 +36,10 @@ STAGES: tuple[Stage, ...] = (
     # The class-disjoint validation protocol replays the chain: finetune_validation trains as finetune
     # does (its params) without the validation classes; validate rebuilds extract .. inject on that
     # backbone (their params) and chooses among the candidate lists of mapping and inject.
-    Stage("finetune_validation", ("base.seed", "model", "finetune", "validate"),
+    Stage("finetune_validation", ("base.seed", "model", "finetune", "validate.classes", "validate.n_classes",
+                                  "validate.finetune_epochs"),
           "train the validation backbone on the seen classes minus the validation classes"),
-    Stage("validate", ("base.seed", "extract", "mapping", "inject"),
+    Stage("validate", ("base.seed", "extract", "mapping", "inject", "validate.criterion"),
           "choose every hyperparameter and gamma on validation classes the validation backbone never saw"),
     Stage("extract", ("base.seed", "extract"), "neuron importances of every seen training image (sharded Parquet)"),
     Stage("fit_mapping", ("base.seed", "mapping"), "fit the domain-vector -> importance map and its inverse"),

@@ -5,9 +5,10 @@ chain is rebuilt: importances of its training images (as ``extract``), the forwa
 snapshots at each of ``mapping.candidate_epochs``), and each method's rows for the validation
 classes, for every candidate setting (the lists of ``inject``). Each setting is scored on the
 validation GZSL problem (val images of the backbone's classes, train+val images of the validation
-classes: never a test image) by H after calibrated stacking with the gamma that maximises it; the
-best setting of each method and its gamma go to ``--out`` for ``fit_mapping``, ``inject`` and
-``evaluate``, with the whole grid.
+classes: never a test image) by ``validate.criterion``: H as shipped (default), H after calibrated
+stacking, or AUSUC; then, for the best setting of each method, the calibration gamma that
+maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and ``evaluate``, with
+the whole grid.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
     shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
     grid, choices, summary = [], {}, {}
+    criterion = p.validate.criterion
     for method in p.inject.methods:
         rows = []
         for setting in candidates(method, p.inject, p.mapping.candidate_epochs):
@@ -79,15 +81,15 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
             numbers = validation_numbers(scores, y, n_fit)
             numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
             rows.append({"method": method, "setting": setting, **numbers})
-        best = max(rows, key=lambda r: r["cal_H"])  # max keeps the first of equals: grid order breaks ties
+        best = max(rows, key=lambda r: r[criterion])  # max keeps the first of equals: grid order breaks ties
         choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
         summary[method] = best
         grid += rows
-        print(f"[validate] {method}: {len(rows)} settings; best {choices[method]} (validation H {best['H']:.3f}, "
-              f"calibrated H {best['cal_H']:.3f})", flush=True)
+        print(f"[validate] {method}: {len(rows)} settings; best by {criterion} {choices[method]} (validation H "
+              f"{best['H']:.3f}, calibrated H {best['cal_H']:.3f}, AUSUC {best['ausuc']:.3f})", flush=True)
     clock["grid"] = time.perf_counter()
 
-    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"],
+    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"], "criterion": criterion,
               "class_disjoint": bool(meta["class_disjoint"]), "backbone": meta["metrics"], "choices": choices,
               "mapping_epochs": choices.get("niwt", {}).get("mapping_epochs"), "grid": grid}
     write_choices(Path(out), result)
