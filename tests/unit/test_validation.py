@@ -3,6 +3,7 @@ candidate grids, the choices file, and the scoring of one setting."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,9 @@ def test_choices_round_trip_and_errors(tmp_path: Path) -> None:
     c = read_choices(path)
     assert c.hyper == {"niwt": {"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.001}, "icis": {}}
     assert c.gamma == {"niwt": -0.5, "icis": 2.0} and c.mapping_epochs == 10 and c.class_disjoint
-    c.require(["niwt", "icis"])
+    c.require(["niwt", "icis"], {"niwt": {"mapping_epochs", "lr", "lambda"}, "icis": set()})
+    with pytest.raises(ChoicesError, match=r"validation\.json: the choice of 'niwt' lacks \['init'\]"):
+        c.require(["niwt"], {"niwt": {"lr", "init"}})
     with pytest.raises(ChoicesError, match=r"validation\.json: no validated choice for \['eszsl'\]"):
         c.require(["niwt", "eszsl"])
     for doc, pattern in (("{", "not valid JSON"), ('{"version": 0, "choices": {}}', "version 1"),
@@ -119,3 +122,34 @@ def test_validation_backbone_keeps_only_its_rows_of_a_given_classifier(tmp_path:
     assert torch.equal(sub.classifier.bias, net.classifier.bias[[3, 1]])
     with pytest.raises(ModelError, match="2 rows name no seen class"):
         initial_model(m, ["d", "b"])
+
+
+def test_ridge_uses_the_validated_alpha() -> None:
+    """Ridge's alpha was fixed at 1 and never tuned; the row builders now take validate's choice."""
+    from niwt.injection.methods import Context, Partition, regression_rows
+    from niwt.models.networks import NiwtNet
+    from niwt.peers.regression import fit_ridge, predict_rows
+
+    classes, splits = _tables()
+    classes = dataclasses.replace(classes, domain=np.random.default_rng(0).uniform(0, 1, (6, 6)).astype(np.float32))
+    torch.manual_seed(0)
+    net = NiwtNet(torch.nn.Identity(), torch.nn.Linear(3, 4))
+    part = Partition(np.arange(4), np.array([4, 5]))
+
+    def rows(alpha: float) -> torch.Tensor:
+        ctx = Context(net, InjectParams(), 0, classes, splits, None, 8, torch.device("cpu"),
+                      hyper={"regression": {"alpha": alpha}})
+        return regression_rows(ctx, part).weight
+
+    small, large = rows(0.01), rows(100.0)
+    assert not torch.allclose(small, large)
+    targets = torch.cat([net.classifier.weight, net.classifier.bias[:, None]], 1).detach().double().numpy()
+    dom = classes.domain / np.linalg.norm(classes.domain, axis=1, keepdims=True)
+    coef, intercept = fit_ridge(dom[:4], targets, alpha=100.0)
+    expected = predict_rows(dom[4:], coef, intercept)[:, :-1]
+    np.testing.assert_allclose(large.numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match="no 'alpha' chosen for 'regression_rescaled'"):
+        from niwt.injection.methods import regression_rescaled_rows
+
+        regression_rescaled_rows(Context(net, InjectParams(), 0, classes, splits, None, 8, torch.device("cpu"),
+                                         hyper={"regression": {"alpha": 1.0}}), part)

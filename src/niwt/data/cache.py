@@ -134,6 +134,14 @@ def _run_jobs(todo: list[ShardJob], processes: int, progress: bool,
                     on_shard(name)
 
 
+def _stamp(path: Path) -> object:
+    """What a ``.partial`` build was started for, or None when unknown (missing or unreadable stamp)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int = 0, progress: bool = True,
                 shard_images: int = SHARD_IMAGES, on_shard: Callable[[str], None] | None = None) -> dict:
     """Build the cache of every image of ``splits_file`` into ``out``; returns its numbers.
@@ -150,12 +158,12 @@ def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int =
     partial = out.parent / (out.name + ".partial")
     stamp = partial / "_building.json"
     identity = {"version": VERSION, "image_size": image_size, "shard_images": shard_images, "splits_sha256": digest}
-    if partial.exists() and (not stamp.is_file() or json.loads(stamp.read_text() or "null") != identity):
+    if partial.exists() and _stamp(stamp) != identity:
         shutil.rmtree(partial)  # made for another table or size: nothing to reuse
     partial.mkdir(parents=True, exist_ok=True)
     for stale in partial.glob(".*.tmp"):  # a shard write cut off by a kill
         shutil.rmtree(stale, ignore_errors=True)
-    stamp.write_text(json.dumps(identity))
+    write_json(stamp, identity)  # atomic: a kill never leaves half a stamp
     jobs = [ShardJob(k, tuple(paths[s:s + shard_images]), image_size, str(partial))
             for k, s in enumerate(range(0, len(paths), shard_images))]
     todo = [j for j in jobs if not (partial / shard_file(j.index)).is_file()]
@@ -216,8 +224,10 @@ def open_cache(directory: Path | None, splits_file: Path, image_size: int) -> Im
     if index.get("n") != len(paths) or index.get("shape") != [len(paths), side, side, 3]:
         raise CacheError(f"{index_file}: shape {index.get('shape')} does not fit {len(paths)} images of "
                          f"{side}x{side}{rerun}")
-    shard_images = int(index["shard_images"])
-    shards = [directory / name for name in index["shards"]]
+    shard_images, names = index.get("shard_images"), index.get("shards")
+    if not isinstance(shard_images, int) or shard_images < 1 or not isinstance(names, list):
+        raise CacheError(f"{index_file}: no valid 'shard_images' / 'shards' entries{rerun}")
+    shards = [directory / str(name) for name in names]
     if len(shards) != -(-len(paths) // shard_images):
         raise CacheError(f"{index_file}: {len(shards)} shards for {len(paths)} images{rerun}")
     for k, shard in enumerate(shards):

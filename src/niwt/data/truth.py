@@ -84,8 +84,9 @@ def read_image_truth(path: Path) -> ImageTruth | None:
 def object_masks(truth: ImageTruth, rows: np.ndarray, size: int | None = None) -> np.ndarray:
     """(len(rows), S, S) boolean object masks (coverage >= 0.5), resized to ``size`` if given.
 
-    A different ``size`` resamples the coverage bilinearly before the threshold (the evaluation
-    transform of small images is a plain resize, so the mask follows the pixels).
+    A different ``size`` resamples the coverage bilinearly before the threshold, the way the
+    evaluation transform moves the pixels: a plain resize below 128 px, and at 128 px and above a
+    resize of the shorter side to ``size * 256 / 224`` followed by a centre crop of ``size``.
     """
     import torch
     from torch.nn import functional as F
@@ -93,8 +94,11 @@ def object_masks(truth: ImageTruth, rows: np.ndarray, size: int | None = None) -
     cover = np.stack([object_mask(truth.geometry[int(r)], truth.image_size) for r in rows]) if len(rows) else \
         np.zeros((0, truth.image_size, truth.image_size))
     if size is not None and size != truth.image_size and len(rows):
-        cover = F.interpolate(torch.tensor(cover)[:, None], size=(size, size), mode="bilinear",
+        side = size if size < 128 else int(size * 256 / 224)
+        cover = F.interpolate(torch.tensor(cover)[:, None], size=(side, side), mode="bilinear",
                               align_corners=False)[:, 0].numpy()
+        start = int(round((side - size) / 2.0))  # torchvision CenterCrop's offset
+        cover = cover[:, start:start + size, start:start + size]
     return cover >= 0.5
 
 

@@ -29,12 +29,17 @@ class Choices:
     gamma: dict[str, float]  # method -> calibration gamma chosen on the validation problem
     mapping_epochs: int | None
 
-    def require(self, methods: list[str] | tuple[str, ...]) -> None:
-        """Every method must have been validated (else: rerun validate with the same methods)."""
+    def require(self, methods: list[str] | tuple[str, ...], names: dict[str, set[str]] | None = None) -> None:
+        """Every method must have been validated (else: rerun validate with the same methods), with
+        every hyperparameter in ``names`` (method -> the names its rows need)."""
         missing = [m for m in methods if m not in self.hyper]
         if missing:
             raise ChoicesError(f"{self.path}: no validated choice for {missing} (it has {sorted(self.hyper)}); "
                                "rerun `dvc repro validate` with the same inject.methods")
+        for method, needed in (names or {}).items():
+            lacking = sorted(set(needed) - set(self.hyper.get(method, {})))
+            if lacking:
+                raise ChoicesError(f"{self.path}: the choice of {method!r} lacks {lacking}; rerun `dvc repro validate`")
 
 
 def write_choices(path: Path, document: dict) -> None:

@@ -18,7 +18,7 @@ import torch
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
-from niwt.models.checkpoint import save_checkpoint
+from niwt.models.checkpoint import read_class_names, save_checkpoint
 from niwt.models.finetuning import initial_model, train_best
 from niwt.models.training import resolve_device, seed_everything
 from niwt.params import Params, Runtime
@@ -61,14 +61,22 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
     val_acc, history = train_best(model, p.finetune, train_loader, val_loader, device, epochs=epochs,
                                   progress=rt.progress,
                                   log=lambda m: print(f"[finetune_validation] {m}", flush=True))
-    # A network that saw the validation classes (finetune.mode: none keeps the user's classifier,
-    # trained on every seen class) makes the protocol as biased as the old one: say so in the file.
-    disjoint = p.finetune.mode != "none"
+    # A network that saw the validation classes makes the protocol as biased as the old one: say so
+    # in the file. That is the case for finetune.mode: none (the user's classifier as trained), and
+    # for any user weights file whose classifier has rows of validation classes (its body was
+    # trained on their images, whatever rows are dropped).
+    held_names = [classes.names[i] for i in held]
+    user_rows = read_class_names(p.model.class_names) if p.model.weights not in ("none", "imagenet") else []
+    disjoint = p.finetune.mode != "none" and not set(held_names) & set(user_rows)
+    if not disjoint:
+        print("[finetune_validation] warning: this backbone has seen the validation classes (finetune.mode: none, "
+              "or model.weights trained on them): validate's choices will be biased like the held-out-seen "
+              "rule; validation.json records class_disjoint: false", flush=True)
     metrics = {"val_acc": val_acc, "epochs_trained": len(history), "n_classes": len(held),
                "n_fit_classes": len(fit), "class_disjoint": int(disjoint)}
     meta = {"arch": p.model.arch, "class_names": sub.names[: sub.n_seen], "n_seen": sub.n_seen, "image_size": size,
             "width": p.model.width, "hidden": p.model.hidden, "metrics": metrics,
-            "validation_classes": [classes.names[i] for i in held], "validation_source": source,
+            "validation_classes": held_names, "validation_source": source,
             "class_disjoint": disjoint}
     save_checkpoint(out, model.cpu(), meta)
     return StageResult(metrics, steps={"val_acc": [(int(h["epoch"]), float(h["val_acc"])) for h in history]})

@@ -20,7 +20,7 @@ import torch
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
-from niwt.injection.methods import Context, Partition, build_classifier, pool_folder_images
+from niwt.injection.methods import Context, Partition, build_classifier, candidates, pool_folder_images
 from niwt.injection.registry import METHODS
 from niwt.io.atomic import atomic_path
 from niwt.io.choices import read_choices
@@ -52,7 +52,7 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     choices = read_choices(validation)
-    choices.require(p.inject.methods)
+    choices.require(p.inject.methods, {m: set(candidates(m, p.inject, (1,))[0]) for m in p.inject.methods})
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
     images = open_cache(cache, data / "splits.parquet", meta["image_size"])

@@ -45,6 +45,9 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
         pool_folder_images(p.inject.pool)
     model, meta = load_checkpoint(backbone, device)
     held, fit = _classes(meta, classes, Path(backbone))
+    if not meta["class_disjoint"]:
+        print(f"[validate] warning: {backbone} saw the validation classes (finetune.mode: none keeps your "
+              "classifier as trained), so these choices are as biased as the held-out-seen rule", flush=True)
     sub_classes, sub_splits = subproblem(classes, splits, fit, held)
     n_fit = len(fit)
     layer, pooling = p.extract.layer, p.extract.pooling
@@ -68,20 +71,18 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     grid, choices, summary = [], {}, {}
     criterion = p.validate.criterion
     for method in p.inject.methods:
-        rows = []
-        for setting in candidates(method, p.inject, p.mapping.candidate_epochs):
+
+        def context(setting: dict[str, float], method: str = method) -> Context:
             epochs = int(setting.get("mapping_epochs", p.mapping.candidate_epochs[0]))
             weight, bias = snapshots[epochs]
             stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
-            ctx = Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
-                          hyper={method: setting}, _cache=shared)
-            w, b, _ = build_classifier(ctx, method, part)
-            with torch.no_grad():
-                scores = (torch.as_tensor(feats) @ w.T + b).numpy()
-            numbers = validation_numbers(scores, y, n_fit)
-            numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
-            rows.append({"method": method, "setting": setting, **numbers})
-        best = max(rows, key=lambda r: r[criterion])  # max keeps the first of equals: grid order breaks ties
+            return Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
+                           hyper={method: setting}, _cache=shared)
+
+        rows = _score_settings(method, candidates(method, p.inject, p.mapping.candidate_epochs), context, part,
+                               feats, y, rt.progress)
+        # max keeps the first of equals (grid order breaks ties); a diverged setting (NaN) never wins
+        best = max(rows, key=lambda r: np.nan_to_num(r[criterion], nan=-np.inf))
         choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
         summary[method] = best
         grid += rows
@@ -100,6 +101,23 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
         metrics.update({f"{method}/{k}": float(v) for k, v in choice.items()})
         metrics.update({f"{method}/val_{k}": summary[method][k] for k in ("H", "cal_H", "ausuc")})
     return StageResult(metrics, [Path(out)])
+
+
+def _score_settings(method: str, settings: list[dict[str, float]], context, part: Partition, feats: np.ndarray,
+                    y: np.ndarray, progress: bool) -> list[dict]:
+    """Every setting of ``method`` scored on the validation problem: its rows for the validation
+    classes, then S, U, H, AUSUC and the calibrated numbers on the problem's features."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for setting in tqdm(settings, desc=f"validate {method}", unit="setting", disable=not progress, leave=False):
+        w, b, _ = build_classifier(context(setting), method, part)
+        with torch.no_grad():
+            scores = (torch.as_tensor(feats) @ w.T + b).numpy()
+        numbers = validation_numbers(scores, y, len(part.seen))
+        numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
+        rows.append({"method": method, "setting": setting, **numbers})
+    return rows
 
 
 def _classes(meta: dict, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
