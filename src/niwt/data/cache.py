@@ -294,8 +294,12 @@ class CachedImages(Dataset):
         if not (len(steps) == cut + 2 and isinstance(steps[cut + 1], T.Normalize)):
             raise ValueError(f"expected the transforms to end with ToTensor, Normalize, got {steps}")
         self.geometric = T.Compose(steps[:cut])
-        self.mean = torch.as_tensor(steps[cut + 1].mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(steps[cut + 1].std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean = torch.as_tensor(steps[cut + 1].mean, dtype=torch.float32).view(-1, 1)
+        std = torch.as_tensor(steps[cut + 1].std, dtype=torch.float32).view(-1, 1)
+        # ToTensor then Normalize of one uint8 value v in channel c is ((v / 255) - mean_c) / std_c, in
+        # float32, one rounding per operation: the same for every pixel, so a (3, 256) table computed
+        # with the very same operations gives bit-identical tensors in one pass over the batch.
+        self.table = torch.arange(256, dtype=torch.float32).div(255).expand(len(mean), 256).sub(mean).div(std).numpy()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -303,18 +307,21 @@ class CachedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.transform(Image.fromarray(self.cache.image(self.rows[i]))), self.labels[i], i
 
-    def _pixels(self, indices: list[int]) -> np.ndarray:
-        """``(B, s, s, 3)`` uint8: each image after the transforms before ``ToTensor``."""
+    def _pixels(self, i: int) -> np.ndarray:
+        """``(s, s, 3)`` uint8 of item ``i`` after the transforms before ``ToTensor``."""
         if self.train:
-            return np.stack([np.asarray(self.geometric(Image.fromarray(self.cache.image(self.rows[i]))))
-                             for i in indices])
-        raw = np.stack([self.cache.image(self.rows[i]) for i in indices])
-        side, s = raw.shape[1], self.image_size
+            return np.asarray(self.geometric(Image.fromarray(self.cache.image(self.rows[i]))))
+        raw = self.cache.image(self.rows[i])  # a memory-mapped view: only the crop below is read
+        side, s = raw.shape[0], self.image_size
         top = int(round((side - s) / 2.0))  # torchvision's CenterCrop (the resize is the identity here)
-        return raw[:, top:top + s, top:top + s]
+        return raw[top:top + s, top:top + s]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = torch.from_numpy(self._pixels(indices)).permute(0, 3, 1, 2).contiguous()
-        images = batch.to(torch.float32).div(255).sub_(self.mean).div_(self.std)  # ToTensor, Normalize
-        return images, self.labels[idx], idx
+        s = self.image_size
+        images = np.empty((len(indices), 3, s, s), dtype=np.float32)
+        for j, i in enumerate(indices):  # per image: no (B, s, s, 3) staging copy of the batch
+            pixels = self._pixels(i)
+            for c in range(3):  # ToTensor (HWC -> CHW, / 255) and Normalize, as one table lookup
+                np.take(self.table[c], pixels[..., c], out=images[j, c], mode="clip")
+        return torch.from_numpy(images), self.labels[idx], idx
