@@ -309,7 +309,9 @@ def _comparison_block(path: Path | None) -> list[rp.Block]:
         return [rp.para("(no `stats/evaluate.json`: run the evaluate stage for the comparison table)")]
     header, rows = comparison_rows(json.loads(Path(path).read_text()))
     return [rp.para("GZSL comparison (%), from `evaluate` (S/U/H: joint label space; cal_*: calibrated stacking "
-                    "with gamma chosen on val; best of each column in bold)."), rp.table(header, rows)]
+                    "with the gamma `validate` chose on classes its backbone never saw; heldout_H: H with the "
+                    "older gamma chosen on seen classes the network was trained on; best of each column in "
+                    "bold)."), rp.table(header, rows)]
 
 
 def _per_class_blocks(path: Path | None, classes: ClassTable) -> list[rp.Block]:
