@@ -171,3 +171,39 @@ def test_large_images_are_stored_as_the_evaluation_square_from_a_reduced_decode(
     assert (x_cache - x_file).abs().mean() * 0.226 < 4 / 255
     (x_train, *_), = list(make_loader(paths, np.zeros(4), 128, train=True, batch_size=4, cache=cache))
     assert x_train.shape == (4, 3, 128, 128)
+
+
+DAEMON_SCRIPT = """
+import multiprocessing, sys
+from pathlib import Path
+
+def work(splits_file, cache_dir, queue):
+    from niwt.data.cache import build_cache
+    from niwt.data.images import make_loader
+    from niwt.data.tables import read_splits
+    splits = read_splits(Path(splits_file))
+    batch = next(iter(make_loader(splits.path[:4], splits.class_id[:4], 32, train=False, batch_size=4,
+                                  num_workers=2)))
+    stats = build_cache(Path(splits_file), Path(cache_dir), 32, workers=2, progress=False, shard_images=8)
+    queue.put((tuple(batch[0].shape), stats["shards"]))
+
+ctx = multiprocessing.get_context("fork")
+queue = ctx.Queue()
+proc = ctx.Process(target=work, args=(sys.argv[1], sys.argv[2], queue), daemon=True)
+proc.start()
+print(queue.get(timeout=240))
+proc.join(60)
+sys.exit(proc.exitcode)
+"""
+
+
+def test_daemonic_processes_load_in_process(prepared, tmp_path: Path) -> None:
+    """The Dask-daemon caveat: a daemonic process (a Dask worker) may not start children, so loader
+    workers and the cache's build processes run in-process there instead of failing."""
+    import subprocess
+
+    root, _ = prepared
+    proc = subprocess.run([sys.executable, "-c", DAEMON_SCRIPT, str(root / "data" / "splits.parquet"),
+                           str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().startswith("((4, 3, 32, 32), ")

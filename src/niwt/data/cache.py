@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from niwt.data.images import read_rgb
+from niwt.data.images import can_fork_workers, read_rgb
 from niwt.data.tables import read_splits
 from niwt.io.atomic import atomic_path, write_json
 from niwt.params import InputError
@@ -108,7 +108,10 @@ def build_shard(job: ShardJob) -> str:
 
 
 def _pool_size(workers: int) -> int:
-    """Processes for the build: ``workers`` (the NIWT_WORKERS execution setting), 0 = all cores."""
+    """Processes for the build: ``workers`` (the NIWT_WORKERS execution setting), 0 = all cores; one
+    (in-process) inside a daemonic process, which may not start children."""
+    if not can_fork_workers():
+        return 1
     if workers > 0:
         return workers
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import warnings
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, tr
     """
     gen = torch.Generator().manual_seed(seed)
     transform = make_transform(image_size, train)
+    num_workers = num_workers if can_fork_workers() else 0
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     extra = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
@@ -119,6 +121,13 @@ def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, tr
         dataset, collate = cache.dataset(paths, labels, transform, image_size, train), batched
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=gen, num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=collate, **extra)
+
+
+def can_fork_workers() -> bool:
+    """False inside a daemonic process (a Dask worker, a multiprocessing pool's worker), which may not
+    start children: loader workers and the cache's build processes then run in-process instead of
+    failing ("daemonic processes are not allowed to have children")."""
+    return not multiprocessing.current_process().daemon
 
 
 def batched(batch):
