@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from niwt.io.project import project_root
-from niwt.params import InputError, Params, declared_view, load_params, load_runtime, section_dict
+from niwt.errors import InputError
+from niwt.params import Params, declared_view, load_params, load_runtime, section_dict
 from niwt.stages import STAGES
 
 # The decoded-image cache (the cache stage's output), for every stage that reads images; without it

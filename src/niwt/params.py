@@ -16,13 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 
-class InputError(ValueError):
-    """A problem with the user's input (params, data, checkpoints, files) that the CLI reports in one
-    line (``niwt <stage>: error: ...``) instead of a traceback. Every such error derives from it."""
-
-
-class ParamsError(InputError):
-    """A params file that does not match the schema (unknown key, wrong type, bad value)."""
+from niwt.errors import InputError, ParamsError  # noqa: F401  (re-exported for callers)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ def command(args: argparse.Namespace) -> int:
     from niwt.integration import tracking
     from niwt.integration.registry import register_model
     from niwt.models.networks import ModelError
-    from niwt.params import ParamsError, load_params
+    from niwt.errors import ParamsError
+    from niwt.params import load_params
 
     if not tracking.enabled():
         print(f"niwt register: error: tracking is off ({tracking.DISABLE_ENV}); nothing registered", file=sys.stderr)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from niwt.params import InputError
+from niwt.errors import InputError
 
 
 class DatasetError(InputError):

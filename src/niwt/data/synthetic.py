@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from niwt.data.raw import DatasetError
 from niwt.io.atomic import fresh_temporary
-from niwt.params import ParamsError, SyntheticParams
+from niwt.errors import ParamsError
+from niwt.params import SyntheticParams
 
 # Bump when the output for a given (params, seed) changes, so stale generated copies are rebuilt.
 GENERATOR_VERSION = 2  # 2: + image_attributes.parquet (images unchanged)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from niwt.data.raw import SPLITS, DatasetError, RawDataset
 from niwt.io.atomic import atomic_path
 from niwt.io.project import project_root
-from niwt.params import ParamsError
+from niwt.errors import ParamsError
 
 SPLITS_SCHEMA = pa.schema([
     ("image_id", pa.int64()),

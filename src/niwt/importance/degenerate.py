@@ -22,7 +22,7 @@ import torch
 from niwt.importance.capture import LayerCapture, batch_importance
 from niwt.models.graph import nonlinearity_after
 from niwt.models.networks import ModelError, NiwtNet, canonical_layer, split_at
-from niwt.params import InputError
+from niwt.errors import InputError
 
 
 class DegenerateLayerError(InputError):

@@ -27,7 +27,7 @@ import torch.fx
 from torch import nn
 
 from niwt.importance.capture import Pooling
-from niwt.params import InputError
+from niwt.errors import InputError
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)

@@ -26,7 +26,8 @@ from niwt.mapping.linear import normalize_domain, predict_importance
 from niwt.mapping.store import StoredMap
 from niwt.models.networks import NiwtNet, split_at
 from niwt.models.training import predict
-from niwt.params import InjectParams, InputError
+from niwt.errors import InputError
+from niwt.params import InjectParams
 
 
 @dataclass(frozen=True)

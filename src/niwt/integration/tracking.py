@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from niwt.io.project import project_root
-from niwt.params import InputError
+from niwt.errors import InputError
 
 PARENT_ENV = "NIWT_PARENT_RUN_ID"
 INVOCATION_ENV = "NIWT_INVOCATION"

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from niwt.params import InputError
+from niwt.errors import InputError
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # torch.save's C++ writer reports a full disk as a RuntimeError without an errno.

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from niwt.params import InputError
+from niwt.errors import InputError
 
 VERSION = 1
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from niwt.io.atomic import atomic_path
-from niwt.params import InputError
+from niwt.errors import InputError
 
 
 class ImportanceFileError(InputError):

@@ -20,7 +20,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from niwt.params import InputError
+from niwt.errors import InputError
 
 
 class SplitError(InputError):

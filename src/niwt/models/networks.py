@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from niwt.params import InputError
+from niwt.errors import InputError
 
 
 class ModelError(InputError):

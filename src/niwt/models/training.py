@@ -53,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from niwt.params import ParamsError
+        from niwt.errors import ParamsError
 
         raise ParamsError("NIWT_DEVICE is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)

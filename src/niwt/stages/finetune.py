@@ -28,7 +28,8 @@ from niwt.models.checkpoint import safe_load, save_checkpoint
 from niwt.models.finetuning import initial_model, make_optimizer, phases
 from niwt.models.networks import ModelError
 from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
-from niwt.params import InputError, Params, Runtime, section_dict
+from niwt.errors import InputError
+from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
 
 
