@@ -130,9 +130,9 @@ def load_model(device: torch.device, use_checkpoint: bool = True):
     Returns:
         (model in eval mode on ``device``, layer name, image size, description)
     """
+    from niwt.config.load import load_params
     from niwt.models.checkpoint import load_checkpoint
     from niwt.models.networks import small_cnn
-    from niwt.params import load_params
 
     if use_checkpoint and CHECKPOINT.is_file():
         model, meta = load_checkpoint(CHECKPOINT, device)

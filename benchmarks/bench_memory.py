@@ -64,10 +64,11 @@ def prepare_dataset(params_path: Path, out: Path, seed_checkpoint: int) -> tuple
     """
     import torch
 
+    from niwt.config.load import load_params
+    from niwt.config.runtime import load_runtime
     from niwt.data.tables import read_classes, read_splits
     from niwt.models.checkpoint import save_checkpoint
     from niwt.models.networks import small_cnn
-    from niwt.params import load_params, load_runtime
     from niwt.stages import prepare
 
     p = load_params(params_path)

@@ -35,7 +35,7 @@ def close_parent_run(workdir: Path, invocation: str, status: str) -> str | None:
         return None
     from mlflow import MlflowClient
 
-    from niwt.params import load_params
+    from niwt.config.load import load_params
 
     root = tracking.project_root(Path(workdir))
     client = MlflowClient(tracking_uri=tracking.tracking_uri(root))

@@ -19,9 +19,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from niwt.config.load import load_params
 from niwt.data.awa2 import load_awa2
 from niwt.data.synthetic import generate_synthetic
-from niwt.params import load_params
 
 
 def convert(raw, out: Path) -> None:

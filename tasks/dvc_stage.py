@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from niwt.integration.tracking import INVOCATION_ENV, PIPELINE_ENV
-from niwt.stages import STAGE_NAMES, STAGES
+from niwt.pipeline import STAGE_NAMES, STAGES
 
 PIPELINE_STAGES = STAGE_NAMES  # the one stage list (niwt.stages.STAGES), in pipeline order
 TRACKED_STAGES = tuple(s.name for s in STAGES if s.tracked)  # fingerprint runs every time and logs nothing

@@ -7,7 +7,6 @@ function counts as much as one at the top of a module.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 from pathlib import Path
@@ -15,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from niwt.params import Params, load_params, parse_params
-from niwt.stages import STAGES
+from niwt.commands.lineage import closure, differences, imports, rewrite, stage_code_deps
+from niwt.config.load import load_params, parse_params
+from niwt.params import Params
+from niwt.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -31,73 +32,43 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def module_path(name: str) -> Path | None:
-    base = SRC.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imports(path: Path) -> set[str]:
-    """Every module ``path`` imports (absolute names; ``from a import b`` yields ``a`` and ``a.b``)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
-
-
-def niwt_closure(path: Path) -> set[Path]:
-    """The files of ``niwt`` that ``path`` imports, transitively (package ``__init__`` files included)."""
-    seen: set[Path] = set()
-    todo = [path]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        for name in imports(current):
-            if name != "niwt" and not name.startswith("niwt."):
-                continue
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, ...
-                found = module_path(".".join(parts[:i]))
-                if found is not None:
-                    todo.append(found)
-    return seen
-
-
 def layer_of(path: Path) -> str:
     parts = path.relative_to(PKG).parts
     if len(parts) == 1:
-        return parts[0].removesuffix(".py")  # cli, params, __init__
+        return parts[0].removesuffix(".py")  # cli, params, errors, pipeline, __init__
     return "core" if parts[0] in CORE else parts[0]
 
 
 SOURCES = sorted(PKG.rglob("*.py"))
 
 
-def test_package_root_holds_only_entry_points_and_params() -> None:
-    assert {p.name for p in PKG.glob("*.py")} == {"__init__.py", "cli.py", "params.py"}
-    assert {p.parent.name for p in PKG.glob("*/__init__.py")} == set(CORE) | {"integration", "stages", "commands"}
+def test_package_root_holds_only_entry_points_schema_and_errors() -> None:
+    assert {p.name for p in PKG.glob("*.py")} == {"__init__.py", "cli.py", "params.py", "errors.py", "pipeline.py"}
+    assert {p.parent.name for p in PKG.glob("*/__init__.py")} == set(CORE) | {"integration", "stages", "commands",
+                                                                              "config"}
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PKG)))
 def test_layering(path: Path) -> None:
-    """core -> (core, params); integration -> (+ MLflow); stages -> (+ integration, never each other);
-    commands -> (core, integration); nothing in niwt imports flows or tasks."""
+    """errors -> nothing; params (the schema) -> errors; core -> (core, params, errors); config and
+    integration (wiring) -> (+ core); stages -> (core, params, errors, never each other, never the
+    wiring: it stays out of their DVC lineage); commands -> (core, config, integration); nothing in
+    niwt imports flows or tasks."""
     layer = layer_of(path)
     mods = imports(path)
     top = {m.split(".")[0] for m in mods}
     niwt_parts = {m.split(".")[1] for m in mods if m.startswith("niwt.")}
     assert not top & {"flows", "tasks", "prefect", "prefect_dask"}, f"{path}: imports orchestration {top}"
+    if layer == "errors":
+        assert not mods - {"__future__"}, f"{path}: errors must import nothing, imports {sorted(mods)}"
+    if layer == "params":
+        assert niwt_parts <= {"errors"}, f"{path}: the schema imports {niwt_parts}"
     if layer in ("core", "params"):
         assert not top & set(ORCHESTRATION), f"{path}: the core imports {sorted(top & set(ORCHESTRATION))}"
-        assert not niwt_parts & {"stages", "cli", "commands", "integration"}, f"{path}: core imports {niwt_parts}"
+        assert not niwt_parts & {"stages", "cli", "commands", "integration", "config", "pipeline"}, \
+            f"{path}: core imports {niwt_parts}"
+    if layer == "config":
+        assert not niwt_parts & {"stages", "cli", "commands", "integration"}, path
     if layer == "integration":
         assert not niwt_parts & {"stages", "cli", "commands"}, path
     if layer == "commands":
@@ -106,21 +77,52 @@ def test_layering(path: Path) -> None:
         stage_modules = {f"niwt.stages.{p.stem}" for p in (PKG / "stages").glob("*.py")} - {"niwt.stages.__init__"}
         others = mods & stage_modules
         assert not others, f"{path}: a stage imports another stage: {sorted(others)}"
-        assert not niwt_parts & {"cli", "commands"}, path
+        wiring = niwt_parts & {"cli", "commands", "config", "pipeline", "integration"}
+        assert not wiring, f"{path}: a stage imports the wiring {sorted(wiring)} (it would enter its DVC lineage)"
 
 
-def covered(path: Path, deps: list[str]) -> bool:
-    rel = path.relative_to(REPO).as_posix()
-    return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+def test_dvc_code_deps_are_exactly_each_stages_import_closure() -> None:
+    """Editing a file a stage runs reruns the stage, and nothing else does: `niwt lineage` wrote the
+    deps, and they still match the code (else: run `niwt lineage`)."""
+    deps = {s.name: stage_code_deps(REPO, s.name) for s in STAGES}
+    assert differences((REPO / "dvc.yaml").read_text(), deps) == []
 
 
-@pytest.mark.parametrize("stage", [s.name for s in STAGES])
-def test_dvc_deps_cover_the_import_closure_of_each_stage(stage: str) -> None:
-    """Editing any file a stage imports (directly or not) makes `dvc status` report the stage."""
-    deps = [d for d in DVC[stage]["deps"] if isinstance(d, str)]
-    closure = niwt_closure(PKG / "stages" / f"{stage}.py") | niwt_closure(PKG / "cli.py")
-    missing = sorted(p.relative_to(REPO).as_posix() for p in closure if not covered(p, deps))
-    assert not missing, f"dvc.yaml stage {stage!r} does not depend on {missing}"
+@pytest.mark.parametrize("stage", ["finetune", "finetune_validation"])
+def test_training_lineage_holds_no_wiring_and_nothing_downstream(stage: str) -> None:
+    """Editing the CLI, MLflow tracking, the params loader or a method's label never retrains."""
+    code = [d for d in DVC[stage]["deps"] if d.startswith("src/")]
+    for part in ("injection/", "mapping/", "explain/", "integration/", "config/", "commands/", "peers/"):
+        assert not [d for d in code if d.startswith("src/niwt/" + part)], (stage, part)
+    for wiring in ("src/niwt/cli.py", "src/niwt/pipeline.py"):
+        assert wiring not in code, (stage, wiring)
+
+
+def test_lineage_reads_lazy_imports_and_package_inits(tmp_path: Path) -> None:
+    """The closure on a hand-made package: a function-local import counts, package ``__init__`` files
+    on the way count, a module that is not imported does not."""
+    pkg = tmp_path / "niwt"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "a.py").write_text("def f():\n    from niwt.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("import os\n")
+    (pkg / "sub" / "c.py").write_text("")
+    (pkg / "top.py").write_text("from niwt.sub.a import f\n")
+    found = {p.relative_to(tmp_path).as_posix() for p in closure(tmp_path, pkg / "top.py")}
+    assert found == {"niwt/top.py", "niwt/__init__.py", "niwt/sub/__init__.py", "niwt/sub/a.py", "niwt/sub/b.py"}
+    assert imports(pkg / "sub" / "b.py") == {"os"}
+
+
+def test_lineage_rewrite_keeps_data_deps_and_comments() -> None:
+    text = ("stages:\n  # a comment\n  one:\n    cmd: x\n    deps:\n      - data/in\n      - src/niwt/old.py\n"
+            "    outs:\n      - out\n  two:\n    deps:\n      - src/niwt/keep.py\n")
+    new = rewrite(text, {"one": ["src/niwt/a.py", "src/niwt/b.py"]})
+    assert new == ("stages:\n  # a comment\n  one:\n    cmd: x\n    deps:\n      - data/in\n      - src/niwt/a.py\n"
+                   "      - src/niwt/b.py\n    outs:\n      - out\n  two:\n    deps:\n      - src/niwt/keep.py\n")
+    assert differences(new, {"one": ["src/niwt/a.py", "src/niwt/b.py"]}) == []
+    assert differences(text, {"one": ["src/niwt/a.py"]}) == ["one: missing ['src/niwt/a.py'], not imported "
+                                                              "['src/niwt/old.py']"]
 
 
 def test_stage_list_is_the_one_in_dvc_yaml_and_the_cli() -> None:
@@ -194,7 +196,7 @@ def test_method_registry_is_the_one_list() -> None:
 
     for spec in METHODS.values():
         assert callable(getattr(methods, spec.builder, None)), spec
-    assert Params().inject.methods == tuple(METHODS)
+    assert parse_params({}).inject.methods == tuple(METHODS)
     assert load_params(REPO / "params.yaml").inject.methods == tuple(METHODS)
 
 

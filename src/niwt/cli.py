@@ -1,6 +1,6 @@
 """``niwt <stage>``: the command line a person (and ``dvc.yaml``) types.
 
-One subcommand per stage (:data:`niwt.stages.STAGES`), named exactly as the DVC stage, the Prefect
+One subcommand per stage (:data:`niwt.pipeline.STAGES`), named exactly as the DVC stage, the Prefect
 task and the MLflow run, plus the commands ``predict``, ``register`` and ``layers``. Paths come from the
 command line, hyperparameters only from ``params.yaml`` (each stage sees only the params it
 declares), execution settings (device, loader workers, Dask) from ``NIWT_*`` variables or flags.
@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from niwt.io.project import project_root
+from niwt.config.load import load_params
+from niwt.config.runtime import load_runtime
+from niwt.config.view import declared_view
 from niwt.errors import InputError
-from niwt.params import Params, declared_view, load_params, load_runtime, section_dict
-from niwt.stages import STAGES
+from niwt.io.project import project_root
+from niwt.params import Params, section_dict
+from niwt.pipeline import STAGES
 
 # The decoded-image cache (the cache stage's output), for every stage that reads images; without it
 # they decode the image files.
@@ -101,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad-CAM",
             "register": "register an injected checkpoint in the MLflow model registry",
             "sync": "upload MLflow metrics that stages kept when tracking failed",
-            "layers": "list a network's candidate importance layers, their shapes and nonlinearities"}
+            "layers": "list a network's candidate importance layers, their shapes and nonlinearities",
+            "lineage": "write each stage's code deps (its import closure) into dvc.yaml; --check compares"}
 
 
 def _command(name: str):
@@ -111,7 +115,7 @@ def _command(name: str):
 
 
 def _stage_module(name: str):
-    """``niwt.stages.<name>`` (``name`` is one of :data:`niwt.stages.STAGES`), imported only when run."""
+    """``niwt.stages.<name>`` (``name`` is one of :data:`niwt.pipeline.STAGES`), imported only when run."""
     return importlib.import_module(f"niwt.stages.{name}")
 
 

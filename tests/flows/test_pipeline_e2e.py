@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 from tasks.dvc_stage import status_is_clean  # noqa: E402
 
 from niwt.injection.registry import METHODS  # noqa: E402
-from niwt.stages import STAGE_NAMES as STAGES  # noqa: E402
-from niwt.stages import STAGES as STAGE_LIST  # noqa: E402
+from niwt.pipeline import STAGE_NAMES as STAGES  # noqa: E402
+from niwt.pipeline import STAGES as STAGE_LIST  # noqa: E402
 
 TRACKED = [s.name for s in STAGE_LIST if s.tracked]  # fingerprint opens no MLflow run
 

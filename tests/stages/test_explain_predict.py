@@ -16,13 +16,14 @@ import yaml
 from PIL import Image
 
 from niwt import cli
+from niwt.config.load import load_params
+from niwt.config.runtime import load_runtime
 from niwt.data.images import make_loader
 from niwt.data.tables import read_classes, read_splits
 from niwt.evaluation.gzsl import load_methods, score_methods
 from niwt.io.atomic import write_json
 from niwt.models.checkpoint import load_checkpoint
 from niwt.models.training import predict
-from niwt.params import load_params, load_runtime
 from niwt.stages import evaluate, extract, finetune, finetune_validation, fit_mapping, inject, prepare, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -346,7 +347,7 @@ def test_explain_refuses_artifacts_made_at_another_layer(project, tmp_path, monk
 
 def test_a_stage_cannot_read_params_it_does_not_declare(project) -> None:
     """The CLI hands a stage only its declared params (dvc.yaml `params:`), so no read goes stale."""
-    from niwt.params import declared_view
+    from niwt.config.view import declared_view
 
     p = declared_view(load_params(project / "params.yaml"), "evaluate", ("evaluate",))
     assert p.evaluate == load_params(project / "params.yaml").evaluate

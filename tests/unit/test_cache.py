@@ -12,10 +12,12 @@ import torch
 import yaml
 from PIL import Image
 
+from niwt.config.load import load_params
+from niwt.config.runtime import load_runtime
 from niwt.data.cache import CacheError, build_cache, decode, open_cache, stored_size
 from niwt.data.images import make_loader
 from niwt.data.tables import read_splits, write_splits
-from niwt.params import InputError, load_params, load_runtime
+from niwt.errors import InputError
 from niwt.stages import cache as cache_stage
 from niwt.stages import prepare
 

@@ -26,10 +26,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from niwt.config.load import load_params, parse_params
 from niwt.data.raw import DatasetError
 from niwt.data.tables import SPLITS_SCHEMA, SplitTable, check_splits, read_classes, read_splits
 from niwt.data.xlsa17 import load_att_splits, load_res101_image_list
-from niwt.params import ParamsError, load_params, parse_params
+from niwt.errors import ParamsError
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -252,8 +252,8 @@ def test_pool_from_a_folder_of_images(tmp_path) -> None:
     from PIL import Image
 
     from niwt.data.tables import SplitTable
+    from niwt.errors import InputError
     from niwt.injection.methods import pool_activations, pool_folder_images
-    from niwt.params import InputError
 
     (tmp_path / "pool" / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from niwt.params import (
-    InjectParams,
-    Params,
-    ParamsError,
-    load_params,
-    parse_params,
-    section_dict,
-)
+from niwt.config.load import load_params, parse_params
+from niwt.errors import ParamsError
+from niwt.params import InjectParams, Params, section_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,8 +27,12 @@ def test_repo_params_yaml_loads() -> None:
 
 
 def test_empty_document_gives_defaults() -> None:
-    assert parse_params(None) == Params()
-    assert parse_params({}) == Params()
+    from niwt.injection.registry import METHODS
+
+    everything = dataclasses.replace(Params().inject, methods=tuple(METHODS))  # empty list: every method
+    assert parse_params(None) == dataclasses.replace(Params(), inject=everything)
+    assert parse_params({}) == parse_params(None)
+    assert parse_params({"inject": {"methods": []}}).inject.methods == tuple(METHODS)
     with pytest.raises(ParamsError, match="top level must be a mapping"):
         parse_params([1, 2])  # type: ignore[arg-type]
 
@@ -122,7 +121,7 @@ def test_file_errors(tmp_path: Path) -> None:
         load_params(bad)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert load_params(empty) == Params()
+    assert load_params(empty) == parse_params({})
     typo = tmp_path / "typo.yaml"
     typo.write_text("mapping:\n  epoch: 3\n")
     with pytest.raises(ParamsError, match=rf"{typo}\.mapping: unknown key 'epoch'"):
@@ -166,7 +165,8 @@ def test_section_dict_flattening() -> None:
 
 
 def test_execution_settings_come_from_the_environment_and_flags() -> None:
-    from niwt.params import Runtime, load_runtime
+    from niwt.config.runtime import load_runtime
+    from niwt.params import Runtime
 
     assert load_runtime({}) == Runtime()
     rt = load_runtime({"NIWT_DEVICE": "cpu", "NIWT_WORKERS": "3", "NIWT_RUNNER": "dask",

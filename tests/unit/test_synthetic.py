@@ -33,7 +33,8 @@ from niwt.data.synthetic import (
     render_object,
     sample_values,
 )
-from niwt.params import ParamsError, SyntheticParams
+from niwt.errors import ParamsError
+from niwt.params import SyntheticParams
 
 SMALL = SyntheticParams(n_classes=12, n_unseen=3, images_per_class=4, image_size=32)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from niwt.config.load import parse_params
 from niwt.data.tables import ClassTable, SplitTable, read_classes, subproblem, write_classes
 from niwt.evaluation.gzsl import validation_numbers
 from niwt.evaluation.metrics import gzsl_metrics
@@ -17,7 +18,7 @@ from niwt.injection.methods import candidates
 from niwt.io.choices import ChoicesError, read_choices, write_choices
 from niwt.models.finetuning import initial_model
 from niwt.models.networks import ModelError, build_model
-from niwt.params import InjectParams, parse_params
+from niwt.params import InjectParams
 
 
 def _tables() -> tuple[ClassTable, SplitTable]:

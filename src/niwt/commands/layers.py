@@ -67,8 +67,8 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
 
 def command(args: argparse.Namespace) -> int:
     """``niwt layers``; returns the exit status."""
-    from niwt.models.checkpoint import load_checkpoint
     from niwt.errors import InputError
+    from niwt.models.checkpoint import load_checkpoint
 
     try:
         if args.model is not None:

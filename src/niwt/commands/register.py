@@ -26,11 +26,11 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Register ``args.model``; prints the model URI. Returns the exit status."""
+    from niwt.config.load import load_params
+    from niwt.errors import ParamsError
     from niwt.integration import tracking
     from niwt.integration.registry import register_model
     from niwt.models.networks import ModelError
-    from niwt.errors import ParamsError
-    from niwt.params import load_params
 
     if not tracking.enabled():
         print(f"niwt register: error: tracking is off ({tracking.DISABLE_ENV}); nothing registered", file=sys.stderr)

@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 from niwt.data.images import can_fork_workers, read_rgb
 from niwt.data.tables import read_splits
-from niwt.io.atomic import atomic_path, write_json
 from niwt.errors import InputError
+from niwt.io.atomic import atomic_path, write_json
 
 VERSION = 1
 INDEX = "index.json"

@@ -41,8 +41,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from niwt.data.raw import DatasetError
-from niwt.io.atomic import fresh_temporary
 from niwt.errors import ParamsError
+from niwt.io.atomic import fresh_temporary
 from niwt.params import SyntheticParams
 
 # Bump when the output for a given (params, seed) changes, so stale generated copies are rebuilt.

@@ -18,9 +18,9 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from niwt.data.raw import SPLITS, DatasetError, RawDataset
+from niwt.errors import ParamsError
 from niwt.io.atomic import atomic_path
 from niwt.io.project import project_root
-from niwt.errors import ParamsError
 
 SPLITS_SCHEMA = pa.schema([
     ("image_id", pa.int64()),

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from niwt.errors import InputError
 from niwt.importance.capture import LayerCapture, batch_importance
 from niwt.models.graph import nonlinearity_after
 from niwt.models.networks import ModelError, NiwtNet, canonical_layer, split_at
-from niwt.errors import InputError
 
 
 class DegenerateLayerError(InputError):

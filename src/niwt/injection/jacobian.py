@@ -26,8 +26,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from niwt.importance.capture import Pooling
 from niwt.errors import InputError
+from niwt.importance.capture import Pooling
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)

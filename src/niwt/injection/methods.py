@@ -20,13 +20,13 @@ import torch
 
 from niwt.data.images import ImageSource, make_loader
 from niwt.data.tables import ClassTable, SplitTable
+from niwt.errors import InputError
 from niwt.injection.niwt import inject, resolve_solver
 from niwt.injection.registry import METHODS
 from niwt.mapping.linear import normalize_domain, predict_importance
 from niwt.mapping.store import StoredMap
 from niwt.models.networks import NiwtNet, split_at
 from niwt.models.training import predict
-from niwt.errors import InputError
 from niwt.params import InjectParams
 
 

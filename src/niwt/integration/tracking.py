@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from niwt.io.project import project_root
 from niwt.errors import InputError
+from niwt.io.project import project_root
 
 PARENT_ENV = "NIWT_PARENT_RUN_ID"
 INVOCATION_ENV = "NIWT_INVOCATION"

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from niwt.io.atomic import atomic_path
 from niwt.errors import InputError
+from niwt.io.atomic import atomic_path
 
 
 class ImportanceFileError(InputError):

@@ -2,52 +2,15 @@
 
 Stages read and write files and may log progress; the numerical work lives in the core packages
 (``niwt.models``, ``niwt.importance``, ``niwt.mapping``, ``niwt.injection``, ...). Stages never import
-each other: what one stage needs from another comes from that stage's output files.
-
-:data:`STAGES` is the one list of stages, in pipeline order, with the params each one reads. The
-CLI, the Prefect flow and the tests use it, and a test holds ``dvc.yaml`` equal to it; the CLI hands
-a stage only the params it declares (:func:`niwt.params.declared_view`), so a stage that reads an
-undeclared key fails instead of going stale under DVC.
+each other: what one stage needs from another comes from that stage's output files. The list of
+stages, with the params each reads, is :data:`niwt.pipeline.STAGES` (wiring, outside every stage's
+DVC lineage).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str  # the dvc.yaml stage, the `niwt` subcommand, the Prefect task run and the MLflow run
-    params: tuple[str, ...]  # params.yaml sections or single keys it reads (= its dvc.yaml `params:`)
-    help: str
-    tracked: bool = True  # opens an MLflow run (fingerprint, run on every `dvc repro`, does not)
-
-
-STAGES: tuple[Stage, ...] = (
-    # Reads where the raw data is (data.name, data.root: owned by prepare) to fingerprint it.
-    Stage("fingerprint", ("data.name", "data.root"),
-          "fingerprint the raw dataset (file list, sizes, mtimes) so that editing it reruns prepare",
-          tracked=False),
-    Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),
-    Stage("cache", ("model.image_size", "cache"),
-          "decode every image once into memory-mapped uint8 arrays that the later stages read"),
-    Stage("finetune", ("base.seed", "model", "finetune"), "train the classifier on seen classes"),
-    # The class-disjoint validation protocol replays the chain: finetune_validation trains as finetune
-    # does (its params) without the validation classes; validate rebuilds extract .. inject on that
-    # backbone (their params) and chooses among the candidate lists of mapping and inject.
-    Stage("finetune_validation", ("base.seed", "model", "finetune", "validate.classes", "validate.n_classes",
-                                  "validate.finetune_epochs"),
-          "train the validation backbone on the seen classes minus the validation classes"),
-    Stage("validate", ("base.seed", "extract", "mapping", "inject", "validate.criterion"),
-          "choose every hyperparameter and gamma on validation classes the validation backbone never saw"),
-    Stage("extract", ("base.seed", "extract"), "neuron importances of every seen training image (sharded Parquet)"),
-    Stage("fit_mapping", ("base.seed", "mapping"), "fit the domain-vector -> importance map and its inverse"),
-    Stage("inject", ("base.seed", "inject"), "add unseen-class rows to the classifier (NIWT and peers)"),
-    Stage("evaluate", ("evaluate",), "GZSL metrics (S, U, H, ZSL T1, AUSUC) of every injected model"),
-    Stage("explain", ("base.seed", "explain"), "Grad-CAM panels, textual explanations, neuron names, report"),
-)
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 @dataclass

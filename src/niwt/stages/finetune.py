@@ -22,13 +22,13 @@ from torch import nn
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
+from niwt.errors import InputError
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import safe_load, save_checkpoint
 from niwt.models.finetuning import initial_model, make_optimizer, phases
 from niwt.models.networks import ModelError
 from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
-from niwt.errors import InputError
 from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
 
