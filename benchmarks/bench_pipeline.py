@@ -35,7 +35,7 @@ TINY = {  # the tests' tiny configuration (tests/tiny_project.py), for --quick
     "mapping": {"epochs": 4, "n_val_classes": 2, "candidate_epochs": [2, 4]},
     "inject": {"max_iters": 20, "pool_size": 24, "lr": [0.01], "lambda": [0.001], "ridge_alpha": [1.0],
                "eszsl_exponents": [0, 1]},
-    "validate": {"n_classes": 2, "finetune_epochs": 1},
+    "validate": {"fraction": 0.25, "min_classes": 2, "finetune_epochs": 1},
 }
 
 

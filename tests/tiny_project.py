@@ -21,7 +21,7 @@ TINY = {
     "inject": {"max_iters": 20, "pool_size": 24, "lr": [0.001, 0.01], "lambda": [0.001],
                "ridge_alpha": [0.1, 1.0], "eszsl_exponents": [-1, 0, 1],
                "methods": ["niwt", "icis", "regression", "regression_rescaled", "eszsl"]},
-    "validate": {"n_classes": 2, "finetune_epochs": 1},
+    "validate": {"fraction": 0.25, "min_classes": 2, "finetune_epochs": 1},
     "evaluate": {"batch_size": 64},
 }
 

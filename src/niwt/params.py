@@ -121,8 +121,11 @@ class InjectParams:
 
 @dataclass(frozen=True)
 class ValidateParams:
-    classes: Literal["auto", "seeded"] = "auto"
-    n_classes: int = 5
+    """The class-disjoint validation protocol (see ``niwt.data.tables.validation_count``)."""
+
+    classes: Literal["auto", "seeded"] = "auto"  # auto: the dataset's own validation classes where it has them
+    fraction: float = 0.33  # of the seen classes, drawn by base.seed (Xian et al.: about a third)
+    min_classes: int = 5  # never fewer validation classes than this, where the seen classes allow
     finetune_epochs: int = 0
     criterion: Literal["H", "cal_H", "ausuc"] = "H"
 

@@ -32,7 +32,7 @@ CUB_SMALL = {
     "finetune": {"epochs": 1, "batch_size": 16},
     "extract": {"layer": "body.block4", "batch_size": 16, "shard_size": 32},
     "mapping": {"epochs": 2, "n_val_classes": 1, "candidate_epochs": [2]},
-    "validate": {"n_classes": 1},
+    "validate": {"fraction": 0.1, "min_classes": 1},
     "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8},
     "evaluate": {"batch_size": 32},
     "explain": {"images_per_class": 2},

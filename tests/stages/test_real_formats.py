@@ -228,7 +228,7 @@ def small_params(name: str, root: Path, arch: str, layer: str, domain: str = "at
         "mapping": {"epochs": 2, "n_val_classes": 1, "candidate_epochs": [2]},
         "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8, "lr": [0.001],
                    "lambda": [0.001], "ridge_alpha": [0.1, 1.0]},
-        "validate": {"n_classes": 1, "finetune_epochs": 1},
+        "validate": {"fraction": 0.1, "min_classes": 1, "finetune_epochs": 1},
         "evaluate": {"batch_size": 16},
     }
 

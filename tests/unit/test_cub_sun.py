@@ -124,6 +124,23 @@ def test_load_cub_with_res101(tmp_path: Path) -> None:
     np.testing.assert_allclose(raw.sentences, sent)
 
 
+def test_cub_validation_classes_come_from_sent_splits(tmp_path: Path) -> None:
+    """CUB's att_splits.mat has no val_loc; the protocol's train/val class split is in sent_splits.mat."""
+    root, xlsa = _mini_cub(tmp_path)
+    assert load_cub(root, xlsa).validation is None  # sent_splits.mat without train_loc/val_loc
+    seen = [n for n in CUB_XLSA_ORDER if n not in CUB_UNSEEN]
+    files = scipy.io.loadmat(str(xlsa / "res101.mat"))
+    labels = files["labels"].ravel() - 1
+    val_class = seen[1]
+    val = [i + 1 for i, lab in enumerate(labels) if CUB_XLSA_ORDER[lab] == val_class]
+    train = [i + 1 for i, lab in enumerate(labels) if CUB_XLSA_ORDER[lab] == seen[0]]
+    scipy.io.savemat(str(xlsa / "sent_splits.mat"), {
+        "allclasses_names": _cell(CUB_XLSA_ORDER), "att": np.arange(20.0).reshape(5, 4),
+        "trainval_loc": _col([1]), "test_seen_loc": _col([2]), "test_unseen_loc": _col([3]),
+        "train_loc": _col(train), "val_loc": _col(val)})
+    assert load_cub(root, xlsa).validation == [val_class]
+
+
 def test_load_cub_from_inner_dir_with_class_lists_only(tmp_path: Path) -> None:
     root, xlsa = _mini_cub(tmp_path, res101=False, lists=True, sent=False)
     raw = load_cub(root / "CUB_200_2011", xlsa)  # attributes.txt is found one level up

@@ -154,3 +154,20 @@ def test_ridge_uses_the_validated_alpha() -> None:
 
         regression_rescaled_rows(Context(net, InjectParams(), 0, classes, splits, None, 8, torch.device("cpu"),
                                          hyper={"regression": {"alpha": 1.0}}), part)
+
+
+@pytest.mark.parametrize(("n_seen", "count"), [(150, 50), (40, 13), (645, 213), (10, 5), (6, 4), (3, 1)])
+def test_validation_split_is_sized_like_the_protocol(n_seen: int, count: int) -> None:
+    """A third of the seen classes (Xian et al.: CUB 50 of 150, AWA2 13 of 40), at least 5 where the
+    seen classes allow, always 2 left to fit."""
+    from niwt.data.tables import validation_count
+
+    assert validation_count(n_seen, 0.33, 5) == count
+
+
+def test_validation_needs_three_seen_classes() -> None:
+    from niwt.data.tables import validation_count
+    from niwt.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="at least 3 seen classes"):
+        validation_count(2, 0.33, 5)

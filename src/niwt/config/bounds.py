@@ -28,7 +28,7 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "mapping.batch_size": (0, 1_048_576),
     "mapping.n_val_classes": (0, 100_000),
     "inject.batch_size": (0, 65_536),
-    "validate.n_classes": (1, 100_000),
+    "validate.min_classes": (1, 100_000),
     "validate.finetune_epochs": (0, 10_000),
     "inject.max_iters": (0, 10_000_000),
     "inject.patience": (1, 10_000_000),
@@ -52,6 +52,8 @@ def check_bounds(p: Params, source: str) -> None:
     problems = []
     if not 0 < s.n_unseen < s.n_classes:
         problems.append("data.synthetic.n_unseen must be between 1 and n_classes - 1")
+    if not 0.0 < p.validate.fraction < 1.0:
+        problems.append(f"validate.fraction must be in (0, 1), got {p.validate.fraction}")
     if not 0.0 < p.data.val_fraction + p.data.test_seen_fraction < 1.0:
         problems.append("data.val_fraction + data.test_seen_fraction must be in (0, 1)")
     for name in ("finetune.batch_size", "extract.batch_size", "extract.shard_size", "mapping.batch_size",

@@ -450,6 +450,24 @@ def _validation_classes(splits: Xlsa17Splits, labels: np.ndarray) -> list[str] |
     return seen if seen and len(seen) == len(names) else None
 
 
+def _with_val_loc(splits: Xlsa17Splits, folder: Path, n_images: int) -> Xlsa17Splits:
+    """``splits`` with the protocol's train/val split of the seen classes: its own ``val_loc``, else
+    the one of ``sent_splits.mat`` beside it (CUB's ``att_splits.mat`` has none; its sentence file
+    carries Xian et al.'s 100 + 50 split), else none."""
+    sent = folder / SENT_SPLITS
+    if splits.val_loc is not None or not sent.is_file():
+        return splits
+    other = load_sent_splits(sent)
+    if other.val_loc is None:
+        return splits
+    if other.class_names != splits.class_names:
+        raise DatasetError(f"{sent}: its allclasses_names differ from {splits.path}'s")
+    if other.val_loc.size and other.val_loc.max() >= n_images:
+        raise DatasetError(f"{sent}: 'val_loc' has index {other.val_loc.max() + 1} beyond the {n_images} images of "
+                           f"{RES101}")
+    return replace(splits, train_loc=other.train_loc, val_loc=other.val_loc)
+
+
 def apply_xlsa17(raw: RawDataset, xlsa_dir: Path, marker: str | None = None) -> RawDataset:
     """Put ``raw`` on the xlsa17 protocol found in ``xlsa_dir`` (``xlsa17/data/<DATASET>``).
 
@@ -488,6 +506,6 @@ def apply_xlsa17(raw: RawDataset, xlsa_dir: Path, marker: str | None = None) -> 
             raise DatasetError(f"{raw.name}: no default image-path marker; pass marker= to apply_xlsa17")
         paths, image_labels, image_splits = _align_images(out, files, labels, splits, marker, res_path)
         out = replace(out, image_paths=paths, image_labels=image_labels, image_splits=image_splits,
-                      validation=_validation_classes(splits, labels))
+                      validation=_validation_classes(_with_val_loc(splits, folder, labels.size), labels))
     _check_exist(out.image_paths, f"{raw.name}")
     return out

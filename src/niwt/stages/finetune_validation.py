@@ -1,7 +1,8 @@
 """``finetune_validation``: the validation backbone of the class-disjoint protocol (Xian et al.).
 
 Some seen classes are set aside as validation classes (xlsa17's ``val_loc`` classes where the data
-has them with ``validate.classes: auto``, else ``validate.n_classes`` drawn by ``base.seed``), and a
+has them with ``validate.classes: auto``, else ``validate.fraction`` of them, at least
+``validate.min_classes``, drawn by ``base.seed``), and a
 network is fine-tuned exactly as ``finetune`` trains (same ``model`` and ``finetune`` params;
 ``validate.finetune_epochs`` may shorten it) on the other seen classes only, so it has never seen a
 validation class. ``validate`` rebuilds the chain on it. A separate stage so that a sweep of
@@ -17,7 +18,7 @@ import torch
 
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
-from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
+from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
 from niwt.models.checkpoint import read_class_names, save_checkpoint
 from niwt.models.finetuning import initial_model, train_best
 from niwt.models.training import resolve_device, seed_everything
@@ -27,13 +28,15 @@ from niwt.stages import StageResult
 
 def validation_classes(classes: ClassTable, p: Params) -> tuple[np.ndarray, str]:
     """(sorted seen-class ids, where they come from): the dataset's own validation classes
-    (xlsa17 ``val_loc``) with ``validate.classes: auto`` where it has them, else a seeded draw
-    (the same draw as ``fit_mapping``'s held-out classes for the same count and seed)."""
+    (xlsa17 ``val_loc``; CUB's from ``sent_splits.mat``) with ``validate.classes: auto`` where it has
+    them, else a seeded draw of ``validation_count`` classes (the same draw as ``fit_mapping``'s
+    held-out classes for the same count and seed)."""
     own = np.flatnonzero(np.isin(np.arange(classes.n_seen), classes.validation)) \
         if classes.validation is not None else np.array([], dtype=np.int64)
     if p.validate.classes == "auto" and 0 < len(own) < classes.n_seen:
         return own, "dataset"
-    return held_out_classes(classes.n_seen, p.validate.n_classes, p.base.seed, "validate.n_classes"), "seeded"
+    count = validation_count(classes.n_seen, p.validate.fraction, p.validate.min_classes)
+    return held_out_classes(classes.n_seen, count, p.base.seed, "validate.fraction"), "seeded"
 
 
 def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None) -> StageResult:
