@@ -32,8 +32,8 @@ STAGES: tuple[Stage, ...] = (
     # The class-disjoint validation protocol replays the chain: finetune_validation trains as finetune
     # does (its params) without the validation classes; validate rebuilds extract .. inject on that
     # backbone (their params) and chooses among the candidate lists of mapping and inject.
-    Stage("finetune_validation", ("base.seed", "model", "finetune", "validate.classes", "validate.fraction", "validate.min_classes",
-                                  "validate.finetune_epochs"),
+    Stage("finetune_validation", ("base.seed", "model", "finetune", "validate.classes", "validate.fraction",
+                                  "validate.min_classes", "validate.finetune_epochs"),
           "train the validation backbone on the seen classes minus the validation classes"),
     Stage("validate", ("base.seed", "extract", "mapping", "inject", "validate.criterion"),
           "choose every hyperparameter and gamma on validation classes the validation backbone never saw"),
