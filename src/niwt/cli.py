@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         sp = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         sp.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-        sp.add_argument("--stats", "--metrics", dest="stats", type=Path,
+        sp.add_argument("--stats", type=Path,
                         help="write every number of the stage here (JSON; also logged to MLflow)")
         for flag, required, default, help_ in PATHS[stage.name]:
             suffix = "" if required or default is None else " (default: %(default)s)"

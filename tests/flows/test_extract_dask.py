@@ -24,7 +24,7 @@ def test_dask_runner_matches_local(tmp_path: Path) -> None:
     _niwt(project, "finetune", "--data", "data/prepared", "--out", "models/finetuned.pt", "--history", "h.csv")
     _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out", "local")
     _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out", "dask",
-          "--runner", "dask", "--dask-workers", "2", "--metrics", "dask.json")
+          "--runner", "dask", "--dask-workers", "2", "--stats", "dask.json")
     import json
 
     metrics = json.loads((project / "dask.json").read_text())

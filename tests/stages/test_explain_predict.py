@@ -69,7 +69,7 @@ def explained(project):
         mp.setenv("NIWT_PROGRESS", "0")
         rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
                        "--importances", "importances", "--inverse-map", "inverse_map.pt",
-                       "--out", "reports/explain", "--metrics", "explain.json",
+                       "--out", "reports/explain", "--stats", "explain.json",
                        "--comparison", "evaluate.json", "--evaluation", "plots"])
     assert rc == 0
     return project / "reports" / "explain"

@@ -269,7 +269,7 @@ def run_stage(stage: str, work: Path, params: Path) -> dict:
     """Run one stage through the CLI; assert exit 0; return its metrics JSON."""
     metrics = work / "metrics" / f"{stage}.json"
     args = [str(a) for a in stage_argv(work, params)[stage]]
-    code = main([stage, "--params", str(params), "--metrics", str(metrics), *args])
+    code = main([stage, "--params", str(params), "--stats", str(metrics), *args])
     assert code == 0, f"niwt {stage} exited {code}"
     return json.loads(metrics.read_text())
 

@@ -58,10 +58,10 @@ def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
 def prepare_and_finetune(root: Path, params: Path) -> Project:
     p = Project(root, params, root / "data/prepared", root / "models/finetuned.pt", root / "metrics")
     assert main(["prepare", "--out", str(p.data), "--params", str(params),
-                 "--metrics", str(p.metrics / "prepare.json")]) == 0
+                 "--stats", str(p.metrics / "prepare.json")]) == 0
     assert main(["finetune", "--data", str(p.data), "--out", str(p.model), "--params", str(params),
                  "--history", str(root / "plots/finetune_history.csv"),
-                 "--metrics", str(p.metrics / "finetune.json")]) == 0
+                 "--stats", str(p.metrics / "finetune.json")]) == 0
     return p
 
 
@@ -130,7 +130,7 @@ def test_extract_killed_then_resumed_is_byte_identical(proj: Project, tmp_path: 
     out = tmp_path / "importances"
     partial = tmp_path / "importances.partial"
     argv = ["extract", "--data", str(proj.data), "--model", str(proj.model), "--out", str(out),
-            "--params", str(proj.params), "--metrics", str(tmp_path / "killed.json")]
+            "--params", str(proj.params), "--stats", str(tmp_path / "killed.json")]
     seed = random.randrange(2**32)
     delay = random.Random(seed).uniform(0.0, 0.02)  # 18 tiny shards finish in ~0.1 s: kill early
     proc = spawn(argv, tmp_path)
@@ -161,7 +161,7 @@ def test_finetune_killed_then_resumed_matches_unbroken_run(proj: Project, tmp_pa
     out = tmp_path / "finetuned.pt"
     resume = tmp_path / "finetuned.pt.resume"
     argv = ["finetune", "--data", str(proj.data), "--out", str(out), "--params", str(proj.params),
-            "--history", str(tmp_path / "history.csv"), "--metrics", str(tmp_path / "finetune.json")]
+            "--history", str(tmp_path / "history.csv"), "--stats", str(tmp_path / "finetune.json")]
     proc = spawn(argv, tmp_path)
     kill_when(proc, resume.is_file)
     assert resume.is_file() and not out.exists() and not (tmp_path / "history.csv").exists()
@@ -196,7 +196,7 @@ def test_unreadable_resume_file_is_ignored(proj: Project, tmp_path: Path, capsys
     torch.save({"fingerprint": "x", "payload": Exploit()}, tmp_path / "finetuned.pt.resume")
     capsys.readouterr()
     assert main(["finetune", "--data", str(proj.data), "--out", str(out), "--params", str(proj.params),
-                 "--history", str(tmp_path / "history.csv"), "--metrics", str(tmp_path / "finetune.json")]) == 0
+                 "--history", str(tmp_path / "history.csv"), "--stats", str(tmp_path / "finetune.json")]) == 0
     printed = capsys.readouterr().out
     assert "ignoring" in printed and "finetuned.pt.resume" in printed and "pickled Python objects" in printed
     assert not marker.exists()

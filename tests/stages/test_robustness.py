@@ -139,7 +139,7 @@ def stage_argv(stage: str, proj: Project, out: Path, params: Path, data: Path | 
         "evaluate": ["--data", data, "--injected", injected or proj.injected, "--validation", proj.validation,
                      "--plots", out / "plots", "--headline", out / "gzsl"],
     }[stage]
-    return [stage, *args, "--params", params, "--metrics", out / "metrics.json"]
+    return [stage, *args, "--params", params, "--stats", out / "metrics.json"]
 
 
 def assert_failed_cleanly(rc: int, err: str, pattern: str, out: Path) -> None:
@@ -270,7 +270,7 @@ def test_prepare_rejects_damaged_raw_data(case: str, tmp_path: Path, monkeypatch
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "classes.parquet").write_text("the previous, good output")  # must survive the failure
-    rc, err = cli(capsys, "prepare", "--out", out, "--params", params, "--metrics", tmp_path / "m.json")
+    rc, err = cli(capsys, "prepare", "--out", out, "--params", params, "--stats", tmp_path / "m.json")
     assert rc == 2, err
     assert re.search(found["pattern"], err), f"stderr does not match {found['pattern']!r}:\n{err}"
     assert [f.name for f in out.iterdir()] == ["classes.parquet"]
@@ -283,7 +283,7 @@ def test_prepare_skip_drops_and_counts_bad_images(tmp_path: Path, monkeypatch: p
     _wrap_generator(monkeypatch, damage_truncated_image)
     params = write_params(tmp_path / "params.yaml", {"data": {"bad_images": "skip"}})
     rc, err = cli(capsys, "prepare", "--out", tmp_path / "prepared", "--params", params,
-                  "--metrics", tmp_path / "m.json")
+                  "--stats", tmp_path / "m.json")
     assert rc == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n_bad_images"] == 1
@@ -298,7 +298,7 @@ def test_prepare_skip_drops_a_decompression_bomb(tmp_path: Path, monkeypatch: py
     _wrap_generator(monkeypatch, damage_bomb)
     params = write_params(tmp_path / "params.yaml", {"data": {"bad_images": "skip"}})
     rc, err = cli(capsys, "prepare", "--out", tmp_path / "prepared", "--params", params,
-                  "--metrics", tmp_path / "m.json")
+                  "--stats", tmp_path / "m.json")
     assert rc == 0, err
     assert json.loads((tmp_path / "m.json").read_text())["n_bad_images"] == 1
 
@@ -770,7 +770,7 @@ def test_interrupted_stage_replaces_nothing(stage: str, proj: Project, tmp_path:
     out = tmp_path / "out"
     old = _old_outputs([out / o for o in outputs] + [out / "metrics.json"])
     interrupt(monkeypatch)
-    argv = ["prepare", "--out", out / "prepared", "--params", proj.params, "--metrics", out / "metrics.json"] \
+    argv = ["prepare", "--out", out / "prepared", "--params", proj.params, "--stats", out / "metrics.json"] \
         if stage == "prepare" else stage_argv(stage, proj, out, proj.params)
     if stage == "fit_mapping":  # a full disk: the one-line error (issue 15), nothing replaced
         assert main([str(a) for a in argv]) == 2
