@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad-CAM",
             "register": "register an injected checkpoint in the MLflow model registry",
             "sync": "upload MLflow metrics that stages kept when tracking failed",
-            "layers": "list a network's candidate importance layers, their shapes and nonlinearities"}
+            "layers": "list a network's candidate importance layers, their shapes and nonlinearities",
+            "seeds": "run the pipeline over several base.seed values (DVC experiments); mean ± std tables"}
 
 
 def _command(name: str):
