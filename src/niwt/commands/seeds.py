@@ -2,9 +2,10 @@
 
 Each seed is one DVC experiment (``dvc exp run --temp -n <name>-<seed> -S base.seed=<seed>``, plus
 the ``--set`` overrides): it runs in a copy under ``.dvc/tmp/exps/``, so the workspace, its params
-and outputs stay as they are. A seed whose outputs DVC already has for the same code, data and
-params (the committed seed, an earlier run) is restored from DVC's cache, not rerun; ``--force``
-reruns every stage. The results are read back from the experiment commits (``dvc exp show --json``
+and outputs stay as they are. The copy starts from the commit's ``dvc.lock``: a stage whose code,
+data and params are the committed ones (every stage of the committed seed, without overrides) is
+not rerun, its outputs come from DVC's cache; every other stage runs (DVC's run cache does not
+apply: each stage has an uncached stats output). ``--force`` reruns every stage. The results are read back from the experiment commits (``dvc exp show --json``
 for the headline metrics, ``dvc.api.read`` for the other files) into one CSV row per (seed,
 method), and a markdown file of mean ± std per method. ``--collect-only`` rebuilds the markdown
 from the CSV alone, so the published tables can be regenerated without running anything.
