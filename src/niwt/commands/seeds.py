@@ -5,10 +5,11 @@ the ``--set`` overrides): it runs in a copy under ``.dvc/tmp/exps/``, so the wor
 and outputs stay as they are. The copy starts from the commit's ``dvc.lock``: a stage whose code,
 data and params are the committed ones (every stage of the committed seed, without overrides) is
 not rerun, its outputs come from DVC's cache; every other stage runs (DVC's run cache does not
-apply: each stage has an uncached stats output). ``--force`` reruns every stage. The results are read back from the experiment commits (``dvc exp show --json``
-for the headline metrics, ``dvc.api.read`` for the other files) into one CSV row per (seed,
-method), and a markdown file of mean ± std per method. ``--collect-only`` rebuilds the markdown
-from the CSV alone, so the published tables can be regenerated without running anything.
+apply: each stage has an uncached stats output). ``--force`` reruns every stage. The results are
+read back from the experiment commits (``dvc exp show --json`` for the headline metrics,
+``dvc.api.read`` for the other files) into one CSV row per (seed, method), and a markdown file of
+mean ± std per method. ``--collect-only`` rebuilds the markdown from the CSV alone, so the
+published tables can be regenerated without running anything.
 """
 
 from __future__ import annotations
@@ -262,8 +263,9 @@ def _header(rows: list[dict[str, str]], seeds: list[int]) -> list[str]:
                        for r in rows})
     ran = {int(r["seed"]): len(r.get("stages_run", "").split()) for r in rows}
     flags = "".join(f" --set {shlex.quote(o)}" for o in shlex.split(" ".join(overrides)))
+    plural = "s" if len(seeds) > 1 else ""
     return ["# Results over seeds", "",
-            f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} (`base.seed`); overrides: {', '.join(overrides) or 'none'}; "
+            f"Seed{plural} {', '.join(map(str, seeds))} (`base.seed`); overrides: {', '.join(overrides) or 'none'}; "
             f"machine: {'; '.join(machines)}.",
             f"Stages run by `niwt seeds` per seed (the others DVC restored from its cache, computed where they "
             f"were first run): {'; '.join(f'seed {s}: {ran[s]}' for s in seeds)}.",
