@@ -105,7 +105,8 @@ COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad
             "register": "register an injected checkpoint in the MLflow model registry",
             "sync": "upload MLflow metrics that stages kept when tracking failed",
             "layers": "list a network's candidate importance layers, their shapes and nonlinearities",
-            "lineage": "write each stage's code deps (its import closure) into dvc.yaml; --check compares"}
+            "lineage": "write each stage's code deps (its import closure) into dvc.yaml; --check compares",
+            "seeds": "run the pipeline over several base.seed values (DVC experiments); mean ± std tables"}
 
 
 def _command(name: str):
