@@ -83,9 +83,6 @@ class ExtractParams:
     layer: str = "body.block4"
     pooling: Literal["sum", "mean"] = "sum"
     target: Literal["ground_truth", "predicted"] = "ground_truth"
-    batch_size: int = 64
-    shard_size: int = 512
-    channels_last: bool = True
     allow_degenerate: bool = False  # accept a layer with no nonlinearity above it (NIWT degenerates)
 
 
@@ -116,7 +113,6 @@ class InjectParams:
     pool_size: int = 1024
     solver: Literal["auto", "jacobian", "double_backprop"] = "auto"
     init: Literal["seen_centered", "mean"] = "seen_centered"
-    feature_batch_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -131,13 +127,7 @@ class ValidateParams:
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
-    batch_size: int = 128
-
-
-@dataclass(frozen=True)
 class ExplainParams:
-    batch_size: int = 128
     images_per_class: int = 4
     top_attributes: int = 5
 
@@ -158,7 +148,6 @@ class Params:
     mapping: MappingParams = field(default_factory=MappingParams)
     inject: InjectParams = field(default_factory=InjectParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     explain: ExplainParams = field(default_factory=ExplainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
@@ -175,6 +164,20 @@ class Runtime:
     dask_address: str = ""  # empty: a LocalCluster of dask_workers processes; else a scheduler address
     dask_workers: int = 2
     progress: bool = True
+    # How many images one forward pass takes in the inference stages (importances, features,
+    # evaluation, explanations) and how extraction's output is cut: speed and memory only, the same
+    # numbers to the last float bits. 0: the default of the kind of work (INFERENCE_BATCH).
+    batch_size: int = 0
+    shard_size: int = 512  # images per importance shard (what a killed extraction resumes by)
+    channels_last: bool = True  # extraction's memory format: ~2x faster on CPU, same values to ~1e-7
+
+    def inference_batch(self, kind: Literal["importances", "features"]) -> int:
+        """Images per forward pass: ``batch_size``, or the default of ``kind``."""
+        return self.batch_size or INFERENCE_BATCH[kind]
+
+
+# Default images per forward pass: importances need a backward pass too, so half the batch.
+INFERENCE_BATCH = {"importances": 64, "features": 128}
 
 
 # YAML keys that are Python keywords map to a trailing-underscore field.

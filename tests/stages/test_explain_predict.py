@@ -152,7 +152,7 @@ def test_explain_logs_to_mlflow_and_registers_nothing(project, explained) -> Non
     exp = client.get_experiment_by_name("niwt")
     (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "explain"]
     assert "explain/unseen/attr_cosine" in run.data.metrics
-    assert run.data.params == {"base.seed": "0", "explain.batch_size": "128", "explain.images_per_class": "4",
+    assert run.data.params == {"base.seed": "0", "explain.images_per_class": "4",
                                "explain.top_attributes": "5"}  # exactly its declared params
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "panels", "neuron_names.csv"} <= logged  # sub-directories kept

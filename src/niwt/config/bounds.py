@@ -22,8 +22,6 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "finetune.epochs": (0, 10_000),
     "finetune.head_epochs": (0, 10_000),
     "finetune.batch_size": (0, 65_536),
-    "extract.batch_size": (0, 65_536),
-    "extract.shard_size": (0, 10_000_000),
     "mapping.epochs": (0, 100_000),
     "mapping.batch_size": (0, 1_048_576),
     "mapping.n_val_classes": (0, 100_000),
@@ -33,9 +31,6 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "inject.max_iters": (0, 10_000_000),
     "inject.patience": (1, 10_000_000),
     "inject.pool_size": (1, 10_000_000),
-    "inject.feature_batch_size": (0, 65_536),
-    "evaluate.batch_size": (0, 65_536),
-    "explain.batch_size": (0, 65_536),
     "explain.images_per_class": (0, 10_000),
     "explain.top_attributes": (0, 100_000),
 }
@@ -56,9 +51,8 @@ def check_bounds(p: Params, source: str) -> None:
         problems.append(f"validate.fraction must be in (0, 1), got {p.validate.fraction}")
     if not 0.0 < p.data.val_fraction + p.data.test_seen_fraction < 1.0:
         problems.append("data.val_fraction + data.test_seen_fraction must be in (0, 1)")
-    for name in ("finetune.batch_size", "extract.batch_size", "extract.shard_size", "mapping.batch_size",
-                 "inject.batch_size", "inject.feature_batch_size", "evaluate.batch_size", "explain.batch_size",
-                 "explain.images_per_class", "explain.top_attributes", "finetune.epochs", "mapping.epochs"):
+    for name in ("finetune.batch_size", "mapping.batch_size", "inject.batch_size", "explain.images_per_class",
+                 "explain.top_attributes", "finetune.epochs", "mapping.epochs"):
         section, key = name.split(".")
         if getattr(getattr(p, section), key) <= 0:
             problems.append(f"{name} must be positive")

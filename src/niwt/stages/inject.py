@@ -57,7 +57,7 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     _check_mapping(stored, mapping_path, classes, data)
     images = open_cache(cache, data / "splits.parquet", meta["image_size"])
     ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device, images,
-                  hyper=choices.hyper)
+                  hyper=choices.hyper, batch_size=rt.inference_batch("features"))
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)

@@ -54,17 +54,17 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     image_size = int(meta["image_size"])
     images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
-    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False, batch_size=p.extract.batch_size,
-                         cache=images)
-    model = prepare_for_extraction(model, p.extract.channels_last)
-    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, p.extract.channels_last)
+    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False,
+                         batch_size=rt.inference_batch("importances"), cache=images)
+    model = prepare_for_extraction(model, rt.channels_last)
+    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, rt.channels_last)
     snapshots = fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
                               epochs=p.mapping.candidate_epochs)
     clock["chain"] = time.perf_counter()
 
     problem = sub_splits.select("val", "test_unseen")  # seen: val images; unseen: the validation classes
     feats, y = predict(model, make_loader(problem.path, problem.class_id, image_size, train=False,
-                                          batch_size=p.inject.feature_batch_size, cache=images), device,
+                                          batch_size=rt.inference_batch("features"), cache=images), device,
                        features=True)
     part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
     shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
@@ -77,7 +77,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
             weight, bias = snapshots[epochs]
             stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
             return Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
-                           hyper={method: setting}, _cache=shared)
+                           hyper={method: setting}, _cache=shared, batch_size=rt.inference_batch("features"))
 
         rows = _score_settings(method, candidates(method, p.inject, p.mapping.candidate_epochs), context, part,
                                feats, y, rt.progress)
