@@ -88,13 +88,15 @@ class ExtractParams:
 
 @dataclass(frozen=True)
 class MappingParams:
-    epochs: int = 60
-    lr: float = 0.01
+    """The map domain vector -> importance. The lists are candidates ``validate`` chooses from."""
+
+    epochs: int = 60  # the held-out-seen trace's length (the paper's rule, still recorded)
+    lr: tuple[float, ...] = (0.001, 0.01)  # Adam's learning rate
     batch_size: int = 64
-    weight_decay: float = 0.0
+    weight_decay: tuple[float, ...] = (0.0, 0.0001)
     n_val_classes: int = 5
     selection: Literal["rank_corr", "val_loss"] = "rank_corr"
-    candidate_epochs: tuple[int, ...] = (10, 20, 40, 60)
+    candidate_epochs: tuple[int, ...] = (1, 2, 5, 10, 20, 40, 60)
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,9 @@ class ValidateParams:
     fraction: float = 0.33  # of the seen classes, drawn by base.seed (Xian et al.: about a third)
     min_classes: int = 5  # never fewer validation classes than this, where the seen classes allow
     finetune_epochs: int = 0
-    criterion: Literal["H", "cal_H", "ausuc"] = "H"
+    # auto: each method by the way it is used (NIWT as shipped: H; the peers, calibrated: cal_H);
+    # a criterion flat near zero for a method falls back to the next (niwt.evaluation.selection)
+    criterion: Literal["auto", "H", "cal_H", "ausuc"] = "auto"
 
 
 @dataclass(frozen=True)

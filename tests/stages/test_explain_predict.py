@@ -349,9 +349,9 @@ def test_a_stage_cannot_read_params_it_does_not_declare(project) -> None:
     """The CLI hands a stage only its declared params (dvc.yaml `params:`), so no read goes stale."""
     from niwt.config.view import declared_view
 
-    p = declared_view(load_params(project / "params.yaml"), "evaluate", ("evaluate",))
-    assert p.evaluate == load_params(project / "params.yaml").evaluate
-    with pytest.raises(AttributeError, match=r"stage 'evaluate' reads base\.seed but does not declare it"):
+    p = declared_view(load_params(project / "params.yaml"), "explain", ("explain",))
+    assert p.explain == load_params(project / "params.yaml").explain
+    with pytest.raises(AttributeError, match=r"stage 'explain' reads base\.seed but does not declare it"):
         _ = p.base.seed
     q = declared_view(load_params(project / "params.yaml"), "extract", ("base.seed", "extract"))
     assert q.base.seed == 0 and q.extract.layer == "body.block4"

@@ -93,7 +93,8 @@ def _grid_problems(p: Params) -> list[str]:
     """The candidate lists ``validate`` chooses from: non-empty, in range."""
     problems = []
     grids = {"inject.lr": p.inject.lr, "inject.lambda": p.inject.lambda_, "inject.ridge_alpha": p.inject.ridge_alpha,
-             "inject.eszsl_exponents": p.inject.eszsl_exponents, "mapping.candidate_epochs": p.mapping.candidate_epochs}
+             "inject.eszsl_exponents": p.inject.eszsl_exponents, "mapping.candidate_epochs": p.mapping.candidate_epochs,
+             "mapping.lr": p.mapping.lr, "mapping.weight_decay": p.mapping.weight_decay}
     for name, grid in grids.items():
         if not grid:
             problems.append(f"{name}: give at least one candidate (one value fixes it)")
@@ -101,7 +102,9 @@ def _grid_problems(p: Params) -> list[str]:
             problems.append(f"{name}: at most 64 candidates, got {len(grid)}")
     for name, grid, low, high in (("inject.lr", p.inject.lr, 0.0, 1e3), ("inject.lambda", p.inject.lambda_, 0.0, 1e9),
                                   ("inject.ridge_alpha", p.inject.ridge_alpha, 0.0, 1e12),
-                                  ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12)):
+                                  ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12),
+                                  ("mapping.lr", p.mapping.lr, 1e-12, 1e3),
+                                  ("mapping.weight_decay", p.mapping.weight_decay, 0.0, 1e3)):
         bad = [v for v in grid if not low <= v <= high]
         if bad:
             problems.append(f"{name}: candidates must be between {low} and {high}, got {bad}")

@@ -23,11 +23,11 @@ from niwt.data.tables import ClassTable, SplitTable
 from niwt.errors import InputError
 from niwt.injection.niwt import inject, resolve_solver
 from niwt.injection.registry import METHODS
-from niwt.mapping.linear import normalize_domain, predict_importance
+from niwt.mapping.linear import map_candidates, normalize_domain, predict_importance
 from niwt.mapping.store import StoredMap
 from niwt.models.networks import NiwtNet, split_at
 from niwt.models.training import predict
-from niwt.params import InjectParams
+from niwt.params import InjectParams, MappingParams
 
 
 @dataclass(frozen=True)
@@ -227,15 +227,18 @@ def build_classifier(ctx: Context, method: str, part: Partition) -> tuple[torch.
     return torch.cat([w_s, rows.weight.float()]), torch.cat([b_s, rows.bias.float()]), dict(rows.stats)
 
 
-def candidates(method: str, cfg: InjectParams, mapping_epochs: tuple[int, ...]) -> list[dict[str, float]]:
+def candidates(method: str, cfg: InjectParams, mapping: MappingParams) -> list[dict[str, float]]:
     """Every setting ``validate`` tries for ``method``, in grid order (a tie goes to the first).
 
-    NIWT: the forward map's epochs x Adam's lr x lambda; ridge: alpha; ESZSL: alpha x gamma, each
-    10^e for e in ``inject.eszsl_exponents``; ICIS: its fixed configuration (one setting).
+    NIWT: the forward map's (lr, weight decay) x its epochs x Adam's lr x lambda; ridge: alpha;
+    ESZSL: alpha x gamma, each 10^e for e in ``inject.eszsl_exponents``; ICIS: its fixed
+    configuration (one setting).
     """
     if method == "niwt":
-        return [{"mapping_epochs": e, "lr": lr, "lambda": lam}
-                for e in mapping_epochs for lr in cfg.lr for lam in cfg.lambda_]
+        return [{"mapping_lr": h.lr, "mapping_weight_decay": h.weight_decay, "mapping_epochs": e, "lr": lr,
+                 "lambda": lam}
+                for h in map_candidates(mapping) for e in mapping.candidate_epochs
+                for lr in cfg.lr for lam in cfg.lambda_]
     if method in ("regression", "regression_rescaled"):
         return [{"alpha": a} for a in cfg.ridge_alpha]
     if method == "eszsl":

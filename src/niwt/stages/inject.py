@@ -28,7 +28,7 @@ from niwt.mapping.store import load_map
 from niwt.models.checkpoint import check_classes, export_plain, load_checkpoint, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet
 from niwt.models.training import resolve_device
-from niwt.params import Params, Runtime
+from niwt.params import MappingParams, Params, Runtime
 from niwt.stages import StageResult
 
 
@@ -52,7 +52,7 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     choices = read_choices(validation)
-    choices.require(p.inject.methods, {m: set(candidates(m, p.inject, (1,))[0]) for m in p.inject.methods})
+    choices.require(p.inject.methods, {m: set(candidates(m, p.inject, MappingParams())[0]) for m in p.inject.methods})
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
     images = open_cache(cache, data / "splits.parquet", meta["image_size"])
