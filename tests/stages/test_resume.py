@@ -185,6 +185,30 @@ def test_finetune_killed_then_resumed_matches_unbroken_run(proj: Project, tmp_pa
         assert torch.equal(got["state_dict"][key], value), f"weight {key} differs from the unbroken run"
 
 
+def test_finetune_validation_killed_then_resumed_matches_unbroken_run(proj: Project, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """The validation backbone trains through the same loop as finetune, resume included."""
+    params = write_params(tmp_path / "params.yaml", {"validate": {"finetune_epochs": 2}})  # a kill lands mid-run
+
+    def argv(out: Path) -> list[str]:
+        return ["finetune_validation", "--data", str(proj.data), "--out", str(out), "--params", str(params),
+                "--stats", str(out.with_suffix(".json"))]
+
+    assert main(argv(tmp_path / "unbroken.pt")) == 0
+    out, resume = tmp_path / "backbone.pt", tmp_path / "backbone.pt.resume"
+    proc = spawn(argv(out), tmp_path)
+    kill_when(proc, resume.is_file)
+    assert resume.is_file() and not out.exists()
+    capsys.readouterr()
+    assert main(argv(out)) == 0
+    assert f"resuming from {resume} (phase 0, epoch 1)" in capsys.readouterr().out
+    assert not resume.exists()
+    assert out.with_suffix(".json").read_text() == (tmp_path / "unbroken.json").read_text()
+    got, ref = torch.load(out, weights_only=True), torch.load(tmp_path / "unbroken.pt", weights_only=True)
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), f"weight {key} differs from the unbroken run"
+
+
 def test_unreadable_resume_file_is_ignored(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume file that cannot be loaded safely (here: pickled code) is reported and ignored; the
     run trains from the start and gives the unbroken run's checkpoint."""
