@@ -164,7 +164,7 @@ def _evaluate_top1(project: Path, paths: list[str]) -> list[str]:
     classes = read_classes(project / "data" / "classes.parquet")
     ckpt = project / "injected" / "niwt.pt"
     base, meta = load_checkpoint(ckpt)
-    feats, _ = predict(base, make_loader(paths, np.zeros(len(paths)), meta["image_size"], train=False,
+    feats, _ = predict(base, make_loader(paths, np.zeros(len(paths)), meta.image_size, train=False,
                                          batch_size=7), torch.device("cpu"), features=True)
     scores = score_methods(load_methods([ckpt], classes.names), feats)["niwt"]
     return [classes.names[i] for i in scores.argmax(1)]
@@ -240,18 +240,18 @@ def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:
     model, meta = load_checkpoint(ckpt)
     from niwt.explain.predict import load_images
 
-    images = load_images(paths, meta["image_size"])
+    images = load_images(paths, meta.image_size)
     with torch.no_grad():
         probs = torch.softmax(model(images), 1)
-    assert got["class"].tolist() == [meta["class_names"][i] for i in probs.argmax(1)]
+    assert got["class"].tolist() == [meta.class_names[i] for i in probs.argmax(1)]
     assert got["class"].tolist() == _evaluate_top1(project, paths)
     np.testing.assert_allclose(got["score"].to_numpy(), probs.max(1).values.numpy(), rtol=1e-5)
-    assert got["unseen"].tolist() == [i >= meta["n_seen"] for i in probs.argmax(1).tolist()]
+    assert got["unseen"].tolist() == [i >= meta.n_seen for i in probs.argmax(1).tolist()]
     raw = loaded.unwrap_python_model().predict(None, images.numpy())  # the tensor input
     pd.testing.assert_frame_equal(raw, got)
     classes = json.loads(Path(mlflow.artifacts.download_artifacts("models:/niwt-roundtrip/1/artifacts/classes.json"))
                          .read_text())
-    assert [c["name"] for c in classes["classes"]] == meta["class_names"]
+    assert [c["name"] for c in classes["classes"]] == list(meta.class_names)
     # a path is never opened: an existing image's path in place of its bytes is refused
     with pytest.raises(ValueError, match="base64-encoded image bytes.*file paths are never read"):
         loaded.unwrap_python_model().predict(None, pd.DataFrame({"image": [paths[0]]}))
@@ -366,7 +366,7 @@ def test_injected_checkpoint_keeps_seen_rows_and_records_the_importance(project)
     n_seen = base.classifier.out_features
     assert torch.equal(injected.classifier.weight[:n_seen], base.classifier.weight)
     assert torch.equal(injected.classifier.bias[:n_seen], base.classifier.bias)
-    assert (meta["layer"], meta["pooling"]) == ("body.block4", "sum")
+    assert (meta.layer, meta.pooling) == ("body.block4", "sum")
     assert "layer" not in torch.load(project / "finetuned.pt", weights_only=True)  # extract owns the layer
 
 

@@ -76,7 +76,7 @@ def command(args: argparse.Namespace) -> int:
                 print(f"niwt predict: note: {args.inverse_map} not found, no textual explanation "
                       "(run `dvc repro fit_mapping`)", file=sys.stderr)
             elif classes is not None and (list(inverse.attribute_names) != list(classes.attribute_names)
-                                          or inverse.provenance.layer != meta.get("layer")):
+                                          or inverse.provenance.layer != meta.layer):
                 print(f"niwt predict: note: {args.inverse_map} was fit on other attributes or another layer, "
                       "no textual explanation (rerun `dvc repro fit_mapping`)", file=sys.stderr)
                 inverse = None

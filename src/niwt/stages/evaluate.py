@@ -53,7 +53,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     choices.require([c.stem for c in checkpoints])
     base, meta = loaded[checkpoints[0].stem]
     base = base.to(device)
-    size, bs = meta["image_size"], rt.inference_batch("features")
+    size, bs = meta.image_size, rt.inference_batch("features")
     images = open_cache(cache, data / "splits.parquet", size)
 
     def features(table, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +68,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     for method, s in scores.items():
         metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
         metrics[method].update(calibrated(s, y, classes.n_seen, choices.gamma[method]))
-        calibration = loaded[method][1].get("calibration")
+        calibration = loaded[method][1].calibration
         if calibration is not None:  # the older, biased choice, for comparison
             old = calibrated(s, y, classes.n_seen, calibration_gamma(calibration, val_feats, val_y))
             metrics[method].update({f"heldout_{k.removeprefix('cal_')}": v for k, v in old.items()})

@@ -94,10 +94,10 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
     checkpoint = explained_checkpoint(injected)
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names, checkpoint)
-    if len(meta["class_names"]) != len(classes.names) or "layer" not in meta:
-        raise ValueError(f"{checkpoint}: {len(meta['class_names'])} outputs, {len(classes.names)} classes in "
+    if len(meta.class_names) != len(classes.names) or meta.layer is None:
+        raise ValueError(f"{checkpoint}: {len(meta.class_names)} outputs, {len(classes.names)} classes in "
                          f"{data}; explain needs an injected (seen + unseen) checkpoint")
-    images = open_cache(cache, data / "splits.parquet", meta["image_size"])
+    images = open_cache(cache, data / "splits.parquet", meta.image_size)
     imp = read_importances(importances)
     inverse = load_map(inverse_map, "inverse map", heldout=False)
     check_same_importance(imp.meta, importances, meta, checkpoint)
@@ -177,10 +177,10 @@ def _explain_unseen(model, meta: dict, classes: ClassTable, test, weight: torch.
     groups = attribute_groups(attr)
     explained: list[Explained] = []
     cosine, overlap, correct, scores, predicted, cam_checks = [], [], [], [], [], []
-    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size,
+    loader = make_loader(test.path, test.class_id, meta.image_size, train=False, batch_size=batch_size,
                          cache=cache)
     for images, y, index in tqdm(loader, desc="explain", unit="batch", disable=not progress, leave=False):
-        cam = gradcam(model, meta["layer"], images.to(device))
+        cam = gradcam(model, meta.layer, images.to(device))
         probs = torch.softmax(cam.logits, 1)
         pred_dom = predict_domain(weight, bias, cam.importance)
         top = torch.topk(pred_dom, k, dim=1).indices
@@ -220,10 +220,10 @@ def _seen_cam_checks(model, meta: dict, test: SplitTable, truth: ImageTruth, bat
     from tqdm.auto import tqdm
 
     checks = []
-    loader = make_loader(test.path, test.class_id, meta["image_size"], train=False, batch_size=batch_size,
+    loader = make_loader(test.path, test.class_id, meta.image_size, train=False, batch_size=batch_size,
                          cache=cache)
     for images, _, index in tqdm(loader, desc="explain (seen)", unit="batch", disable=not progress, leave=False):
-        cam = gradcam(model, meta["layer"], images.to(device))
+        cam = gradcam(model, meta.layer, images.to(device))
         checks.append(_cam_on_objects(cam.cam, truth, test.image_id[index.numpy()]))
     mass, hit, share = (np.concatenate(c) for c in zip(*checks, strict=True))
     return {"mass_inside": mass, "pointing_hit": hit, "mask_share": share}
@@ -411,8 +411,8 @@ def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, invers
     top_k, best = p.explain.top_attributes, inverse.selection
     per_class = Path(evaluation) / "per_class_accuracy.csv" if evaluation else None
     b = [rp.h1("NIWT explanations"),
-         rp.para(f"Model `{checkpoint}` ({meta['arch']}, method `{meta.get('method', '?')}`), importance layer "
-                 f"`{meta['layer']}` ({meta.get('pooling', 'sum')} pooling); {classes.n_seen} seen + "
+         rp.para(f"Model `{checkpoint}` ({meta.arch}, method `{meta.method or '?'}`), importance layer "
+                 f"`{meta.layer}` ({meta.pooling or 'sum'} pooling); {classes.n_seen} seen + "
                  f"{classes.n_unseen} unseen classes, domain `{classes.domain_kind}` "
                  f"({classes.domain.shape[1]} dimensions). Provenance at the end."),
          rp.h2("Generalized zero-shot results"), *_comparison_block(comparison)]
@@ -421,12 +421,12 @@ def _report(p: Params, checkpoint: Path, meta: dict, classes: ClassTable, invers
           rp.h2("Where the model looks: unseen test images"),
           rp.para(f"{len(rows)} unseen-test images ({p.explain.images_per_class} per unseen class, "
                   "seeded sample). Each overlay is the Grad-CAM of the class the model predicts, at the importance "
-                  f"layer `{meta['layer']}`; green titles are correct predictions, red ones wrong. One figure per "
+                  f"layer `{meta.layer}`; green titles are correct predictions, red ones wrong. One figure per "
                   "class is in `panels/`."),
           rp.image(overview, "Grad-CAM of the predicted class, all unseen classes")]
     b += _measured_blocks(measured)
     b += [rp.h2("Why: textual explanations"),
-          rp.para(f"The observed importance of the predicted class on each image (NIWT's alpha at `{meta['layer']}`) "
+          rp.para(f"The observed importance of the predicted class on each image (NIWT's alpha at `{meta.layer}`) "
                   f"mapped to attributes by the inverse map, one value per attribute group (the grouped inverse "
                   f"map, below); the top {top_k} are listed. `cos` is the cosine between "
                   "that attribute vector and the predicted class's own one. Over all "

@@ -91,8 +91,8 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     if target.is_file():
         return target.name
     model, meta = _cached_model(job.checkpoint, job.device, job.channels_last, job.meta)
-    cached = _cached_images(job.cache, job.splits_file, meta["image_size"])
-    loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
+    cached = _cached_images(job.cache, job.splits_file, meta.image_size)
+    loader = make_loader(job.path, np.array(job.class_id), meta.image_size, train=False,
                          batch_size=job.batch_size, cache=cached)
     values, targets = loader_importances(model, loader, job.layer, job.pooling, job.target, job.channels_last,
                                          progress)
@@ -121,9 +121,9 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     check_images_exist(splits.path, splits.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
-    images = open_cache(cache, data / "splits.parquet", meta["image_size"])  # a mismatch fails before any work
+    images = open_cache(cache, data / "splits.parquet", meta.image_size)  # a mismatch fails before any work
     LayerCapture(model, p.extract.layer)  # unknown layer: fail before any work, listing valid ones
-    verdict = check_layer(model, p.extract.layer, meta["image_size"], p.extract.pooling, p.extract.allow_degenerate)
+    verdict = check_layer(model, p.extract.layer, meta.image_size, p.extract.pooling, p.extract.allow_degenerate)
     if verdict.degenerate:
         print(f"[extract] warning (extract.allow_degenerate: true): {explain(verdict)}", flush=True)
     partial = out.parent / (out.name + ".partial")
@@ -137,7 +137,7 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     stamp.write_text(fp)
     order = np.argsort(splits.image_id, kind="stable")
     file_meta = (("layer", p.extract.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
-                 ("arch", meta["arch"]), ("fingerprint", fp[:16]))
+                 ("arch", meta.arch), ("fingerprint", fp[:16]))
     jobs = []
     for index, start in enumerate(range(0, len(order), rt.shard_size)):
         sel = order[start:start + rt.shard_size]

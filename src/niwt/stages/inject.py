@@ -55,13 +55,13 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     choices.require(p.inject.methods, {m: set(candidates(m, p.inject, MappingParams())[0]) for m in p.inject.methods})
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
-    images = open_cache(cache, data / "splits.parquet", meta["image_size"])
-    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device, images,
+    images = open_cache(cache, data / "splits.parquet", meta.image_size)
+    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta.image_size, device, images,
                   hyper=choices.hyper, batch_size=rt.inference_batch("features"))
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
-    importance = {"layer": stored.provenance.layer, "pooling": stored.provenance.pooling}
+
     metrics: dict[str, float | int | str] = {}
     with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
@@ -77,10 +77,11 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
                 new.classifier.bias.copy_(bias)
             calibration = {"seen": torch.as_tensor(heldout.seen), "unseen": torch.as_tensor(held),
                            "weight": cal_w, "bias": cal_b}
-            save_checkpoint(tmp / f"{method}.pt", new, {**meta, **importance, "class_names": classes.names,
-                                                       "method": method, "calibration": calibration})
+            record = meta.replace(class_names=tuple(classes.names), method=method, layer=stored.provenance.layer,
+                                  pooling=stored.provenance.pooling, calibration=calibration)
+            save_checkpoint(tmp / f"{method}.pt", new, record)
             # usable without niwt: torchvision's get_model(arch, num_classes=N).load_state_dict(...)
-            export_plain(tmp / f"{method}.pth", new, meta["arch"], classes.names)
+            export_plain(tmp / f"{method}.pth", new, meta.arch, classes.names)
     return StageResult(metrics)
 
 

@@ -30,7 +30,7 @@ from niwt.injection.registry import METHODS
 from niwt.io.choices import write_choices
 from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates
 from niwt.mapping.store import Provenance, StoredMap
-from niwt.models.checkpoint import load_checkpoint
+from niwt.models.checkpoint import CheckpointMeta, load_checkpoint
 from niwt.models.networks import ModelError
 from niwt.models.training import predict, resolve_device
 from niwt.params import Params, Runtime
@@ -47,13 +47,13 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
         pool_folder_images(p.inject.pool)
     model, meta = load_checkpoint(backbone, device)
     held, fit = _classes(meta, classes, Path(backbone))
-    if not meta["class_disjoint"]:
+    if not meta.class_disjoint:
         print(f"[validate] warning: {backbone} saw the validation classes (finetune.mode: none keeps your "
               "classifier as trained), so these choices are as biased as the held-out-seen rule", flush=True)
     sub_classes, sub_splits = subproblem(classes, splits, fit, held)
     n_fit = len(fit)
     layer, pooling = p.extract.layer, p.extract.pooling
-    image_size = int(meta["image_size"])
+    image_size = meta.image_size
     images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
     loader = make_loader(pairs.path, pairs.class_id, image_size, train=False,
@@ -97,9 +97,9 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
                "epochs": niwt.get("mapping_epochs")} if niwt else None
     shape = {"n_classes": len(held), "n_fit_classes": n_fit, "n_seen_images": int((y < n_fit).sum()),
              "n_unseen_images": int((y >= n_fit).sum())}
-    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"],
+    result = {"classes": [classes.names[i] for i in held], "source": meta.validation_source,
               "criterion": p.validate.criterion, "chosen_by": chosen_by, "problem": shape,
-              "class_disjoint": bool(meta["class_disjoint"]), "backbone": meta["metrics"], "choices": choices,
+              "class_disjoint": bool(meta.class_disjoint), "backbone": meta.metrics, "choices": choices,
               "mapping_epochs": mapping and mapping["epochs"], "mapping": mapping, "mapping_traces": traces,
               "grid": grid}
     write_choices(Path(out), result)
@@ -154,12 +154,12 @@ def _score_settings(method: str, settings: list[dict[str, float]], context, part
     return rows
 
 
-def _classes(meta: dict, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _classes(meta: CheckpointMeta, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(validation class ids, the backbone's class ids) in this dataset; a backbone of another
     dataset or version is one clear error."""
     names = classes.names[: classes.n_seen]
-    held_names, fit_names = meta.get("validation_classes"), list(meta["class_names"])
-    if held_names is None or "class_disjoint" not in meta:
+    held_names, fit_names = meta.validation_classes, list(meta.class_names)
+    if held_names is None or meta.class_disjoint is None:
         raise ModelError(f"{path}: not a validation backbone (no validation classes); rerun finetune_validation")
     unknown = [n for n in [*held_names, *fit_names] if n not in names]
     if unknown or set(held_names) & set(fit_names):
