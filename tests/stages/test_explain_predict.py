@@ -70,7 +70,7 @@ def explained(project):
         rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
                        "--importances", "importances", "--inverse-map", "inverse_map.pt",
                        "--out", "reports/explain", "--stats", "explain.json",
-                       "--comparison", "evaluate.json", "--evaluation", "plots"])
+                       "--comparison", "evaluate.json", "--evaluation", "plots", "--validation", "validation.json"])
     assert rc == 0
     return project / "reports" / "explain"
 
@@ -103,7 +103,9 @@ def test_explain_stage_outputs(project, explained) -> None:
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 4 and len(set(images)) == 4  # the overview and evaluate's 3 plots, each once
     assert "Seen-unseen curve of each method" in page and "Provenance" in page
-    assert "<code>inject.lambda</code>" in page and "git commit" in page
+    # provenance from the stage's own inputs: its declared params and validate's choices, nothing of the machine
+    assert "<code>explain.top_attributes</code>" in page and "<code>inject.lambda</code>" not in page
+    assert "choice of `niwt` | lambda 0.001" in md and "git commit" not in md and "MLflow run" not in md
     assert not re.search(r"(src|href)=\"https?://", page)
     assert "<td>" + unseen[0] + "</td>" in page  # per-class accuracies
 
