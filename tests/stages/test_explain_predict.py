@@ -129,6 +129,18 @@ def test_explain_stage_outputs(project, explained) -> None:
     assert "because" in md and "dim_0" not in md
 
 
+def test_explain_embeds_every_plot_evaluate_writes(project, explained) -> None:
+    """evaluate (writing) and explain (reading) name the plots through niwt.evaluation.outputs: every
+    PNG evaluate wrote is in the report, and the per-class table is where explain looks."""
+    from niwt.evaluation import outputs
+
+    written = {p.name for p in (project / "plots").glob("*.png")}
+    assert written == set(outputs.plot_files(["niwt"]))
+    assert {p.name for p in (explained / "figures").iterdir()} == written
+    assert (project / "plots" / outputs.PER_CLASS_CSV).is_file()
+    assert "| niwt |" in (explained / "report.md").read_text()  # the per-class table's method column
+
+
 def test_prepare_records_each_images_truth(project) -> None:
     from niwt.data.truth import object_masks, read_image_truth
 
