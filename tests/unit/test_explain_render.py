@@ -64,8 +64,8 @@ def test_per_class_blocks_unseen_first_and_dash_where_a_method_lacks_a_class() -
 MEASURED = {**{f"text/{v}/{m}": x for v, x in (("paper", 0.5), ("improved", 0.75), ("class_prior", 0.6),
                                                 ("random", 0.2)) for m in ("precision_at_k", "exclusive_rate")},
             "text/k": 5, "text/n_images": 36,
-            "gradcam/unseen/mass_inside": 0.15, "gradcam/unseen/pointing_hit": 0.1388, "gradcam/unseen/mask_share": 0.18,
-            "gradcam/unseen/n_images": 36}
+            "gradcam/unseen/mass_inside": 0.15, "gradcam/unseen/pointing_hit": 0.1388,
+            "gradcam/unseen/mask_share": 0.18, "gradcam/unseen/n_images": 36}
 
 
 def test_measured_blocks_two_tables_seen_row_only_when_measured() -> None:

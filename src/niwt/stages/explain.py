@@ -67,6 +67,18 @@ class _Inputs:
     images: object  # the decoded-image cache, or None
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What the stage measured (:mod:`niwt.explain.survey`), before any of it is drawn or written."""
+
+    names: list[dict]  # neuron names, with each neuron's mean |alpha|
+    explained: list[Explained]  # every unseen-test image, in ``test`` order
+    agreement: survey.Agreement
+    measured: dict[str, float]  # against ground truth
+    sample: dict[int, list[int]]  # unseen class -> positions in ``test`` shown in the report
+    rows: list[dict]  # explanations.csv
+
+
 def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, inverse_map: Path, out: Path,
         comparison: Path | None = None, evaluation: Path | None = None, validation: Path | None = None,
         cache: Path | None = None) -> StageResult:
@@ -74,11 +86,29 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
     directory, ``validation``: validate's choices; each optional, shown in the report when present."""
     device = resolve_device(rt.device)
     torch.manual_seed(p.base.seed)
-    e = p.explain
     x = _read_inputs(Path(data), Path(injected), Path(importances), Path(inverse_map), device, cache)
-    classes, test = x.classes, x.splits.select("test_unseen")
-    batch = rt.inference_batch("features")
+    m = _measure(p, rt, x, device)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        _write_neuron_names(tmp, m.names)
+        _write_csv(tmp / "explanations.csv", m.rows, list(m.rows[0]) if m.rows else ["image"])
+        overview = _draw_panels(tmp / "panels", {x.classes.names[c]: [m.explained[i] for i in idx]
+                                                 for c, idx in m.sample.items()})
+        report = _report_data(p, x, m, tmp, overview, comparison, evaluation, validation)
+        blocks = render.report_blocks(report)
+        (tmp / "report.md").write_text(rp.to_markdown(blocks))
+        (tmp / "report.html").write_text(rp.to_html(blocks, tmp, "NIWT explanations"))
+        relative = [f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()]
+    metrics = survey.summary_metrics(len(m.names), m.agreement, p.explain.top_attributes, m.sample, m.measured)
+    return StageResult(metrics, sorted(out / r for r in relative))
 
+
+def _measure(p: Params, rt: Runtime, x: _Inputs, device: torch.device) -> _Measured:
+    """Everything the report shows, measured: neuron names, every unseen-test image explained, the
+    ground-truth checks (unseen and seen test images) and the seeded sample drawn."""
+    classes, test, e = x.classes, x.splits.select("test_unseen"), p.explain
+    batch = rt.inference_batch("features")
     names = neuron_names(x.inverse.weight, survey.attribute_names(classes))
     for row, share in zip(names, survey.importance_share(x.importances.values), strict=True):
         row["mean_abs_importance"] = float(share)
@@ -88,28 +118,21 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
                               x.images) if x.truth is not None else None)
     measured = survey.ground_truth_metrics(classes, x.splits, x.truth, agreement, seen, p.base.seed)
     sample = survey.panel_sample(test, classes, e.images_per_class, p.base.seed)
-    rows = survey.explanation_rows(test, classes, sample, explained, agreement)
+    return _Measured(names, explained, agreement, measured, sample,
+                     survey.explanation_rows(test, classes, sample, explained, agreement))
 
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        _write_neuron_names(tmp, names)
-        _write_csv(tmp / "explanations.csv", rows, list(rows[0]) if rows else ["image"])
-        overview = _draw_panels(tmp / "panels", {classes.names[c]: [explained[i] for i in idx]
-                                                 for c, idx in sample.items()})
-        methods = [c.stem for c in x.checkpoints]
-        stats = outputs.read_stats(comparison) if comparison is not None and Path(comparison).is_file() else None
-        report = render.ReportData(
-            x.checkpoints[0], x.meta, classes, x.inverse, names, rows, agreement, measured,
-            overview.relative_to(tmp).as_posix(), _copy_evaluation_plots(evaluation, tmp, methods), stats,
-            _per_class(evaluation), e.top_attributes, e.images_per_class,
-            _provenance(p, x, methods, None if stats is None else list(stats), validation))
-        blocks = render.report_blocks(report)
-        (tmp / "report.md").write_text(rp.to_markdown(blocks))
-        (tmp / "report.html").write_text(rp.to_html(blocks, tmp, "NIWT explanations"))
-        relative = [f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()]
-    metrics = survey.summary_metrics(len(names), agreement, e.top_attributes, sample, measured)
-    return StageResult(metrics, sorted(out / r for r in relative))
+
+def _report_data(p: Params, x: _Inputs, m: _Measured, report: Path, overview: Path, comparison: Path | None,
+                 evaluation: Path | None, validation: Path | None) -> render.ReportData:
+    """The report's content: the measurements, and evaluate's and validate's files where given
+    (evaluate's plots are copied under ``report`` so the report opens on its own)."""
+    methods = [c.stem for c in x.checkpoints]
+    stats = outputs.read_stats(comparison) if comparison is not None and Path(comparison).is_file() else None
+    return render.ReportData(
+        x.checkpoints[0], x.meta, x.classes, x.inverse, m.names, m.rows, m.agreement, m.measured,
+        overview.relative_to(report).as_posix(), _copy_evaluation_plots(evaluation, report, methods), stats,
+        _per_class(evaluation), p.explain.top_attributes, p.explain.images_per_class,
+        _provenance(p, x, methods, None if stats is None else list(stats), validation))
 
 
 def _read_inputs(data: Path, injected: Path, importances: Path, inverse_map: Path, device: torch.device,
