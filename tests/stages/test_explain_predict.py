@@ -70,7 +70,7 @@ def explained(project):
         rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
                        "--importances", "importances", "--inverse-map", "inverse_map.pt",
                        "--out", "reports/explain", "--stats", "explain.json",
-                       "--comparison", "evaluate.json", "--evaluation", "plots"])
+                       "--comparison", "evaluate.json", "--evaluation", "plots", "--validation", "validation.json"])
     assert rc == 0
     return project / "reports" / "explain"
 
@@ -103,7 +103,9 @@ def test_explain_stage_outputs(project, explained) -> None:
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 4 and len(set(images)) == 4  # the overview and evaluate's 3 plots, each once
     assert "Seen-unseen curve of each method" in page and "Provenance" in page
-    assert "<code>inject.lambda</code>" in page and "git commit" in page
+    # provenance from the stage's own inputs: its declared params and validate's choices, nothing of the machine
+    assert "<code>explain.top_attributes</code>" in page and "<code>inject.lambda</code>" not in page
+    assert "choice of `niwt` | lambda 0.001" in md and "git commit" not in md and "MLflow run" not in md
     assert not re.search(r"(src|href)=\"https?://", page)
     assert "<td>" + unseen[0] + "</td>" in page  # per-class accuracies
 
@@ -125,6 +127,18 @@ def test_explain_stage_outputs(project, explained) -> None:
             assert 0 <= metrics[f"gradcam/{kind}/{key}"] <= 1
     assert "Measured against ground truth" in md and "class prior" in page and "pointing hit" in page
     assert "because" in md and "dim_0" not in md
+
+
+def test_explain_embeds_every_plot_evaluate_writes(project, explained) -> None:
+    """evaluate (writing) and explain (reading) name the plots through niwt.evaluation.outputs: every
+    PNG evaluate wrote is in the report, and the per-class table is where explain looks."""
+    from niwt.evaluation import outputs
+
+    written = {p.name for p in (project / "plots").glob("*.png")}
+    assert written == set(outputs.plot_files(["niwt"]))
+    assert {p.name for p in (explained / "figures").iterdir()} == written
+    assert (project / "plots" / outputs.PER_CLASS_CSV).is_file()
+    assert "| niwt |" in (explained / "report.md").read_text()  # the per-class table's method column
 
 
 def test_prepare_records_each_images_truth(project) -> None:
