@@ -74,7 +74,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
             metrics[method].update({f"heldout_{k.removeprefix('cal_')}": v for k, v in old.items()})
         per_class[method] = per_class_accuracy(y, s.argmax(1), np.arange(len(classes.names)))
     names, n_seen = classes.names, classes.n_seen
-    shown = "niwt" if "niwt" in scores else next(iter(scores))
+    shown = next(iter(scores))  # the first method in registry order (checkpoints come in that order)
     # All plot files or none: they are staged and moved into ``plots`` only once every one is written.
     with atomic_files(plots) as staged:
         written = [write_per_class_csv(staged / "per_class_accuracy.csv", per_class, names, n_seen),

@@ -1,9 +1,12 @@
 """``validate``: every hyperparameter and calibration gamma, chosen on the class-disjoint validation problem.
 
 The validation backbone (``finetune_validation``) never saw its validation classes. On it the whole
-chain is rebuilt: importances of its training images (as ``extract``), the forward map (one run,
+chain is rebuilt from the functions the stages themselves call: importances of its training images
+(:func:`~niwt.importance.extraction.importances_for`, as ``extract``), the forward map
+(:func:`~niwt.mapping.linear.fit_snapshots`, through which ``fit_mapping`` fits it: one run,
 snapshots at each of ``mapping.candidate_epochs``), and each method's rows for the validation
-classes, for every candidate setting (the lists of ``inject``). Each setting is scored on the
+classes (:func:`~niwt.injection.methods.build_classifier`, as ``inject``), for every candidate
+setting of the method (:func:`~niwt.injection.methods.candidates`). Each setting is scored on the
 validation GZSL problem (val images of the backbone's classes, train+val images of the validation
 classes: never a test image) by ``validate.criterion``: H as shipped (default), H after calibrated
 stacking, or AUSUC; then, for the best setting of each method, the calibration gamma that
@@ -23,8 +26,10 @@ from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, read_tables, subproblem
 from niwt.evaluation.gzsl import validation_numbers
-from niwt.importance.capture import loader_importances, prepare_for_extraction
-from niwt.injection.methods import Context, Partition, build_classifier, candidates, pool_folder_images
+from niwt.importance.capture import prepare_for_extraction
+from niwt.importance.extraction import ExtractSpec, importances_for
+from niwt.injection.context import Context, Partition
+from niwt.injection.methods import build_classifier, candidates, check_pool, chosen_mapping_epochs
 from niwt.io.choices import write_choices
 from niwt.mapping.linear import fit_snapshots
 from niwt.mapping.store import Provenance, StoredMap
@@ -41,8 +46,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     classes, splits = read_tables(data)
     used = splits.select("train", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
-    if p.inject.pool not in ("train", "noise") and "niwt" in p.inject.methods:
-        pool_folder_images(p.inject.pool)
+    check_pool(p.inject.methods, p.inject)
     model, meta = load_checkpoint(backbone, device)
     held, fit = _classes(meta, classes, Path(backbone))
     if not meta["class_disjoint"]:
@@ -54,10 +58,9 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     image_size = int(meta["image_size"])
     images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
-    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False, batch_size=p.extract.batch_size,
-                         cache=images)
     model = prepare_for_extraction(model, p.extract.channels_last)
-    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, p.extract.channels_last)
+    values, targets = importances_for(model, pairs.path, pairs.class_id, image_size, ExtractSpec.from_params(p.extract),
+                                      images)
     snapshots = fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
                               epochs=p.mapping.candidate_epochs)
     clock["chain"] = time.perf_counter()
@@ -79,8 +82,8 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
             return Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
                            hyper={method: setting}, _cache=shared)
 
-        rows = _score_settings(method, candidates(method, p.inject, p.mapping.candidate_epochs), context, part,
-                               feats, y, rt.progress)
+        rows = _score_settings(method, candidates(method, p.inject, p.mapping), context, part, feats, y,
+                               rt.progress)
         # max keeps the first of equals (grid order breaks ties); a diverged setting (NaN) never wins
         best = max(rows, key=lambda r: np.nan_to_num(r[criterion], nan=-np.inf))
         choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
@@ -92,7 +95,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
 
     result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"], "criterion": criterion,
               "class_disjoint": bool(meta["class_disjoint"]), "backbone": meta["metrics"], "choices": choices,
-              "mapping_epochs": choices.get("niwt", {}).get("mapping_epochs"), "grid": grid}
+              "mapping_epochs": chosen_mapping_epochs(choices), "grid": grid}
     write_choices(Path(out), result)
     metrics = {"n_classes": len(held), "class_disjoint": int(result["class_disjoint"]), "n_settings": len(grid),
                "seconds_chain": clock["chain"] - clock["start"],
