@@ -134,8 +134,11 @@ def _maps(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labe
     for hyper in map_candidates(p.mapping):
         snapshots[hyper] = fit_snapshots(domain, targets, values, p.mapping, seed=p.base.seed,
                                          epochs=p.mapping.candidate_epochs, hyper=hyper)
-        trace = heldout_trace(domain, targets, values, held, p.mapping, seed=p.base.seed, hyper=hyper,
-                              epochs=max(p.mapping.candidate_epochs), true_labels=true_labels)
+        try:
+            trace = heldout_trace(domain, targets, values, held, p.mapping, seed=p.base.seed, hyper=hyper,
+                                  epochs=max(p.mapping.candidate_epochs), true_labels=true_labels)
+        except ValueError:  # too few fitting classes to hold any out: no trace, the choice is unaffected
+            trace = None
         traces.append({"lr": hyper.lr, "weight_decay": hyper.weight_decay, "history": trace})
     return snapshots, traces
 
