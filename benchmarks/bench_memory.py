@@ -141,7 +141,7 @@ def main() -> None:
             out = work / f"importances-{tag}-{name}"
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, "-m", "niwt.cli", "extract", "--data", str(data), "--model", str(ckpt),
-                   "--out", str(out), "--params", str(params), "--quiet", "--metrics", str(work / f"{name}.json"),
+                   "--out", str(out), "--params", str(params), "--quiet", "--stats", str(work / f"{name}.json"),
                    "--device", str(args.device)]
             r = run_child(cmd, work, args.threads)
             rows = json.loads((out / "_manifest.json").read_text())["n_rows"]

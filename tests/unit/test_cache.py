@@ -233,9 +233,10 @@ def test_training_crops_from_the_cache_are_the_files_crops(photos, monkeypatch) 
 
     (x_file, boxes_file), (x_cache, boxes_cache) = crops(None), crops(cache)
     assert len(boxes_file) == len(many) and boxes_cache == boxes_file
-    # the same region, resampled from the stored size: measured max 0.069, mean 0.009 (normalised units)
+    # the same region, resampled from the stored size: measured max 0.053, mean 0.005 (normalised units);
+    # a crop of another region of these gradients differs by far more than 0.15
     diff = (x_cache - x_file).abs()
-    assert diff.mean() < 0.03 and diff.amax(dim=(1, 2, 3)).max() < 0.25
+    assert diff.mean() < 0.02 and diff.max() < 0.15
 
 
 def _extent(x: torch.Tensor, width: int, height: int) -> tuple[float, float, float, float]:
@@ -277,7 +278,8 @@ def test_evaluation_from_the_cache_cuts_the_files_region(photos, photo: int) -> 
     (x_file, *_), = list(make_loader(paths[photo:photo + 1], np.zeros(1), 224, train=False, batch_size=1))
     (x_cache, *_), = list(make_loader(paths[photo:photo + 1], np.zeros(1), 224, train=False, batch_size=1,
                                       cache=cache))
-    # the reduced-size decoding only (the 1024x576 photo decodes at half size): measured max 0.035 / 0.061
+    # the reduced-size decoding only: measured max 0 for 500x375 (decoded at full size), 0.035 for
+    # 1024x576 (decoded at half size) (normalised units)
     assert (x_cache - x_file).abs().max() < 0.1
 
 
