@@ -41,7 +41,8 @@ from niwt.explain import render, survey
 from niwt.explain import report as rp
 from niwt.explain.figures import Explained, draw_class_panel, draw_overview
 from niwt.explain.inverse import neuron_names
-from niwt.injection.registry import METHODS, method_checkpoints
+from niwt.injection.methods import label
+from niwt.injection.registry import method_checkpoints
 from niwt.io.atomic import atomic_path
 from niwt.io.choices import read_choices
 from niwt.io.parquet import ImportanceFileError, Importances, read_importances
@@ -190,7 +191,7 @@ def _copy_evaluation_plots(evaluation: Path | None, report: Path, methods: list[
     """evaluate's PNGs, copied next to the report so it embeds them (and opens on its own):
     (path relative to ``report``, caption) of each one present."""
     shown = outputs.confusion_method(methods)
-    captions = render.evaluation_captions(shown, METHODS[shown].label if shown in METHODS else shown)
+    captions = render.evaluation_captions(shown, label(shown))
     found = [Path(evaluation) / name for name in outputs.plot_files(methods)] if evaluation else []
     found = [f for f in found if f.is_file()]
     if found:
