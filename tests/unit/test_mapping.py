@@ -231,3 +231,28 @@ def test_heldout_trace_per_candidate_and_hyper_reaches_the_optimiser() -> None:
     default = fit_snapshots(dom, labels, alphas, cfg, seed=2, epochs=(2,))
     first = fit_snapshots(dom, labels, alphas, cfg, seed=2, epochs=(2,), hyper=MapHyper(0.01, 0.0))
     assert torch.equal(default[2][0], first[2][0])
+
+
+def test_the_map_is_chosen_where_its_heldout_trace_peaks_among_the_candidate_epochs() -> None:
+    """peak_of: the best (lr, weight decay, epochs) by held-out rank correlation (highest) or
+    cosine loss (lowest), only at candidate epochs, first in grid order on a tie; None without traces."""
+    from niwt.mapping.linear import peak_of
+
+    def trace(lr, wd, corr, loss):
+        return {"lr": lr, "weight_decay": wd,
+                "history": [{"epoch": e + 1, "val_rank_corr": c, "val_loss": l}
+                            for e, (c, l) in enumerate(zip(corr, loss))]}
+
+    traces = [trace(0.01, 0.0, [0.2, 0.5, 0.9], [0.9, 0.5, 0.1]),
+              trace(0.001, 0.0, [0.6, 0.7, 0.3], [0.4, 0.3, 0.2]),
+              trace(0.001, 1e-4, [0.7, 0.1, 0.0], [0.35, 0.6, 0.7])]
+    assert peak_of(traces, (1, 2, 3), "rank_corr") == (0.01, 0.0, 3)
+    assert peak_of(traces, (1, 2), "rank_corr") == (0.001, 0.0, 2)  # epoch 3 is not a candidate
+    assert peak_of(traces, (1,), "rank_corr") == (0.001, 1e-4, 1)
+    assert peak_of(traces, (1, 2, 3), "val_loss") == (0.01, 0.0, 3)
+    assert peak_of(traces, (1, 2), "val_loss") == (0.001, 0.0, 2)
+    tie = [trace(0.1, 0.0, [0.5], [0.5]), trace(0.2, 0.0, [0.5], [0.5])]
+    assert peak_of(tie, (1,), "rank_corr") == (0.1, 0.0, 1)
+    nan_first = [trace(0.1, 0.0, [float("nan")], [0.5]), trace(0.2, 0.0, [0.1], [0.5])]
+    assert peak_of(nan_first, (1,), "rank_corr") == (0.2, 0.0, 1)
+    assert peak_of([{"lr": 0.1, "weight_decay": 0.0, "history": None}], (1,), "rank_corr") is None

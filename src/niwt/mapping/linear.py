@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -221,6 +222,20 @@ def heldout_trace(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, va
     dom, lab, alp, is_val, is_train, rank_corr = _forward_pairs(domain, labels, alphas, val_classes, true_labels)
     history, _ = _selection_run(dom, lab, alp, is_val, cfg, seed, rank_corr, is_train, epochs, hyper)
     return history
+
+
+def peak_of(traces: list[dict], epochs: tuple[int, ...], selection: str) -> tuple[float, float, int] | None:
+    """(lr, weight decay, epochs) of the candidate whose held-out trace is best at one of ``epochs``:
+    highest ``val_rank_corr`` (``selection: rank_corr``) or lowest ``val_loss``; a tie goes to the
+    first in grid order. None when no candidate has a trace (``history`` None)."""
+    key, sign = ("val_rank_corr", 1.0) if selection == "rank_corr" else ("val_loss", -1.0)
+    best, best_score = None, -math.inf
+    for trace in traces:
+        for point in trace["history"] or []:
+            score = sign * point[key]
+            if point["epoch"] in epochs and math.isfinite(score) and score > best_score:
+                best, best_score = (trace["lr"], trace["weight_decay"], int(point["epoch"])), score
+    return best
 
 
 def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,

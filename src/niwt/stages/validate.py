@@ -19,6 +19,7 @@ the whole grid.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,12 @@ from niwt.injection import methods
 from niwt.injection.context import Context, Partition
 from niwt.injection.methods import build_classifier, candidates, check_pool, chosen_mapping
 from niwt.io.choices import write_choices
-from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates
+from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates, peak_of
 from niwt.mapping.store import Provenance, StoredMap
 from niwt.models.checkpoint import CheckpointMeta, load_checkpoint
 from niwt.models.networks import ModelError
 from niwt.models.training import predict, resolve_device
-from niwt.params import Params, Runtime
+from niwt.params import MappingParams, Params, Runtime
 from niwt.stages import StageResult
 
 
@@ -65,7 +66,10 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     model = prepare_for_extraction(model, rt.channels_last)
     values, targets = importances_for(model, pairs.path, pairs.class_id, image_size,
                                       ExtractSpec.from_params(p.extract, rt), images)
-    snapshots, traces = _maps(sub_classes.domain, targets, values, pairs.class_id, p)
+    traces, map_grid, map_rule = _map_traces(sub_classes.domain, targets, values, pairs.class_id, p)
+    snapshots = {hyper: fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
+                                      epochs=map_grid.candidate_epochs, hyper=hyper)
+                 for hyper in map_candidates(map_grid)}
     clock["chain"] = time.perf_counter()
 
     problem = sub_splits.select("val", "test_unseen")  # seen: val images; unseen: the validation classes
@@ -78,15 +82,15 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     for method in p.inject.methods:
 
         def context(setting: dict[str, float], method: str = method) -> Context:
-            hyper = MapHyper(setting.get("mapping_lr", p.mapping.lr[0]),
-                             setting.get("mapping_weight_decay", p.mapping.weight_decay[0]))
-            epochs = int(setting.get("mapping_epochs", p.mapping.candidate_epochs[0]))
+            hyper = MapHyper(setting.get("mapping_lr", map_grid.lr[0]),
+                             setting.get("mapping_weight_decay", map_grid.weight_decay[0]))
+            epochs = int(setting.get("mapping_epochs", map_grid.candidate_epochs[0]))
             weight, bias = snapshots[hyper][epochs]
             stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
             return Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
                            hyper={method: setting}, _cache=shared, batch_size=rt.inference_batch("features"))
 
-        rows = _score_settings(method, candidates(method, p.inject, p.mapping), context, part, feats, y, rt.progress)
+        rows = _score_settings(method, candidates(method, p.inject, map_grid), context, part, feats, y, rt.progress)
         choice = choose(rows, _criterion(method, p.validate.criterion))
         best = choice.row
         choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
@@ -103,7 +107,8 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     result = {"classes": [classes.names[i] for i in held], "source": meta.validation_source,
               "criterion": p.validate.criterion, "chosen_by": chosen_by, "problem": shape,
               "class_disjoint": bool(meta.class_disjoint), "backbone": meta.metrics, "choices": choices,
-              "mapping_epochs": mapping and mapping["epochs"], "mapping": mapping, "mapping_traces": traces,
+              "mapping_epochs": mapping and mapping["epochs"], "mapping": mapping,
+              "mapping_chosen_by": map_rule, "mapping_traces": traces,
               "grid": grid}
     write_choices(Path(out), result)
     metrics = {**shape, "class_disjoint": int(result["class_disjoint"]), "n_settings": len(grid),
@@ -123,24 +128,32 @@ def _criterion(name: str, criterion: str) -> str:
     return "H" if methods.method(name).reading == "as_shipped" else "cal_H"
 
 
-def _maps(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labels: np.ndarray,
-          p: Params) -> tuple[dict[MapHyper, dict], list[dict]]:
-    """The forward map of every (lr, weight decay) candidate, snapshotted at each candidate epoch,
-    and each candidate's held-out-seen trace (the paper's rule on ``mapping.n_val_classes`` of the
-    fitting classes), so where each one peaks is on record."""
+def _map_traces(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labels: np.ndarray,
+                p: Params) -> tuple[list[dict], MappingParams, str]:
+    """Each (lr, weight decay) candidate's held-out-seen trace (the map fit without
+    ``mapping.n_val_classes`` of the fitting classes, scored on them each epoch), and the map grid
+    the methods are then tuned over: the one candidate (lr, weight decay, epochs) where the held-out
+    ``mapping.selection`` peaks, among ``candidate_epochs``. The map is a regression with a signal of
+    its own, so it is chosen on that signal rather than multiplied into NIWT's grid (168 settings on
+    the default, where this leaves 6). When the fitting classes are too few to hold any out, no trace
+    exists and the whole map grid is tuned jointly with the methods that use it. Returns (traces,
+    grid, the rule that chose it)."""
     n_fit = len(domain)
     held = held_out_classes(n_fit, min(p.mapping.n_val_classes, n_fit - 1), p.base.seed)
-    snapshots, traces = {}, []
+    traces = []
     for hyper in map_candidates(p.mapping):
-        snapshots[hyper] = fit_snapshots(domain, targets, values, p.mapping, seed=p.base.seed,
-                                         epochs=p.mapping.candidate_epochs, hyper=hyper)
         try:
             trace = heldout_trace(domain, targets, values, held, p.mapping, seed=p.base.seed, hyper=hyper,
                                   epochs=max(p.mapping.candidate_epochs), true_labels=true_labels)
-        except ValueError:  # too few fitting classes to hold any out: no trace, the choice is unaffected
+        except ValueError:  # too few fitting classes to hold any out
             trace = None
         traces.append({"lr": hyper.lr, "weight_decay": hyper.weight_decay, "history": trace})
-    return snapshots, traces
+    best = peak_of(traces, p.mapping.candidate_epochs, p.mapping.selection)
+    if best is None:
+        return traces, p.mapping, "joint"
+    lr, weight_decay, epochs = best
+    grid = replace(p.mapping, lr=(lr,), weight_decay=(weight_decay,), candidate_epochs=(epochs,))
+    return traces, grid, f"heldout {p.mapping.selection}"
 
 
 def _score_settings(method: str, settings: list[dict[str, float]], context, part: Partition, feats: np.ndarray,
