@@ -173,7 +173,8 @@ def attribute_patterns(n_attributes: int, size: int, seed: int) -> np.ndarray:
     phase = rng.uniform(0, 2 * np.pi, n_attributes)
     colour = rng.normal(size=(n_attributes, 3))
     colour /= np.linalg.norm(colour, axis=1, keepdims=True)
-    blob = np.exp(-((yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2) / (2 * width[:, None, None] ** 2))
+    dist2 = (yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2
+    blob = np.exp(-dist2 / (2 * width[:, None, None] ** 2))
     wave = np.cos(2 * np.pi * (freq[:, :1, None] * yy + freq[:, 1:, None] * xx) + phase[:, None, None])
     spatial = blob * (0.5 + 0.5 * wave)
     patterns = colour[:, :, None, None] * spatial[:, None]
@@ -238,7 +239,8 @@ def write_folder(out: Path, p: Plan, size: int = 32, seed: int = 0) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--xlsa", type=Path, default=XLSA_CUB, help="xlsa17 CUB folder (att_splits.mat, sent_splits.mat)")
+    parser.add_argument("--xlsa", type=Path, default=XLSA_CUB,
+                        help="xlsa17 CUB folder (att_splits.mat, sent_splits.mat)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real image counts")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="labels, patterns and pixels; also base.seed")
