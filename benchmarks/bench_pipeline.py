@@ -31,7 +31,6 @@ TINY = {  # the tests' tiny configuration (tests/tiny_project.py), for --quick
     "data": {"synthetic": {"n_classes": 12, "n_unseen": 3, "images_per_class": 12, "image_size": 32}},
     "model": {"width": 8, "hidden": 32, "image_size": 32},
     "finetune": {"epochs": 2, "batch_size": 32},
-    "extract": {"batch_size": 16, "shard_size": 40},
     "mapping": {"epochs": 4, "n_val_classes": 2, "candidate_epochs": [2, 4]},
     "inject": {"max_iters": 20, "pool_size": 24, "lr": [0.01], "lambda": [0.001], "ridge_alpha": [1.0],
                "eszsl_exponents": [0, 1]},

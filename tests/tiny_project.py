@@ -16,14 +16,16 @@ TINY = {
     "data": {"synthetic": {"n_classes": 12, "n_unseen": 3, "images_per_class": 12, "image_size": 32}},
     "model": {"width": 8, "hidden": 32, "image_size": 32},
     "finetune": {"epochs": 2, "batch_size": 32},
-    "extract": {"batch_size": 16, "shard_size": 40},
     "mapping": {"epochs": 4, "n_val_classes": 2, "candidate_epochs": [2, 4]},
     "inject": {"max_iters": 20, "pool_size": 24, "lr": [0.001, 0.01], "lambda": [0.001],
                "ridge_alpha": [0.1, 1.0], "eszsl_exponents": [-1, 0, 1],
                "methods": ["niwt", "icis", "regression", "regression_rescaled", "eszsl"]},
     "validate": {"fraction": 0.25, "min_classes": 2, "finetune_epochs": 1},
-    "evaluate": {"batch_size": 64},
 }
+
+
+# Execution settings of the tiny runs (several importance shards, small batches).
+TINY_RUNTIME = {"NIWT_BATCH_SIZE": "16", "NIWT_SHARD_SIZE": "40"}
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -37,7 +39,7 @@ def env(tmp: Path) -> dict[str, str]:
     """Subprocess environment: the venv's scripts on PATH, tracking into the temp project."""
     e = os.environ.copy()
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
-    e.update({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "NIWT_PROGRESS": "0",
+    e.update({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "NIWT_PROGRESS": "0", **TINY_RUNTIME,
               "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
               "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
               "GIT_COMMITTER_EMAIL": "t@t"})

@@ -78,6 +78,11 @@ def _add_runtime(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--runner", choices=["local", "dask"], help="where extraction shards run, NIWT_RUNNER")
     g.add_argument("--dask-address", help="Dask scheduler address, NIWT_DASK_ADDRESS (default: a LocalCluster)")
     g.add_argument("--dask-workers", type=int, help="LocalCluster processes, NIWT_DASK_WORKERS (default: 2)")
+    g.add_argument("--batch-size", type=int, help="images per forward pass in inference, NIWT_BATCH_SIZE "
+                   "(default 0: 64 for importances, 128 for features)")
+    g.add_argument("--shard-size", type=int, help="images per importance shard, NIWT_SHARD_SIZE (default: 512)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="extraction's memory format, NIWT_CHANNELS_LAST (default: on)")
     g.add_argument("--quiet", dest="progress", action="store_const", const=False,
                    help="no progress bars (NIWT_PROGRESS=0)")
 
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         runtime = load_runtime(overrides={k: getattr(args, k) for k in
-                                          ("device", "workers", "runner", "dask_address", "dask_workers", "progress")})
+                                          ("device", "workers", "runner", "dask_address", "dask_workers", "progress",
+                                           "batch_size", "shard_size", "channels_last")})
         # The project is where the params file is (not the working directory): mlflow.db, artifacts.
         root = project_root(Path(args.params).absolute().parent, default=Path.cwd())
         logged = _logged_params(params, stage.params)

@@ -40,7 +40,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract", ("base.seed", "extract"), "neuron importances of every seen training image (sharded Parquet)"),
     Stage("fit_mapping", ("base.seed", "mapping"), "fit the domain-vector -> importance map and its inverse"),
     Stage("inject", ("base.seed", "inject"), "add unseen-class rows to the classifier (NIWT and peers)"),
-    Stage("evaluate", ("evaluate",), "GZSL metrics (S, U, H, ZSL T1, AUSUC) of every injected model"),
+    Stage("evaluate", (), "GZSL metrics (S, U, H, ZSL T1, AUSUC) of every injected model"),
     Stage("explain", ("base.seed", "explain"), "Grad-CAM panels, textual explanations, neuron names, report"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

@@ -30,11 +30,10 @@ CUB_SMALL = {
     "data": {"name": "cub", "root": "data/raw", "domain": "attributes"},
     "model": {"arch": "smallcnn", "width": 8, "hidden": 32, "image_size": 32},
     "finetune": {"epochs": 1, "batch_size": 16},
-    "extract": {"layer": "body.block4", "batch_size": 16, "shard_size": 32},
+    "extract": {"layer": "body.block4"},
     "mapping": {"epochs": 2, "n_val_classes": 1, "candidate_epochs": [2]},
     "validate": {"fraction": 0.1, "min_classes": 1},
     "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8},
-    "evaluate": {"batch_size": 32},
     "explain": {"images_per_class": 2},
 }
 

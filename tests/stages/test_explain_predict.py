@@ -152,7 +152,7 @@ def test_explain_logs_to_mlflow_and_registers_nothing(project, explained) -> Non
     exp = client.get_experiment_by_name("niwt")
     (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "explain"]
     assert "explain/unseen/attr_cosine" in run.data.metrics
-    assert run.data.params == {"base.seed": "0", "explain.batch_size": "128", "explain.images_per_class": "4",
+    assert run.data.params == {"base.seed": "0", "explain.images_per_class": "4",
                                "explain.top_attributes": "5"}  # exactly its declared params
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "panels", "neuron_names.csv"} <= logged  # sub-directories kept
@@ -349,9 +349,9 @@ def test_a_stage_cannot_read_params_it_does_not_declare(project) -> None:
     """The CLI hands a stage only its declared params (dvc.yaml `params:`), so no read goes stale."""
     from niwt.config.view import declared_view
 
-    p = declared_view(load_params(project / "params.yaml"), "evaluate", ("evaluate",))
-    assert p.evaluate == load_params(project / "params.yaml").evaluate
-    with pytest.raises(AttributeError, match=r"stage 'evaluate' reads base\.seed but does not declare it"):
+    p = declared_view(load_params(project / "params.yaml"), "explain", ("explain",))
+    assert p.explain == load_params(project / "params.yaml").explain
+    with pytest.raises(AttributeError, match=r"stage 'explain' reads base\.seed but does not declare it"):
         _ = p.base.seed
     q = declared_view(load_params(project / "params.yaml"), "extract", ("base.seed", "extract"))
     assert q.base.seed == 0 and q.extract.layer == "body.block4"

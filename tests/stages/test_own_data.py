@@ -35,7 +35,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _params(project: Path, **sections: dict) -> Path:
     p = {"data": {"name": "folder", "root": str(project / "shapes"), "val_fraction": 0.2, "test_seen_fraction": 0.2},
          "model": {"arch": "resnet18", "weights": "mine.pth", "class_names": "mine.txt", "image_size": 32},
-         "finetune": {"mode": "none", "batch_size": 8}, "extract": {"layer": "body.layer4.0", "batch_size": 8}}
+         "finetune": {"mode": "none", "batch_size": 8}, "extract": {"layer": "body.layer4.0"}}
     for key, value in sections.items():
         p[key] = {**p.get(key, {}), **value}
     path = project / "params.yaml"

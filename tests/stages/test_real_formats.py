@@ -224,12 +224,11 @@ def small_params(name: str, root: Path, arch: str, layer: str, domain: str = "at
         "data": {"name": name, "root": str(root), "download": False, "domain": domain},
         "model": {"arch": arch, "weights": "none", "image_size": 32},
         "finetune": {"epochs": 1, "batch_size": 8},
-        "extract": {"layer": layer, "batch_size": 8, "shard_size": 16},
+        "extract": {"layer": layer},
         "mapping": {"epochs": 2, "n_val_classes": 1, "candidate_epochs": [2]},
         "inject": {"methods": ["niwt", "regression"], "max_iters": 5, "pool_size": 8, "lr": [0.001],
                    "lambda": [0.001], "ridge_alpha": [0.1, 1.0]},
         "validate": {"fraction": 0.1, "min_classes": 1, "finetune_epochs": 1},
-        "evaluate": {"batch_size": 16},
     }
 
 
@@ -240,6 +239,8 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("NIWT_TRACKING", "off")
     monkeypatch.setenv("NIWT_PROGRESS", "0")
     monkeypatch.setenv("NIWT_DEVICE", "cpu")
+    monkeypatch.setenv("NIWT_BATCH_SIZE", "8")
+    monkeypatch.setenv("NIWT_SHARD_SIZE", "16")
     yield
     shutil.rmtree(tmp_path / "models", ignore_errors=True)
 
@@ -457,7 +458,7 @@ def make_cub_real_scale(root: Path, per_seen: int = 6, per_unseen: int = 2) -> d
     return {"files": files, "locs": locs, "names": xlsa_names, "unseen": unseen, "n_attributes": 312}
 
 
-def test_cub_at_real_class_count_end_to_end(tmp_path: Path, offline: None) -> None:
+def test_cub_at_real_class_count_end_to_end(tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole pipeline on a CUB tree with 200 real classes and 312 real attributes (6 images per
     seen class, 2 per unseen): class order, per-image protocol and GZSL numbers at real width."""
     root = tmp_path / "raw"
@@ -465,10 +466,10 @@ def test_cub_at_real_class_count_end_to_end(tmp_path: Path, offline: None) -> No
     overrides = small_params("cub", root, "smallcnn", "body.block4")
     overrides["model"].update({"width": 8, "hidden": 32})
     overrides["finetune"]["batch_size"] = 64
-    overrides["extract"].update({"batch_size": 64, "shard_size": 512})
+    monkeypatch.setenv("NIWT_BATCH_SIZE", "0")  # the stages' own defaults
+    monkeypatch.setenv("NIWT_SHARD_SIZE", "512")
     overrides["mapping"]["n_val_classes"] = 5
     overrides["inject"]["pool_size"] = 16
-    overrides["evaluate"]["batch_size"] = 128
     params = write_params(tmp_path / "params.yaml", overrides)
     results = run_pipeline(tmp_path, params)
     check_prepared(tmp_path, fixture, 312, results["prepare"])

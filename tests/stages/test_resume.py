@@ -30,8 +30,8 @@ from niwt.cli import main  # noqa: E402
 from tiny_project import REPO, TINY, merge  # noqa: E402
 
 NIWT = str(Path(sys.executable).parent / "niwt")
-# More, smaller shards than TINY (3 of 40), so that a kill lands between shards.
-SMALL_SHARDS = {"extract": {"shard_size": 5, "batch_size": 5}}
+# More, smaller shards than the tiny runs' (3 of 40), so that a kill lands between shards.
+SMALL_SHARDS = {"NIWT_SHARD_SIZE": "5", "NIWT_BATCH_SIZE": "5"}
 
 
 def write_params(path: Path, overrides: dict | None = None) -> Path:
@@ -53,6 +53,8 @@ class Project:
 def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIWT_TRACKING", "off")
     monkeypatch.setenv("NIWT_PROGRESS", "0")
+    for key, value in SMALL_SHARDS.items():
+        monkeypatch.setenv(key, value)
 
 
 def prepare_and_finetune(root: Path, params: Path) -> Project:
@@ -82,13 +84,13 @@ def proj(tmp_path_factory: pytest.TempPathFactory, _one_thread_module: None) -> 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIWT_TRACKING", "off")
         mp.setenv("NIWT_PROGRESS", "0")
-        return prepare_and_finetune(root, write_params(root / "params.yaml", SMALL_SHARDS))
+        return prepare_and_finetune(root, write_params(root / "params.yaml"))
 
 
 def spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
     # one intra-op thread on both sides: the in-process reference runs use one too (see _one_thread),
     # and float sums in another order differ in the last bits
-    env = {**os.environ, "NIWT_TRACKING": "off", "NIWT_PROGRESS": "0", "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, **SMALL_SHARDS, "NIWT_TRACKING": "off", "NIWT_PROGRESS": "0", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([NIWT, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
@@ -183,6 +185,30 @@ def test_finetune_killed_then_resumed_matches_unbroken_run(proj: Project, tmp_pa
         assert torch.equal(got["state_dict"][key], value), f"weight {key} differs from the unbroken run"
 
 
+def test_finetune_validation_killed_then_resumed_matches_unbroken_run(proj: Project, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """The validation backbone trains through the same loop as finetune, resume included."""
+    params = write_params(tmp_path / "params.yaml", {"validate": {"finetune_epochs": 2}})  # a kill lands mid-run
+
+    def argv(out: Path) -> list[str]:
+        return ["finetune_validation", "--data", str(proj.data), "--out", str(out), "--params", str(params),
+                "--stats", str(out.with_suffix(".json"))]
+
+    assert main(argv(tmp_path / "unbroken.pt")) == 0
+    out, resume = tmp_path / "backbone.pt", tmp_path / "backbone.pt.resume"
+    proc = spawn(argv(out), tmp_path)
+    kill_when(proc, resume.is_file)
+    assert resume.is_file() and not out.exists()
+    capsys.readouterr()
+    assert main(argv(out)) == 0
+    assert f"resuming from {resume} (phase 0, epoch 1)" in capsys.readouterr().out
+    assert not resume.exists()
+    assert out.with_suffix(".json").read_text() == (tmp_path / "unbroken.json").read_text()
+    got, ref = torch.load(out, weights_only=True), torch.load(tmp_path / "unbroken.pt", weights_only=True)
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), f"weight {key} differs from the unbroken run"
+
+
 def test_unreadable_resume_file_is_ignored(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume file that cannot be loaded safely (here: pickled code) is reported and ignored; the
     run trains from the start and gives the unbroken run's checkpoint."""
@@ -208,7 +234,7 @@ def test_unreadable_resume_file_is_ignored(proj: Project, tmp_path: Path, capsys
 
 def test_same_seed_same_metrics(proj: Project, tmp_path: Path) -> None:
     """prepare + finetune again in another directory: identical metrics and training history."""
-    again = prepare_and_finetune(tmp_path, write_params(tmp_path / "params.yaml", SMALL_SHARDS))
+    again = prepare_and_finetune(tmp_path, write_params(tmp_path / "params.yaml"))
     for name in ("prepare.json", "finetune.json"):
         assert (again.metrics / name).read_text() == (proj.metrics / name).read_text(), name
     assert (tmp_path / "plots/finetune_history.csv").read_text() == \

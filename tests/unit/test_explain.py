@@ -84,7 +84,7 @@ def _planted(n_classes=12, a=6, k=10, per_class=20, seed=0):
 
 def test_inverse_map_recovers_domain_vectors() -> None:
     domain, labels, alphas = _planted()
-    cfg = MappingParams(epochs=40, lr=0.02, batch_size=32)
+    cfg = MappingParams(epochs=40, lr=(0.02,), batch_size=32)
     inv = fit_inverse_map(domain, labels, alphas, np.array([1, 5]), cfg, seed=0)
     assert len(inv.history) == 40 and 1 <= inv.best_epoch <= 40
     assert {"epoch", "val_loss", "val_rank_corr"} <= set(inv.history[0])

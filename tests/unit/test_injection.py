@@ -265,10 +265,10 @@ def test_pool_from_a_folder_of_images(tmp_path) -> None:
     assert len(found) == 5 and found == sorted(found) and not any(f.endswith(".txt") for f in found)
     trunk = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())
     empty = SplitTable(np.array([], dtype=np.int64), [], np.array([], dtype=np.int64), np.array([], dtype=str))
-    cfg = InjectParams(pool=str(tmp_path / "pool"), pool_size=3, feature_batch_size=2)
-    a = pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu"))
+    cfg = InjectParams(pool=str(tmp_path / "pool"), pool_size=3)
+    a = pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu"), batch_size=2)
     assert a.shape == (3, 2, 14, 14)
-    assert torch.equal(a, pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu")))  # seeded
+    assert torch.equal(a, pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu"), batch_size=2))  # seeded
     (tmp_path / "nothing").mkdir()
     with pytest.raises(InputError, match=r"nothing: inject\.pool names this folder but it holds no images"):
         pool_folder_images(str(tmp_path / "nothing"))

@@ -85,7 +85,7 @@ def planted(seed: int = 0, n_cls: int = 30, n_seen: int = 25, a: int = 10, c: in
 def test_fit_mapping_recovers_planted_linear_map() -> None:
     dom, w, labels, alphas = planted()
     val = np.arange(20, 25)
-    res = fit_mapping(dom, labels, alphas, val, MappingParams(epochs=30, lr=0.01, batch_size=64), seed=0)
+    res = fit_mapping(dom, labels, alphas, val, MappingParams(epochs=30, lr=(0.01,), batch_size=64), seed=0)
     assert res.weight.shape == (16, 10) and res.bias.shape == (16,)
     assert [h["epoch"] for h in res.history] == list(range(1, 31))
     best = res.history[res.best_epoch - 1]
@@ -100,7 +100,7 @@ def test_fit_mapping_recovers_planted_linear_map() -> None:
 def test_selection_and_determinism() -> None:
     dom, _, labels, alphas = planted(seed=1, n_cls=12, n_seen=12, a=6, c=8, per=8, noise=1.0)
     val = np.array([9, 10, 11])
-    cfg = MappingParams(epochs=8, lr=0.05, batch_size=16)
+    cfg = MappingParams(epochs=8, lr=(0.05,), batch_size=16)
     res = fit_mapping(dom, labels, alphas, val, cfg, seed=3)
     corr = [h["val_rank_corr"] for h in res.history]
     assert res.best_epoch == int(np.argmax(corr)) + 1
@@ -119,7 +119,7 @@ def test_trace_and_refit_recomputed_independently() -> None:
     the returned map = a run on all images for best_epoch epochs."""
     dom, _, labels, alphas = planted(seed=2, n_cls=10, n_seen=10, a=5, c=6, per=6, noise=0.5)
     val = np.array([8, 9])
-    cfg = MappingParams(epochs=4, lr=0.05, batch_size=8)
+    cfg = MappingParams(epochs=4, lr=(0.05,), batch_size=8)
     res = fit_mapping(dom, labels, alphas, val, cfg, seed=0)
     d = normalize_domain(torch.as_tensor(dom))
     lab = torch.as_tensor(labels)
@@ -155,7 +155,7 @@ def test_held_out_classes_are_split_by_true_class(fit) -> None:
     predicted = true.copy()
     wrong = np.flatnonzero(true == 10)[:3]
     predicted[wrong] = 2  # three images of held-out class 10 predicted as a fitting class
-    cfg = MappingParams(epochs=3, lr=0.05, batch_size=16)
+    cfg = MappingParams(epochs=3, lr=(0.05,), batch_size=16)
     garbage = alphas.copy()
     garbage[wrong] = np.random.default_rng(0).normal(size=garbage[wrong].shape) * 50
     a = fit(dom, predicted, alphas, val, cfg, seed=0, true_labels=true)
@@ -175,7 +175,7 @@ def test_snapshots_equal_runs_of_that_many_epochs() -> None:
     """``validate`` takes the map at each candidate epoch from one run: each snapshot must be
     exactly the map of a separate run of that many epochs."""
     dom, _, labels, alphas = planted(seed=4, n_cls=8, n_seen=8, a=5, c=6, per=6)
-    cfg = MappingParams(epochs=5, lr=0.05, batch_size=8)
+    cfg = MappingParams(epochs=5, lr=(0.05,), batch_size=8)
     snaps = fit_snapshots(dom, labels, alphas, cfg, seed=2, epochs=(1, 3))
     assert sorted(snaps) == [1, 3]
     d, lab, alp = normalize_domain(torch.as_tensor(dom)), torch.as_tensor(labels), torch.as_tensor(alphas)
@@ -187,7 +187,7 @@ def test_snapshots_equal_runs_of_that_many_epochs() -> None:
 def test_validated_epochs_override_the_held_out_rule() -> None:
     dom, _, labels, alphas = planted(seed=1, n_cls=12, n_seen=12, a=6, c=8, per=8, noise=1.0)
     val = np.array([9, 10, 11])
-    cfg = MappingParams(epochs=6, lr=0.05, batch_size=16)
+    cfg = MappingParams(epochs=6, lr=(0.05,), batch_size=16)
     rule = fit_mapping(dom, labels, alphas, val, cfg, seed=3)
     chosen = 2 if rule.best_epoch != 2 else 3
     res = fit_mapping(dom, labels, alphas, val, cfg, seed=3, epochs=chosen)
@@ -198,3 +198,24 @@ def test_validated_epochs_override_the_held_out_rule() -> None:
     assert torch.equal(res.weight, ref.weight.detach())
     longer = fit_mapping(dom, labels, alphas, val, cfg, seed=3, epochs=9)  # beyond mapping.epochs: trace grows
     assert longer.best_epoch == 9 and len(longer.history) == 9
+
+
+def test_heldout_trace_per_candidate_and_hyper_reaches_the_optimiser() -> None:
+    """Each (lr, weight decay) candidate trains its own map (validate records every trace), and
+    the first candidates are the default when none is given."""
+    from niwt.mapping.linear import MapHyper, heldout_trace, map_candidates
+
+    rng = np.random.default_rng(0)
+    dom = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = np.repeat(np.arange(6), 5)
+    alphas = (dom[labels] @ rng.normal(size=(4, 7)) + 0.1 * rng.normal(size=(30, 7))).astype(np.float32)
+    cfg = MappingParams(epochs=4, lr=(0.01, 0.1), weight_decay=(0.0, 0.5), batch_size=8)
+    assert map_candidates(cfg) == [MapHyper(0.01, 0.0), MapHyper(0.01, 0.5), MapHyper(0.1, 0.0), MapHyper(0.1, 0.5)]
+    traces = [heldout_trace(dom, labels, alphas, np.array([1, 4]), cfg, seed=0, hyper=h, epochs=3)
+              for h in map_candidates(cfg)]
+    assert all([t["epoch"] for t in trace] == [1, 2, 3] for trace in traces)
+    losses = {tuple(round(t["val_loss"], 6) for t in trace) for trace in traces}
+    assert len(losses) == 4  # lr and weight decay both change the trajectory
+    default = fit_snapshots(dom, labels, alphas, cfg, seed=2, epochs=(2,))
+    first = fit_snapshots(dom, labels, alphas, cfg, seed=2, epochs=(2,), hyper=MapHyper(0.01, 0.0))
+    assert torch.equal(default[2][0], first[2][0])

@@ -144,10 +144,10 @@ def test_range_checks(raw: dict, pattern: str) -> None:
 
 def test_range_checks_report_all_problems() -> None:
     with pytest.raises(ParamsError) as err:
-        parse_params({"inject": {"batch_size": 0, "methods": ["zzz"]}, "evaluate": {"batch_size": 0}}, "p.yaml")
+        parse_params({"inject": {"batch_size": 0, "methods": ["zzz"]}, "mapping": {"batch_size": 0}}, "p.yaml")
     msg = str(err.value)
     assert msg.startswith("p.yaml: ")
-    assert "inject.batch_size" in msg and "evaluate.batch_size" in msg and "'zzz'" in msg
+    assert "inject.batch_size" in msg and "mapping.batch_size" in msg and "'zzz'" in msg
 
 
 def test_section_dict_flattening() -> None:
@@ -183,3 +183,22 @@ def test_execution_settings_come_from_the_environment_and_flags() -> None:
         load_runtime({"NIWT_WORKERS": "-1"})
     with pytest.raises(ParamsError, match=r"NIWT_WORKERS \(or --workers\) must be between 0 and 512, got 100000"):
         load_runtime({}, {"workers": 100000})
+
+
+def test_speed_only_settings_are_execution_settings_not_params() -> None:
+    """Batch size, shard size and memory format change no number: NIWT_* variables or flags, so
+    switching them never reruns a stage (and the validation grid)."""
+    from niwt.config.runtime import load_runtime
+
+    for section, key in (("extract", "batch_size"), ("extract", "shard_size"), ("extract", "channels_last"),
+                         ("inject", "feature_batch_size"), ("explain", "batch_size"), ("evaluate", "batch_size")):
+        with pytest.raises(ParamsError, match="unknown"):
+            parse_params({section: {key: 1}})
+    rt = load_runtime({"NIWT_BATCH_SIZE": "32", "NIWT_SHARD_SIZE": "7", "NIWT_CHANNELS_LAST": "0"})
+    assert (rt.inference_batch("importances"), rt.inference_batch("features"), rt.shard_size, rt.channels_last) \
+        == (32, 32, 7, False)
+    rt = load_runtime({})
+    assert (rt.inference_batch("importances"), rt.inference_batch("features"), rt.shard_size, rt.channels_last) \
+        == (64, 128, 512, True)
+    with pytest.raises(ParamsError, match="NIWT_SHARD_SIZE"):
+        load_runtime({"NIWT_SHARD_SIZE": "0"})

@@ -18,7 +18,7 @@ from niwt.injection.methods import candidates
 from niwt.io.choices import ChoicesError, read_choices, write_choices
 from niwt.models.finetuning import initial_model
 from niwt.models.networks import ModelError, build_model
-from niwt.params import InjectParams
+from niwt.params import InjectParams, MappingParams
 
 
 def _tables() -> tuple[ClassTable, SplitTable]:
@@ -45,12 +45,14 @@ def test_subproblem_remaps_classes_and_holds_no_test_image() -> None:
 
 def test_grids_in_order() -> None:
     cfg = InjectParams(lr=(0.001, 0.01), lambda_=(0.1,), ridge_alpha=(1.0, 10.0), eszsl_exponents=(-1, 2))
-    niwt = candidates("niwt", cfg, (5, 10))
-    assert niwt == [{"mapping_epochs": e, "lr": lr, "lambda": 0.1} for e in (5, 10) for lr in (0.001, 0.01)]
-    assert candidates("regression", cfg, (5,)) == [{"alpha": 1.0}, {"alpha": 10.0}]
-    assert candidates("eszsl", cfg, (5,)) == [{"alpha": 0.1, "gamma": 0.1}, {"alpha": 0.1, "gamma": 100.0},
-                                              {"alpha": 100.0, "gamma": 0.1}, {"alpha": 100.0, "gamma": 100.0}]
-    assert candidates("icis", cfg, (5,)) == [{}]
+    mapping = MappingParams(lr=(0.01, 0.1), weight_decay=(0.0,), candidate_epochs=(5, 10))
+    niwt = candidates("niwt", cfg, mapping)
+    assert niwt == [{"mapping_lr": m, "mapping_weight_decay": 0.0, "mapping_epochs": e, "lr": lr, "lambda": 0.1}
+                    for m in (0.01, 0.1) for e in (5, 10) for lr in (0.001, 0.01)]
+    assert candidates("regression", cfg, mapping) == [{"alpha": 1.0}, {"alpha": 10.0}]
+    assert candidates("eszsl", cfg, mapping) == [{"alpha": 0.1, "gamma": 0.1}, {"alpha": 0.1, "gamma": 100.0},
+                                                 {"alpha": 100.0, "gamma": 0.1}, {"alpha": 100.0, "gamma": 100.0}]
+    assert candidates("icis", cfg, mapping) == [{}]
 
 
 def test_default_eszsl_grid_is_wider_than_the_old_edge() -> None:

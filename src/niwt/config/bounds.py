@@ -22,8 +22,6 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "finetune.epochs": (0, 10_000),
     "finetune.head_epochs": (0, 10_000),
     "finetune.batch_size": (0, 65_536),
-    "extract.batch_size": (0, 65_536),
-    "extract.shard_size": (0, 10_000_000),
     "mapping.epochs": (0, 100_000),
     "mapping.batch_size": (0, 1_048_576),
     "mapping.n_val_classes": (0, 100_000),
@@ -33,9 +31,6 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "inject.max_iters": (0, 10_000_000),
     "inject.patience": (1, 10_000_000),
     "inject.pool_size": (1, 10_000_000),
-    "inject.feature_batch_size": (0, 65_536),
-    "evaluate.batch_size": (0, 65_536),
-    "explain.batch_size": (0, 65_536),
     "explain.images_per_class": (0, 10_000),
     "explain.top_attributes": (0, 100_000),
 }
@@ -56,9 +51,8 @@ def check_bounds(p: Params, source: str) -> None:
         problems.append(f"validate.fraction must be in (0, 1), got {p.validate.fraction}")
     if not 0.0 < p.data.val_fraction + p.data.test_seen_fraction < 1.0:
         problems.append("data.val_fraction + data.test_seen_fraction must be in (0, 1)")
-    for name in ("finetune.batch_size", "extract.batch_size", "extract.shard_size", "mapping.batch_size",
-                 "inject.batch_size", "inject.feature_batch_size", "evaluate.batch_size", "explain.batch_size",
-                 "explain.images_per_class", "explain.top_attributes", "finetune.epochs", "mapping.epochs"):
+    for name in ("finetune.batch_size", "mapping.batch_size", "inject.batch_size", "explain.images_per_class",
+                 "explain.top_attributes", "finetune.epochs", "mapping.epochs"):
         section, key = name.split(".")
         if getattr(getattr(p, section), key) <= 0:
             problems.append(f"{name} must be positive")
@@ -99,7 +93,8 @@ def _grid_problems(p: Params) -> list[str]:
     """The candidate lists ``validate`` chooses from: non-empty, in range."""
     problems = []
     grids = {"inject.lr": p.inject.lr, "inject.lambda": p.inject.lambda_, "inject.ridge_alpha": p.inject.ridge_alpha,
-             "inject.eszsl_exponents": p.inject.eszsl_exponents, "mapping.candidate_epochs": p.mapping.candidate_epochs}
+             "inject.eszsl_exponents": p.inject.eszsl_exponents, "mapping.candidate_epochs": p.mapping.candidate_epochs,
+             "mapping.lr": p.mapping.lr, "mapping.weight_decay": p.mapping.weight_decay}
     for name, grid in grids.items():
         if not grid:
             problems.append(f"{name}: give at least one candidate (one value fixes it)")
@@ -107,7 +102,9 @@ def _grid_problems(p: Params) -> list[str]:
             problems.append(f"{name}: at most 64 candidates, got {len(grid)}")
     for name, grid, low, high in (("inject.lr", p.inject.lr, 0.0, 1e3), ("inject.lambda", p.inject.lambda_, 0.0, 1e9),
                                   ("inject.ridge_alpha", p.inject.ridge_alpha, 0.0, 1e12),
-                                  ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12)):
+                                  ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12),
+                                  ("mapping.lr", p.mapping.lr, 1e-12, 1e3),
+                                  ("mapping.weight_decay", p.mapping.weight_decay, 0.0, 1e3)):
         bad = [v for v in grid if not low <= v <= high]
         if bad:
             problems.append(f"{name}: candidates must be between {low} and {high}, got {bad}")

@@ -15,8 +15,10 @@ from niwt.errors import ParamsError
 from niwt.params import Runtime
 
 RUNTIME_ENV = {"device": "NIWT_DEVICE", "workers": "NIWT_WORKERS", "runner": "NIWT_RUNNER",
-               "dask_address": "NIWT_DASK_ADDRESS", "dask_workers": "NIWT_DASK_WORKERS", "progress": "NIWT_PROGRESS"}
-RUNTIME_BOUNDS = {"workers": ("NIWT_WORKERS", 0, 512), "dask_workers": ("NIWT_DASK_WORKERS", 1, 4096)}
+               "dask_address": "NIWT_DASK_ADDRESS", "dask_workers": "NIWT_DASK_WORKERS", "progress": "NIWT_PROGRESS",
+               "batch_size": "NIWT_BATCH_SIZE", "shard_size": "NIWT_SHARD_SIZE", "channels_last": "NIWT_CHANNELS_LAST"}
+RUNTIME_BOUNDS = {"workers": ("NIWT_WORKERS", 0, 512), "dask_workers": ("NIWT_DASK_WORKERS", 1, 4096),
+                  "batch_size": ("NIWT_BATCH_SIZE", 0, 65_536), "shard_size": ("NIWT_SHARD_SIZE", 1, 10_000_000)}
 
 
 def _from_env(text: str, hint: Any, where: str) -> Any:

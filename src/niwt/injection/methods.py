@@ -23,11 +23,11 @@ from niwt.data.tables import ClassTable, SplitTable
 from niwt.errors import InputError
 from niwt.injection.niwt import inject, resolve_solver
 from niwt.injection.registry import METHODS
-from niwt.mapping.linear import normalize_domain, predict_importance
+from niwt.mapping.linear import map_candidates, normalize_domain, predict_importance
 from niwt.mapping.store import StoredMap
 from niwt.models.networks import NiwtNet, split_at
 from niwt.models.training import predict
-from niwt.params import InjectParams
+from niwt.params import InjectParams, MappingParams
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Context:
     images: ImageSource | None = None  # the decoded-image cache; None: decode the image files
     hyper: dict[str, dict[str, float]] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
+    batch_size: int = 128  # images per forward pass (an execution setting: speed only)
 
     def setting(self, method: str, name: str) -> float:
         """The chosen value of one hyperparameter of ``method`` (``validate``'s choice)."""
@@ -92,7 +93,7 @@ class Context:
         def compute() -> tuple[np.ndarray, np.ndarray]:
             train = self.splits.select("train")
             loader = make_loader(train.path, train.class_id, self.image_size, train=False,
-                                 batch_size=self.cfg.feature_batch_size, cache=self.images)
+                                 batch_size=self.batch_size, cache=self.images)
             return predict(self.model.to(self.device), loader, self.device, features=True)
         return self.cached("train_features", compute)
 
@@ -115,7 +116,7 @@ def pool_folder_images(pool: str) -> list[str]:
 
 
 def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, splits: SplitTable, image_size: int,
-                     device: torch.device, images: ImageSource | None = None) -> torch.Tensor:
+                     device: torch.device, images: ImageSource | None = None, batch_size: int = 128) -> torch.Tensor:
     """Layer activations of the image pool, computed once (the trunk is never rerun).
 
     ``train``: ``inject.pool_size`` seen training images (seeded); ``noise``: Gaussian images,
@@ -125,7 +126,7 @@ def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, split
     n = cfg.pool_size
     gen = torch.Generator().manual_seed(seed)
     if cfg.pool == "noise":
-        batches = torch.randn(n, 3, image_size, image_size, generator=gen).split(cfg.feature_batch_size)
+        batches = torch.randn(n, 3, image_size, image_size, generator=gen).split(batch_size)
     else:
         if cfg.pool == "train":
             train = splits.select("train")
@@ -135,7 +136,7 @@ def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, split
             labels = np.zeros(len(paths), dtype=np.int64)
         pick = torch.randperm(len(paths), generator=gen)[:n].sort().values.numpy()
         loader = make_loader([paths[i] for i in pick], labels[pick], image_size, train=False,
-                             batch_size=cfg.feature_batch_size, cache=images)
+                             batch_size=batch_size, cache=images)
         batches = (images for images, _, _ in loader)
     trunk.eval()
     with torch.inference_mode():
@@ -149,7 +150,7 @@ def niwt_rows(ctx: Context, part: Partition) -> Rows:
     def pool() -> tuple[torch.Tensor, torch.nn.Module, tuple]:
         trunk, head = split_at(ctx.model, layer)
         acts = pool_activations(trunk.to(ctx.device), ctx.cfg, ctx.seed, ctx.splits, ctx.image_size, ctx.device,
-                                ctx.images)
+                                ctx.images, ctx.batch_size)
         head = head.cpu().eval()
         return acts, head, resolve_solver(head, acts, pooling, ctx.cfg.solver)  # one Jacobian for both runs
 
@@ -226,15 +227,18 @@ def build_classifier(ctx: Context, method: str, part: Partition) -> tuple[torch.
     return torch.cat([w_s, rows.weight.float()]), torch.cat([b_s, rows.bias.float()]), dict(rows.stats)
 
 
-def candidates(method: str, cfg: InjectParams, mapping_epochs: tuple[int, ...]) -> list[dict[str, float]]:
+def candidates(method: str, cfg: InjectParams, mapping: MappingParams) -> list[dict[str, float]]:
     """Every setting ``validate`` tries for ``method``, in grid order (a tie goes to the first).
 
-    NIWT: the forward map's epochs x Adam's lr x lambda; ridge: alpha; ESZSL: alpha x gamma, each
-    10^e for e in ``inject.eszsl_exponents``; ICIS: its fixed configuration (one setting).
+    NIWT: the forward map's (lr, weight decay) x its epochs x Adam's lr x lambda; ridge: alpha;
+    ESZSL: alpha x gamma, each 10^e for e in ``inject.eszsl_exponents``; ICIS: its fixed
+    configuration (one setting).
     """
     if method == "niwt":
-        return [{"mapping_epochs": e, "lr": lr, "lambda": lam}
-                for e in mapping_epochs for lr in cfg.lr for lam in cfg.lambda_]
+        return [{"mapping_lr": h.lr, "mapping_weight_decay": h.weight_decay, "mapping_epochs": e, "lr": lr,
+                 "lambda": lam}
+                for h in map_candidates(mapping) for e in mapping.candidate_epochs
+                for lr in cfg.lr for lam in cfg.lambda_]
     if method in ("regression", "regression_rescaled"):
         return [{"alpha": a} for a in cfg.ridge_alpha]
     if method == "eszsl":

@@ -20,10 +20,13 @@ class Method:
     builder: str  # function of niwt.injection.methods: (Context, Partition) -> Rows
     needs_images: bool  # reads seen training images (the NIWT pool, ESZSL's features)
     replaces_seen: bool  # writes rows for the seen classes too (a compatibility model)
+    # how it is used, hence what validate tunes it for (validate.criterion: auto): as_shipped (its
+    # rows as they are: uncalibrated H) or calibrated (with calibrated stacking: calibrated H)
+    reading: str = "calibrated"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("niwt", "NIWT", "niwt_rows", needs_images=True, replaces_seen=False),
+    Method("niwt", "NIWT", "niwt_rows", needs_images=True, replaces_seen=False, reading="as_shipped"),
     Method("icis", "ICIS", "icis_rows", needs_images=False, replaces_seen=False),
     Method("regression", "ridge regression", "regression_rows", needs_images=False, replaces_seen=False),
     Method("regression_rescaled", "ridge regression, rescaled", "regression_rescaled_rows", needs_images=False,

@@ -28,6 +28,7 @@ class Choices:
     hyper: dict[str, dict[str, float]]  # method -> {name: value}, without the calibration gamma
     gamma: dict[str, float]  # method -> calibration gamma chosen on the validation problem
     mapping_epochs: int | None
+    mapping_hyper: tuple[float, float] | None = None  # the forward map's (lr, weight decay), NIWT's choice
 
     def require(self, methods: list[str] | tuple[str, ...], names: dict[str, set[str]] | None = None) -> None:
         """Every method must have been validated (else: rerun validate with the same methods), with
@@ -71,4 +72,15 @@ def read_choices(path: Path) -> Choices:
     epochs = doc.get("mapping_epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise ChoicesError(f"{path}: 'mapping_epochs' must be a positive integer or null, got {epochs!r}")
-    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)), hyper, gamma, epochs)
+    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)), hyper, gamma, epochs,
+                   _mapping_hyper(doc.get("mapping"), path))
+
+
+def _mapping_hyper(mapping: object, path: Path) -> tuple[float, float] | None:
+    """The forward map's chosen (lr, weight decay), or None (NIWT not validated)."""
+    if mapping is None:
+        return None
+    values = (mapping.get("lr"), mapping.get("weight_decay")) if isinstance(mapping, dict) else (None, None)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ChoicesError(f"{path}: 'mapping' must give a non-negative lr and weight_decay, got {mapping!r}")
+    return float(values[0]), float(values[1])

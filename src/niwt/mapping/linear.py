@@ -9,6 +9,7 @@ and its observed mean (unit-normalised) importance. The paper early-stops on tha
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -19,6 +20,21 @@ from torch import nn
 from torch.nn import functional as F
 
 from niwt.params import MappingParams
+
+
+@dataclass(frozen=True)
+class MapHyper:
+    """One candidate of the map's optimiser (``mapping.lr`` x ``mapping.weight_decay``): the map's
+    held-out rank correlation peaks early and at a rate that depends on the data's scale, so both
+    are chosen by ``validate`` rather than fixed."""
+
+    lr: float
+    weight_decay: float
+
+
+def map_candidates(cfg: MappingParams) -> list[MapHyper]:
+    """Every (lr, weight decay) pair of the params' candidate lists, in list order."""
+    return [MapHyper(float(lr), float(wd)) for lr, wd in itertools.product(cfg.lr, cfg.weight_decay)]
 
 
 @dataclass
@@ -70,14 +86,16 @@ def rank_correlation(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def _train(domain: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor, cfg: MappingParams, seed: int,
-           epochs: int, on_epoch=None) -> nn.Linear:
-    """Adam on minibatches of pairs ``(domain[labels[i]], alphas[i])`` with the cosine loss."""
+           epochs: int, on_epoch=None, hyper: MapHyper | None = None) -> nn.Linear:
+    """Adam on minibatches of pairs ``(domain[labels[i]], alphas[i])`` with the cosine loss, at
+    ``hyper`` (default: the first candidate of the params' lists)."""
+    hyper = hyper or map_candidates(cfg)[0]
     gen = torch.Generator().manual_seed(seed)
     linear = nn.Linear(domain.shape[1], alphas.shape[1])
     with torch.no_grad():  # NIWT draws from N(0, 1); a small std keeps early cosines informative
         linear.weight.normal_(0, 0.01, generator=gen)
         linear.bias.zero_()
-    opt = torch.optim.Adam(linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(linear.parameters(), lr=hyper.lr, weight_decay=hyper.weight_decay)
     n = len(labels)
     for epoch in range(1, epochs + 1):
         for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
@@ -102,7 +120,8 @@ def select_epoch(history: list[dict[str, float]], selection: str) -> int:
 
 def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, is_val: torch.Tensor,
                  cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float],
-                 is_train: torch.Tensor | None = None, epochs: int | None = None) -> MappingResult:
+                 is_train: torch.Tensor | None = None, epochs: int | None = None,
+                 hyper: MapHyper | None = None) -> MappingResult:
     """Fit a linear map on pairs ``(inputs[index[i]], targets[i])`` with the cosine loss, choose the
     number of epochs on the held-out pairs (``is_val``), then refit on all pairs for that many.
     ``is_train`` (default: not ``is_val``) are the pairs the selection run learns from.
@@ -113,29 +132,18 @@ def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tenso
     importance -> domain in :func:`fit_inverse_map`); they differ only in their pairs and in how
     a held-out class's rank correlation is measured (``val_rank_corr``).
     """
-    is_train = ~is_val if is_train is None else is_train
-    if not is_val.any() or not is_train.any():
-        raise ValueError("held-out classes must leave images on both sides of the split")
-    history: list[dict[str, float]] = []
-    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def score(epoch: int, linear: nn.Linear) -> None:
-        with torch.no_grad():
-            val_loss = cosine_distance(linear(inputs[index[is_val]]), targets[is_val]).item()
-            rank_corr = val_rank_corr(linear)
-        history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_corr})
-        snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
-
-    _train(inputs, index[is_train], targets[is_train], cfg, seed, max(cfg.epochs, epochs or 0), on_epoch=score)
+    history, snapshots = _selection_run(inputs, index, targets, is_val, cfg, seed, val_rank_corr, is_train,
+                                        max(cfg.epochs, epochs or 0), hyper)
     heldout_epoch = select_epoch(history, cfg.selection)
     epoch = heldout_epoch if epochs is None else epochs
-    final = _train(inputs, index, targets, cfg, seed, epoch)
+    final = _train(inputs, index, targets, cfg, seed, epoch, hyper=hyper)
     return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
                          heldout_epoch, *snapshots[epoch])
 
 
 def fit_snapshots(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, cfg: MappingParams, *, seed: int,
-                  epochs: tuple[int, ...]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+                  epochs: tuple[int, ...],
+                  hyper: MapHyper | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The map domain -> importance on all pairs, as (weight, bias) after each of ``epochs``: one
     training run, the same trajectory as a run of that many epochs (``validate`` picks one)."""
     dom = normalize_domain(torch.as_tensor(domain))
@@ -147,7 +155,7 @@ def fit_snapshots(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, cf
         if epoch in wanted:
             snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
 
-    _train(dom, lab, alp, cfg, seed, max(epochs), on_epoch=keep)
+    _train(dom, lab, alp, cfg, seed, max(epochs), on_epoch=keep, hyper=hyper)
     return snapshots
 
 
@@ -161,9 +169,56 @@ def _held_out(labels: torch.Tensor, true_labels: np.ndarray | None,
     return is_val, ~(is_val | torch.isin(labels, val_c))
 
 
+def _selection_run(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, is_val: torch.Tensor,
+                   cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float],
+                   is_train: torch.Tensor | None, epochs: int, hyper: MapHyper | None
+                   ) -> tuple[list[dict[str, float]], dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Train on the selection pairs and score the held-out ones after every epoch: the trace
+    (epoch, val_loss, val_rank_corr) and the map at each epoch."""
+    is_train = ~is_val if is_train is None else is_train
+    if not is_val.any() or not is_train.any():
+        raise ValueError("held-out classes must leave images on both sides of the split")
+    history: list[dict[str, float]] = []
+    snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def score(epoch: int, linear: nn.Linear) -> None:
+        with torch.no_grad():
+            val_loss = cosine_distance(linear(inputs[index[is_val]]), targets[is_val]).item()
+            rank_corr = val_rank_corr(linear)
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_rank_corr": rank_corr})
+        snapshots[epoch] = (linear.weight.detach().clone(), linear.bias.detach().clone())
+
+    _train(inputs, index[is_train], targets[is_train], cfg, seed, epochs, on_epoch=score, hyper=hyper)
+    return history, snapshots
+
+
+def _forward_pairs(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
+                   true_labels: np.ndarray | None):
+    """The forward map's pairs and its held-out split: (domain, labels, importances, held-out mask,
+    selection-training mask, the held-out rank correlation of a map)."""
+    dom = normalize_domain(torch.as_tensor(domain))
+    lab = torch.as_tensor(labels, dtype=torch.long)
+    alp = torch.tensor(np.asarray(alphas), dtype=torch.float32)
+    val_c = torch.as_tensor(val_classes, dtype=torch.long)
+    is_val, is_train = _held_out(lab, true_labels, val_c)
+    target = class_mean_importance(alp[is_val], lab[is_val], val_c)
+    return dom, lab, alp, is_val, is_train, lambda linear: rank_correlation(linear(dom[val_c]), target)
+
+
+def heldout_trace(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
+                  cfg: MappingParams, *, seed: int, hyper: MapHyper, epochs: int,
+                  true_labels: np.ndarray | None = None) -> list[dict[str, float]]:
+    """The paper's held-out-seen trace of one candidate: the map fit without ``val_classes``, and
+    per epoch the cosine loss and rank correlation on them (what ``validate`` records for every
+    (lr, weight decay) candidate, so where each one peaks can be read)."""
+    dom, lab, alp, is_val, is_train, rank_corr = _forward_pairs(domain, labels, alphas, val_classes, true_labels)
+    history, _ = _selection_run(dom, lab, alp, is_val, cfg, seed, rank_corr, is_train, epochs, hyper)
+    return history
+
+
 def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
                 cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None,
-                epochs: int | None = None) -> MappingResult:
+                epochs: int | None = None, hyper: MapHyper | None = None) -> MappingResult:
     """Fit domain -> importance, pick the epoch on held-out seen classes (or take ``epochs``), refit on all.
 
     Args:
@@ -176,23 +231,19 @@ def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_
         seed: ``base.seed``.
         true_labels: (N,) each image's true class, which decides the held-out split (default: ``labels``).
         epochs: the epoch count ``validate`` chose (None: the held-out rule's).
+        hyper: the learning rate and weight decay ``validate`` chose (None: the first candidates).
 
     Returns:
         The map refit on all classes for the selected number of epochs, the trace, and the map
         at that epoch fit without the held-out classes.
     """
-    dom = normalize_domain(torch.as_tensor(domain))
-    lab = torch.as_tensor(labels, dtype=torch.long)
-    alp = torch.tensor(np.asarray(alphas), dtype=torch.float32)
-    val_c = torch.as_tensor(val_classes, dtype=torch.long)
-    is_val, is_train = _held_out(lab, true_labels, val_c)
-    target = class_mean_importance(alp[is_val], lab[is_val], val_c)
-    return fit_selected(dom, lab, alp, is_val, cfg, seed, lambda linear: rank_correlation(linear(dom[val_c]), target),
-                        is_train, epochs)
+    dom, lab, alp, is_val, is_train, rank_corr = _forward_pairs(domain, labels, alphas, val_classes, true_labels)
+    return fit_selected(dom, lab, alp, is_val, cfg, seed, rank_corr, is_train, epochs, hyper)
 
 
 def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,
-                    cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None) -> MappingResult:
+                    cfg: MappingParams, *, seed: int, true_labels: np.ndarray | None = None,
+                    hyper: MapHyper | None = None) -> MappingResult:
     """The inverse map importance -> domain vector, for explanations (NIWT §5).
 
     Each pair is (importance of image i, L2-normalised domain vector of its class). Importances are
@@ -214,7 +265,8 @@ def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, 
         return rank_correlation(mean_pred, dom[val_c])
 
     with single_thread():  # every image is its own input row: an identity index
-        return fit_selected(unit, torch.arange(len(lab)), dom[lab], is_val, cfg, seed, val_rank_corr, is_train)
+        return fit_selected(unit, torch.arange(len(lab)), dom[lab], is_val, cfg, seed, val_rank_corr, is_train,
+                            hyper=hyper)
 
 
 @contextlib.contextmanager

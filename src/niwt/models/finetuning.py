@@ -1,16 +1,21 @@
 """Fine-tuning a classifier on a set of seen classes: the start network, the phases, the optimiser.
 
-Shared by ``finetune`` (the final network, on every seen class) and ``validate`` (the validation
-backbone, on the seen classes minus the validation classes), so both train the same way.
+Shared by ``finetune`` (the final network, on every seen class) and ``finetune_validation`` (the
+validation backbone, on the seen classes minus the validation classes): one loop,
+:func:`train_phases`, with its resume state, so both train the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from niwt.models.checkpoint import load_state_dict_file, read_class_names
+from niwt.errors import InputError
+from niwt.io.atomic import atomic_path
+from niwt.models.checkpoint import load_state_dict_file, read_class_names, safe_load
 from niwt.models.networks import ModelError, NiwtNet, build_model
 from niwt.models.training import evaluate, train_one_epoch
 from niwt.params import FinetuneParams, ModelParams
@@ -61,29 +66,108 @@ def make_optimizer(model: NiwtNet, phase: str, lr: float, f: FinetuneParams, ste
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.2)
 
 
-def train_best(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, device: torch.device, *,
-               epochs: int | None = None, progress: bool = False,
-               log: Callable[[str], None] = print) -> tuple[float, list[dict]]:
-    """Train through the phases and keep the weights of the best epoch by val accuracy (loaded into
-    ``model``); returns (best val accuracy, per-epoch history). No resume: the validation backbone's
-    run; ``finetune`` runs the same phases with its resume state."""
+@dataclass(frozen=True)
+class Resume:
+    """Where a training run keeps its state after every epoch, and the identity (``key``: a digest of
+    the params and data) a saved state must carry to be continued."""
+
+    path: Path
+    key: str
+
+
+def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, device: torch.device, *,
+                 epochs: int | None = None, resume: Resume | None = None, progress: bool = False,
+                 log: Callable[[str], None] = print) -> tuple[float, list[dict]]:
+    """The one training loop of both fine-tuning stages: the phases of :func:`phases` (head only,
+    then the whole network), the weights of the best epoch by val accuracy loaded into ``model``;
+    returns (best val accuracy, per-epoch history).
+
+    With ``resume`` the state (weights, optimiser, schedule, history, best epoch, random state) is
+    saved after every epoch and a matching saved state is continued, with the same shuffles and
+    augmentations as an unbroken run. ``finetune.mode: none`` trains nothing: the given classifier
+    as it is, measured on val.
+    """
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
-    history: list[dict] = []
-    best_acc, best_state = -1.0, None
-    for phase, n, lr in phases(f, epochs):
+    state = load_resume(resume, log) if resume is not None and f.mode != "none" else None
+    history: list[dict] = state["history"] if state else []
+    best_acc, best_state = (state["best_acc"], state["best_state"]) if state else (-1.0, None)
+    for phase_idx, (phase, n, lr) in enumerate(phases(f, epochs)):
         opt, sched = make_optimizer(model, phase, lr, f, n * len(train_loader))
-        for epoch in range(1, n + 1):
+        start = 1
+        if state and state["phase_idx"] == phase_idx:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng(state["rng"], train_loader.generator)  # same shuffles and augmentations as unbroken
+            start = state["epoch"] + 1
+        elif state and state["phase_idx"] > phase_idx:
+            continue
+        for epoch in range(start, n + 1):
             stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=f.amp,
                                     channels_last=f.channels_last, scheduler=sched, progress=progress,
                                     frozen=model.body if phase == "head" else None)
             val_acc = evaluate(model, val_loader, device, amp=f.amp)["acc"]
             history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
                             "train_acc": stats["acc"], "val_acc": val_acc})
-            log(f"{phase} epoch {epoch}/{n}: loss {stats['loss']:.4f} val acc {val_acc:.3f}")
+            log(f"{phase} epoch {epoch}/{n}: loss {stats['loss']:.4f} train acc {stats['acc']:.3f} "
+                f"val acc {val_acc:.3f}")
             if val_acc > best_acc:
                 best_acc = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if best_state is None:  # mode none: the given classifier as it is
+            if resume is not None:
+                save_resume(resume, {"phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
+                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                     "history": history, "best_acc": best_acc, "best_state": best_state,
+                                     "rng": get_rng(train_loader.generator)}, log)
+    if f.mode == "none":  # the given classifier exactly as it is: its own head is the seen head
         return evaluate(model, val_loader, device, amp=f.amp)["acc"], history
     model.load_state_dict(best_state)
     return best_acc, history
+
+
+def load_resume(resume: Resume, log: Callable[[str], None]) -> dict | None:
+    """The saved state of this run, or None (absent, unreadable, of another version, or made with
+    other params or data: training starts from the beginning, saying why)."""
+    if not resume.path.is_file():
+        return None
+    try:
+        state = safe_load(resume.path, "resume file")
+    except ModelError as err:
+        log(f"ignoring {resume.path}, training from the start: {err}")
+        return None
+    if not isinstance(state, dict) or "rng" not in state:
+        log(f"ignoring {resume.path}: not a resume file of this version")
+        return None
+    if state.get("fingerprint") != resume.key:
+        log(f"ignoring {resume.path}: made with other params or data")
+        return None
+    log(f"resuming from {resume.path} (phase {state['phase_idx']}, epoch {state['epoch']})")
+    return state
+
+
+def save_resume(resume: Resume, state: dict, log: Callable[[str], None]) -> None:
+    """Save the state atomically; a failure (disk full) is a warning: the resume state is optional
+    and must never end training."""
+    try:
+        with atomic_path(resume.path) as tmp:
+            torch.save({"fingerprint": resume.key, **state}, tmp)
+    except (InputError, OSError, RuntimeError) as err:
+        log(f"warning: could not save the resume state after epoch {state['epoch']} to {resume.path} "
+            f"({(str(err).splitlines() or [''])[0]}); training continues, but a kill now restarts from the "
+            "last saved epoch")
+
+
+def get_rng(loader_generator: torch.Generator) -> dict:
+    """Random state a resumed run needs to continue exactly: the global torch RNG (augmentations,
+    dropout), the loader's shuffling generator and, on CUDA, the device generators."""
+    rng = {"torch": torch.get_rng_state(), "loader": loader_generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng(rng: dict, loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    loader_generator.set_state(rng["loader"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

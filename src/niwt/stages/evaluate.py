@@ -53,7 +53,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     choices.require([c.stem for c in checkpoints])
     base, meta = loaded[checkpoints[0].stem]
     base = base.to(device)
-    size, bs = meta["image_size"], p.evaluate.batch_size
+    size, bs = meta["image_size"], rt.inference_batch("features")
     images = open_cache(cache, data / "splits.parquet", size)
 
     def features(table, desc: str) -> tuple[np.ndarray, np.ndarray]:

@@ -119,9 +119,10 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
 
     test = splits.select("test_unseen")
     truth = read_image_truth(data / IMAGE_TRUTH)
+    batch = rt.inference_batch("features")
     explained, agreement = _explain_unseen(model, meta, classes, test, inverse.weight, inverse.bias,
-                                           e.batch_size, device, e.top_attributes, rt.progress, truth, images)
-    measured = _measure(model, meta, classes, splits, truth, agreement, e.batch_size, device, p.base.seed,
+                                           batch, device, e.top_attributes, rt.progress, truth, images)
+    measured = _measure(model, meta, classes, splits, truth, agreement, batch, device, p.base.seed,
                         rt.progress, images)
     sample = _sample(test, classes, e.images_per_class, p.base.seed)
 

@@ -102,12 +102,13 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     return target.name
 
 
-def fingerprint(checkpoint: Path, p: Params) -> str:
-    """Shards are only reused when made from the same checkpoint bytes and the params that shape
-    the numbers; where they run (``runner``, Dask settings) does not count."""
+def fingerprint(checkpoint: Path, p: Params, rt: Runtime) -> str:
+    """Shards are only reused when made from the same checkpoint bytes, the params that shape the
+    numbers and the settings that shape the shards or their last bits (batch, shard size, memory
+    format); where they run (``runner``, Dask settings) does not count."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes())
     e = p.extract
-    shaping = [e.pooling, e.target, e.batch_size, e.shard_size, e.layer, e.channels_last]
+    shaping = [e.pooling, e.target, rt.inference_batch("importances"), rt.shard_size, e.layer, rt.channels_last]
     digest.update(json.dumps(shaping).encode())
     return digest.hexdigest()
 
@@ -126,7 +127,7 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     if verdict.degenerate:
         print(f"[extract] warning (extract.allow_degenerate: true): {explain(verdict)}", flush=True)
     partial = out.parent / (out.name + ".partial")
-    fp = fingerprint(checkpoint, p)
+    fp = fingerprint(checkpoint, p, rt)
     stamp = partial / "_fingerprint"
     if partial.exists() and (not stamp.is_file() or stamp.read_text() != fp):
         shutil.rmtree(partial)  # made from another model or params: nothing to reuse
@@ -138,13 +139,13 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     file_meta = (("layer", p.extract.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
                  ("arch", meta["arch"]), ("fingerprint", fp[:16]))
     jobs = []
-    for index, start in enumerate(range(0, len(order), p.extract.shard_size)):
-        sel = order[start:start + p.extract.shard_size]
+    for index, start in enumerate(range(0, len(order), rt.shard_size)):
+        sel = order[start:start + rt.shard_size]
         jobs.append(ShardJob(index, tuple(int(i) for i in splits.image_id[sel]),
                              tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
                              tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial),
-                             p.extract.layer, p.extract.pooling, p.extract.target, p.extract.batch_size,
-                             rt.device, p.extract.channels_last, file_meta,
+                             p.extract.layer, p.extract.pooling, p.extract.target, rt.inference_batch("importances"),
+                             rt.device, rt.channels_last, file_meta,
                              str(Path(cache).absolute()) if images is not None else "",
                              str((data / "splits.parquet").absolute())))
     return jobs, partial

@@ -17,23 +17,20 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
-from niwt.errors import InputError
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
-from niwt.models.checkpoint import safe_load, save_checkpoint
-from niwt.models.finetuning import initial_model, make_optimizer, phases
-from niwt.models.networks import ModelError
-from niwt.models.training import evaluate, resolve_device, seed_everything, train_one_epoch
+from niwt.models.checkpoint import save_checkpoint
+from niwt.models.finetuning import Resume, initial_model, train_phases
+from niwt.models.training import evaluate, resolve_device, seed_everything
 from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
 
 
-def _fingerprint(p: Params, data: Path) -> str:
+def _run_key(p: Params, data: Path) -> str:
     """Identity of a training run: resume only a state made by the same params and data."""
     blob = json.dumps([p.base.seed, section_dict(p.model), section_dict(p.finetune)], sort_keys=True)
     digest = hashlib.sha256(blob.encode())
@@ -60,43 +57,9 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pat
                                seed=p.base.seed, pin_memory=pin, cache=images)
     val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=nw,
                              pin_memory=pin, cache=images)
-    criterion = nn.CrossEntropyLoss(label_smoothing=p.finetune.label_smoothing)
-
-    resume_path = out.parent / (out.name + ".resume")
-    fingerprint = _fingerprint(p, data)
-    state = _load_resume(resume_path, fingerprint) if p.finetune.mode != "none" else None
-    history: list[dict] = state["history"] if state else []
-    best_acc, best_state = (state["best_acc"], state["best_state"]) if state else (-1.0, None)
-    for phase_idx, (phase, epochs, lr) in enumerate(phases(p.finetune)):
-        opt, sched = make_optimizer(model, phase, lr, p.finetune, epochs * len(train_loader))
-        start = 1
-        if state and state["phase_idx"] == phase_idx:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            _set_rng(state["rng"], train_loader.generator)  # same shuffles and augmentations as unbroken
-            start = state["epoch"] + 1
-        elif state and state["phase_idx"] > phase_idx:
-            continue
-        for epoch in range(start, epochs + 1):
-            stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=p.finetune.amp,
-                                    channels_last=p.finetune.channels_last, scheduler=sched, progress=rt.progress,
-                                    frozen=model.body if phase == "head" else None)
-            val_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
-            history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
-                            "train_acc": stats["acc"], "val_acc": val_acc})
-            print(f"[finetune] {phase} epoch {epoch}/{epochs}: loss {stats['loss']:.4f} "
-                  f"train acc {stats['acc']:.3f} val acc {val_acc:.3f}", flush=True)
-            if val_acc > best_acc:
-                best_acc = val_acc
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            _save_resume(resume_path, fingerprint, phase_idx, epoch, model, opt, sched, history, best_acc, best_state,
-                         _get_rng(train_loader.generator))
-
-    if p.finetune.mode == "none":  # the given classifier exactly as it is: its own head is the seen head
-        best_acc = evaluate(model, val_loader, device, amp=p.finetune.amp)["acc"]
-    else:
-        model.load_state_dict(best_state)
+    resume = Resume(out.parent / (out.name + ".resume"), _run_key(p, data))
+    best_acc, history = train_phases(model, p.finetune, train_loader, val_loader, device, resume=resume,
+                                     progress=rt.progress, log=lambda m: print(f"[finetune] {m}", flush=True))
     test_loader = make_loader(test.path, test.class_id, size, train=False, batch_size=bs, num_workers=nw,
                               pin_memory=pin, cache=images)
     test_metrics = evaluate(model, test_loader, device, amp=p.finetune.amp)
@@ -116,56 +79,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pat
     # The resume file goes only after the CLI has written the stats (StageResult.cleanup): if
     # anything after this point fails, a rerun resumes at the last epoch instead of retraining.
     steps = {k: [(int(h["epoch"]), float(h[k])) for h in history] for k in ("train_loss", "train_acc", "val_acc")}
-    return StageResult(metrics, [history_path, png], steps=steps, cleanup=[resume_path])
-
-
-def _load_resume(path: Path, fingerprint: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = safe_load(path, "resume file")
-    except ModelError as err:
-        print(f"[finetune] ignoring {path}, training from the start: {err}", flush=True)
-        return None
-    if not isinstance(state, dict) or "rng" not in state:
-        print(f"[finetune] ignoring {path}: not a resume file of this version", flush=True)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        print(f"[finetune] ignoring {path}: made with other params or data", flush=True)
-        return None
-    print(f"[finetune] resuming from {path} (phase {state['phase_idx']}, epoch {state['epoch']})", flush=True)
-    return state
-
-
-def _save_resume(path: Path, fingerprint: str, phase_idx: int, epoch: int, model: nn.Module, opt, sched,
-                 history: list[dict], best_acc: float, best_state: dict, rng: dict) -> None:
-    state = {"fingerprint": fingerprint, "phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
-             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-             "best_acc": best_acc, "best_state": best_state, "rng": rng}
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except (InputError, OSError, RuntimeError) as err:
-        # The resume state is optional: failing to save it (disk full) must never end training.
-        print(f"[finetune] warning: could not save the resume state after epoch {epoch} to {path} "
-              f"({(str(err).splitlines() or [''])[0]}); training continues, but a kill now restarts from the "
-              "last saved epoch", flush=True)
-
-
-def _get_rng(loader_generator: torch.Generator) -> dict:
-    """Random state a resumed run needs to continue exactly: the global torch RNG (augmentations,
-    dropout), the loader's shuffling generator and, on CUDA, the device generators."""
-    rng = {"torch": torch.get_rng_state(), "loader": loader_generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng(rng: dict, loader_generator: torch.Generator) -> None:
-    torch.set_rng_state(rng["torch"])
-    loader_generator.set_state(rng["loader"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    return StageResult(metrics, [history_path, png], steps=steps, cleanup=[resume.path])
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

@@ -11,6 +11,8 @@ validation class. ``validate`` rebuilds the chain on it. A separate stage so tha
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,9 @@ from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
 from niwt.models.checkpoint import read_class_names, save_checkpoint
-from niwt.models.finetuning import initial_model, train_best
+from niwt.models.finetuning import Resume, initial_model, train_phases
 from niwt.models.training import resolve_device, seed_everything
-from niwt.params import Params, Runtime
+from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
 
 
@@ -61,9 +63,10 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
     val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=rt.workers,
                              pin_memory=pin, cache=images)
     epochs = p.validate.finetune_epochs or p.finetune.epochs
-    val_acc, history = train_best(model, p.finetune, train_loader, val_loader, device, epochs=epochs,
-                                  progress=rt.progress,
-                                  log=lambda m: print(f"[finetune_validation] {m}", flush=True))
+    resume = Resume(out.parent / (out.name + ".resume"), _run_key(p, data, held, epochs))
+    val_acc, history = train_phases(model, p.finetune, train_loader, val_loader, device, epochs=epochs, resume=resume,
+                                    progress=rt.progress,
+                                    log=lambda m: print(f"[finetune_validation] {m}", flush=True))
     # A network that saw the validation classes makes the protocol as biased as the old one: say so
     # in the file. That is the case for finetune.mode: none (the user's classifier as trained), and
     # for any user weights file whose classifier has rows of validation classes (its body was
@@ -82,4 +85,15 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
             "validation_classes": held_names, "validation_source": source,
             "class_disjoint": disjoint}
     save_checkpoint(out, model.cpu(), meta)
-    return StageResult(metrics, steps={"val_acc": [(int(h["epoch"]), float(h["val_acc"])) for h in history]})
+    return StageResult(metrics, steps={"val_acc": [(int(h["epoch"]), float(h["val_acc"])) for h in history]},
+                       cleanup=[resume.path])
+
+
+def _run_key(p: Params, data: Path, held: np.ndarray, epochs: int) -> str:
+    """Identity of the training run: resume only a state made by the same params, data, validation
+    classes and epochs."""
+    blob = json.dumps([p.base.seed, section_dict(p.model), section_dict(p.finetune), held.tolist(), epochs],
+                      sort_keys=True)
+    digest = hashlib.sha256(blob.encode())
+    digest.update((data / "splits.parquet").read_bytes())
+    return digest.hexdigest()

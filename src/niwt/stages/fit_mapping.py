@@ -21,7 +21,7 @@ from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
 from niwt.io.choices import read_choices
 from niwt.io.parquet import ImportanceFileError, read_importances
-from niwt.mapping.linear import MappingResult, fit_inverse_map, fit_mapping
+from niwt.mapping.linear import MapHyper, MappingResult, fit_inverse_map, fit_mapping
 from niwt.mapping.store import Provenance, save_map
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
@@ -32,7 +32,10 @@ HISTORY_FIELDS = ["epoch", "val_loss", "val_rank_corr"]
 def run(p: Params, rt: Runtime, data: Path, importances: Path, validation: Path, out: Path, inverse_out: Path,
         history: Path) -> StageResult:
     classes = read_classes(data / "classes.parquet")
-    epochs = read_choices(validation).mapping_epochs  # None when NIWT was not validated: the held-out rule
+    choices = read_choices(validation)
+    epochs = choices.mapping_epochs  # None when NIWT was not validated: the held-out rule
+    # validate's (lr, weight decay), for both maps (None: the first candidates of mapping.lr/weight_decay)
+    hyper = MapHyper(*choices.mapping_hyper) if choices.mapping_hyper else None
     imp = read_importances(importances)
     labels = imp.target_id.astype(np.int64)  # the class whose logit was differentiated
     if labels.max() >= classes.n_seen:
@@ -41,9 +44,9 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, validation: Path,
     val = held_out_classes(classes.n_seen, p.mapping.n_val_classes, p.base.seed)
     true = imp.class_id.astype(np.int64)  # held out by true class, whatever logit an importance is of
     result = fit_mapping(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed, true_labels=true,
-                         epochs=epochs)
+                         epochs=epochs, hyper=hyper)
     inverse = fit_inverse_map(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed,
-                              true_labels=true)
+                              true_labels=true, hyper=hyper)
     provenance = Provenance(imp.meta.get("layer", ""), imp.meta.get("pooling", ""), classes.domain_kind, val)
     attribute_names = classes.attribute_names or [f"dim_{i}" for i in range(classes.domain.shape[1])]
     # All outputs or none: the history is staged and moved into place after both maps are written.

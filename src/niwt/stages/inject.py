@@ -28,7 +28,7 @@ from niwt.mapping.store import load_map
 from niwt.models.checkpoint import check_classes, export_plain, load_checkpoint, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet
 from niwt.models.training import resolve_device
-from niwt.params import Params, Runtime
+from niwt.params import MappingParams, Params, Runtime
 from niwt.stages import StageResult
 
 
@@ -52,12 +52,12 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     choices = read_choices(validation)
-    choices.require(p.inject.methods, {m: set(candidates(m, p.inject, (1,))[0]) for m in p.inject.methods})
+    choices.require(p.inject.methods, {m: set(candidates(m, p.inject, MappingParams())[0]) for m in p.inject.methods})
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
     images = open_cache(cache, data / "splits.parquet", meta["image_size"])
     ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device, images,
-                  hyper=choices.hyper)
+                  hyper=choices.hyper, batch_size=rt.inference_batch("features"))
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)

@@ -21,12 +21,14 @@ import torch
 
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
-from niwt.data.tables import ClassTable, read_tables, subproblem
+from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
 from niwt.evaluation.gzsl import validation_numbers
+from niwt.evaluation.selection import choose
 from niwt.importance.capture import loader_importances, prepare_for_extraction
 from niwt.injection.methods import Context, Partition, build_classifier, candidates, pool_folder_images
+from niwt.injection.registry import METHODS
 from niwt.io.choices import write_choices
-from niwt.mapping.linear import fit_snapshots
+from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates
 from niwt.mapping.store import Provenance, StoredMap
 from niwt.models.checkpoint import load_checkpoint
 from niwt.models.networks import ModelError
@@ -54,53 +56,85 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     image_size = int(meta["image_size"])
     images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
-    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False, batch_size=p.extract.batch_size,
-                         cache=images)
-    model = prepare_for_extraction(model, p.extract.channels_last)
-    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, p.extract.channels_last)
-    snapshots = fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
-                              epochs=p.mapping.candidate_epochs)
+    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False,
+                         batch_size=rt.inference_batch("importances"), cache=images)
+    model = prepare_for_extraction(model, rt.channels_last)
+    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, rt.channels_last)
+    snapshots, traces = _maps(sub_classes.domain, targets, values, pairs.class_id, p)
     clock["chain"] = time.perf_counter()
 
     problem = sub_splits.select("val", "test_unseen")  # seen: val images; unseen: the validation classes
     feats, y = predict(model, make_loader(problem.path, problem.class_id, image_size, train=False,
-                                          batch_size=p.inject.feature_batch_size, cache=images), device,
+                                          batch_size=rt.inference_batch("features"), cache=images), device,
                        features=True)
     part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
     shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
-    grid, choices, summary = [], {}, {}
-    criterion = p.validate.criterion
+    grid, choices, summary, chosen_by = [], {}, {}, {}
     for method in p.inject.methods:
 
         def context(setting: dict[str, float], method: str = method) -> Context:
+            hyper = MapHyper(setting.get("mapping_lr", p.mapping.lr[0]),
+                             setting.get("mapping_weight_decay", p.mapping.weight_decay[0]))
             epochs = int(setting.get("mapping_epochs", p.mapping.candidate_epochs[0]))
-            weight, bias = snapshots[epochs]
+            weight, bias = snapshots[hyper][epochs]
             stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
             return Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
-                           hyper={method: setting}, _cache=shared)
+                           hyper={method: setting}, _cache=shared, batch_size=rt.inference_batch("features"))
 
-        rows = _score_settings(method, candidates(method, p.inject, p.mapping.candidate_epochs), context, part,
-                               feats, y, rt.progress)
-        # max keeps the first of equals (grid order breaks ties); a diverged setting (NaN) never wins
-        best = max(rows, key=lambda r: np.nan_to_num(r[criterion], nan=-np.inf))
+        rows = _score_settings(method, candidates(method, p.inject, p.mapping), context, part, feats, y, rt.progress)
+        choice = choose(rows, _criterion(method, p.validate.criterion))
+        best = choice.row
         choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
-        summary[method] = best
+        summary[method], chosen_by[method] = best, {"criterion": choice.criterion, "note": choice.note}
         grid += rows
-        print(f"[validate] {method}: {len(rows)} settings; best by {criterion} {choices[method]} (validation H "
-              f"{best['H']:.3f}, calibrated H {best['cal_H']:.3f}, AUSUC {best['ausuc']:.3f})", flush=True)
+        print(f"[validate] {method}: {len(rows)} settings; best by {choice.criterion} {choices[method]} "
+              f"(validation H {best['H']:.3f}, calibrated H {best['cal_H']:.3f}, AUSUC {best['ausuc']:.3f})"
+              + (f"; {choice.note}" if choice.note else ""), flush=True)
     clock["grid"] = time.perf_counter()
 
-    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"], "criterion": criterion,
+    niwt = choices.get("niwt", {})
+    mapping = {"lr": niwt.get("mapping_lr"), "weight_decay": niwt.get("mapping_weight_decay"),
+               "epochs": niwt.get("mapping_epochs")} if niwt else None
+    shape = {"n_classes": len(held), "n_fit_classes": n_fit, "n_seen_images": int((y < n_fit).sum()),
+             "n_unseen_images": int((y >= n_fit).sum())}
+    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"],
+              "criterion": p.validate.criterion, "chosen_by": chosen_by, "problem": shape,
               "class_disjoint": bool(meta["class_disjoint"]), "backbone": meta["metrics"], "choices": choices,
-              "mapping_epochs": choices.get("niwt", {}).get("mapping_epochs"), "grid": grid}
+              "mapping_epochs": mapping and mapping["epochs"], "mapping": mapping, "mapping_traces": traces,
+              "grid": grid}
     write_choices(Path(out), result)
-    metrics = {"n_classes": len(held), "class_disjoint": int(result["class_disjoint"]), "n_settings": len(grid),
-               "seconds_chain": clock["chain"] - clock["start"],
-               "seconds_grid": clock["grid"] - clock["chain"]}
+    metrics = {**shape, "class_disjoint": int(result["class_disjoint"]), "n_settings": len(grid),
+               "seconds_chain": clock["chain"] - clock["start"], "seconds_grid": clock["grid"] - clock["chain"]}
     for method, choice in choices.items():
         metrics.update({f"{method}/{k}": float(v) for k, v in choice.items()})
         metrics.update({f"{method}/val_{k}": summary[method][k] for k in ("H", "cal_H", "ausuc")})
     return StageResult(metrics, [Path(out)])
+
+
+def _criterion(method: str, criterion: str) -> str:
+    """The criterion a method's settings are ranked by: ``validate.criterion``, or with ``auto``
+    the one of the way the method is used (the registry's ``reading``): uncalibrated H for a method
+    shipped as it is (NIWT), calibrated H for one used with calibrated stacking (the peers)."""
+    if criterion != "auto":
+        return criterion
+    return "H" if METHODS[method].reading == "as_shipped" else "cal_H"
+
+
+def _maps(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labels: np.ndarray,
+          p: Params) -> tuple[dict[MapHyper, dict], list[dict]]:
+    """The forward map of every (lr, weight decay) candidate, snapshotted at each candidate epoch,
+    and each candidate's held-out-seen trace (the paper's rule on ``mapping.n_val_classes`` of the
+    fitting classes), so where each one peaks is on record."""
+    n_fit = len(domain)
+    held = held_out_classes(n_fit, min(p.mapping.n_val_classes, n_fit - 1), p.base.seed)
+    snapshots, traces = {}, []
+    for hyper in map_candidates(p.mapping):
+        snapshots[hyper] = fit_snapshots(domain, targets, values, p.mapping, seed=p.base.seed,
+                                         epochs=p.mapping.candidate_epochs, hyper=hyper)
+        trace = heldout_trace(domain, targets, values, held, p.mapping, seed=p.base.seed, hyper=hyper,
+                              epochs=max(p.mapping.candidate_epochs), true_labels=true_labels)
+        traces.append({"lr": hyper.lr, "weight_decay": hyper.weight_decay, "history": trace})
+    return snapshots, traces
 
 
 def _score_settings(method: str, settings: list[dict[str, float]], context, part: Partition, feats: np.ndarray,
