@@ -67,7 +67,7 @@ def prepare_dataset(params_path: Path, out: Path, seed_checkpoint: int) -> tuple
     from niwt.config.load import load_params
     from niwt.config.runtime import load_runtime
     from niwt.data.tables import read_classes, read_splits
-    from niwt.models.checkpoint import save_checkpoint
+    from niwt.models.checkpoint import CheckpointMeta, save_checkpoint
     from niwt.models.networks import small_cnn
     from niwt.stages import prepare
 
@@ -84,9 +84,8 @@ def prepare_dataset(params_path: Path, out: Path, seed_checkpoint: int) -> tuple
         torch.manual_seed(seed_checkpoint)
         m = p.model
         model = small_cnn(classes.n_seen, width=m.width, hidden=m.hidden, image_size=m.image_size)
-        save_checkpoint(ckpt, model, {"arch": "smallcnn", "class_names": classes.names[: classes.n_seen],
-                                      "n_seen": classes.n_seen, "image_size": m.image_size,
-                                      "width": m.width, "hidden": m.hidden})
+        save_checkpoint(ckpt, model, CheckpointMeta("smallcnn", tuple(classes.names[: classes.n_seen]),
+                                                    classes.n_seen, m.image_size, m.width, m.hidden))
     return ckpt, seconds, n_images
 
 

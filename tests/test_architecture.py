@@ -2,11 +2,13 @@
 one stage list and one params owner per knob.
 
 Imports are read with ``ast`` (top-level and function-local alike), so a lazy import inside a
-function counts as much as one at the top of a module.
+function counts as much as one at the top of a module; for DVC lineage, an import only type
+checkers run (``if TYPE_CHECKING:``) does not count: it never runs in a stage.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from pathlib import Path
@@ -191,13 +193,46 @@ def test_defaults_live_in_params_yaml() -> None:
 
 
 def test_method_registry_is_the_one_list() -> None:
-    from niwt.injection import methods
-    from niwt.injection.registry import METHODS
+    """Each registered module declares its entry (name = module name, callables, one set of
+    hyperparameter names per grid); params default to every registered method, in registry order."""
+    from niwt.injection.methods import candidates, method
+    from niwt.injection.registry import METHODS, MODULES, Method, names
 
-    for spec in METHODS.values():
-        assert callable(getattr(methods, spec.builder, None)), spec
-    assert parse_params({}).inject.methods == tuple(METHODS)
+    assert names() == tuple(METHODS) == ("niwt", "icis", "regression", "regression_rescaled", "eszsl")
+    assert all(m.startswith("niwt.injection.methods.") for m in MODULES)
+    p = parse_params({})
+    for name in names():
+        entry = method(name)
+        assert isinstance(entry, Method) and entry.name == name and entry.label, entry
+        assert callable(entry.build) and callable(entry.settings), entry
+        assert candidates(name, p.inject, p.mapping), name
+    assert p.inject.methods == tuple(METHODS)
     assert load_params(REPO / "params.yaml").inject.methods == tuple(METHODS)
+
+
+def test_no_stage_names_a_method() -> None:
+    """What differs between methods is declared by each method's module; a stage's code holds no
+    method name (docstrings aside), so adding a method touches no stage."""
+    from niwt.injection.registry import names
+
+    for path in sorted((PKG / "stages").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        named = sorted({n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docstrings
+                        and isinstance(n.value, str) and n.value in names()})
+        assert not named, f"{path.relative_to(REPO)} names methods {named}: declare it in the method's module"
+
+
+def test_dvc_plots_list_the_pipelines_methods() -> None:
+    """The per-method plot lines of dvc.yaml are generated from params.yaml (scripts/dvc_method_plots.py)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "dvc_method_plots.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_dvc_baseline_is_committed() -> None:

@@ -66,7 +66,8 @@ PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
                 ("--out", True, None, "report directory"),
                 ("--comparison", False, "stats/evaluate.json", "evaluate's numbers, for the report"),
                 ("--evaluation", False, "plots/evaluate", "evaluate's plots and per-class accuracies, for the report"),
-                ("--pipeline-params", False, "params.yaml", "the params file, for the report's provenance"), CACHE],
+                ("--validation", False, "models/validation.json", "validate's choices, for the report's provenance"),
+                CACHE],
 }
 
 

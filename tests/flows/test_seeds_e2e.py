@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from niwt.stages import STAGE_NAMES as STAGES  # noqa: E402
+from niwt.pipeline import STAGE_NAMES as STAGES  # noqa: E402
 from tiny_project import dvc, make_project, run  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -70,7 +70,7 @@ def explained(project):
         rc = cli.main(["explain", "--params", "params.yaml", "--data", "data", "--injected", "injected",
                        "--importances", "importances", "--inverse-map", "inverse_map.pt",
                        "--out", "reports/explain", "--stats", "explain.json",
-                       "--comparison", "evaluate.json", "--evaluation", "plots"])
+                       "--comparison", "evaluate.json", "--evaluation", "plots", "--validation", "validation.json"])
     assert rc == 0
     return project / "reports" / "explain"
 
@@ -103,7 +103,9 @@ def test_explain_stage_outputs(project, explained) -> None:
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 4 and len(set(images)) == 4  # the overview and evaluate's 3 plots, each once
     assert "Seen-unseen curve of each method" in page and "Provenance" in page
-    assert "<code>inject.lambda</code>" in page and "git commit" in page
+    # provenance from the stage's own inputs: its declared params and validate's choices, nothing of the machine
+    assert "<code>explain.top_attributes</code>" in page and "<code>inject.lambda</code>" not in page
+    assert "choice of `niwt` | lambda 0.001" in md and "git commit" not in md and "MLflow run" not in md
     assert not re.search(r"(src|href)=\"https?://", page)
     assert "<td>" + unseen[0] + "</td>" in page  # per-class accuracies
 
@@ -125,6 +127,18 @@ def test_explain_stage_outputs(project, explained) -> None:
             assert 0 <= metrics[f"gradcam/{kind}/{key}"] <= 1
     assert "Measured against ground truth" in md and "class prior" in page and "pointing hit" in page
     assert "because" in md and "dim_0" not in md
+
+
+def test_explain_embeds_every_plot_evaluate_writes(project, explained) -> None:
+    """evaluate (writing) and explain (reading) name the plots through niwt.evaluation.outputs: every
+    PNG evaluate wrote is in the report, and the per-class table is where explain looks."""
+    from niwt.evaluation import outputs
+
+    written = {p.name for p in (project / "plots").glob("*.png")}
+    assert written == set(outputs.plot_files(["niwt"]))
+    assert {p.name for p in (explained / "figures").iterdir()} == written
+    assert (project / "plots" / outputs.PER_CLASS_CSV).is_file()
+    assert "| niwt |" in (explained / "report.md").read_text()  # the per-class table's method column
 
 
 def test_prepare_records_each_images_truth(project) -> None:
@@ -164,7 +178,7 @@ def _evaluate_top1(project: Path, paths: list[str]) -> list[str]:
     classes = read_classes(project / "data" / "classes.parquet")
     ckpt = project / "injected" / "niwt.pt"
     base, meta = load_checkpoint(ckpt)
-    feats, _ = predict(base, make_loader(paths, np.zeros(len(paths)), meta["image_size"], train=False,
+    feats, _ = predict(base, make_loader(paths, np.zeros(len(paths)), meta.image_size, train=False,
                                          batch_size=7), torch.device("cpu"), features=True)
     scores = score_methods(load_methods([ckpt], classes.names), feats)["niwt"]
     return [classes.names[i] for i in scores.argmax(1)]
@@ -240,18 +254,18 @@ def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:
     model, meta = load_checkpoint(ckpt)
     from niwt.explain.predict import load_images
 
-    images = load_images(paths, meta["image_size"])
+    images = load_images(paths, meta.image_size)
     with torch.no_grad():
         probs = torch.softmax(model(images), 1)
-    assert got["class"].tolist() == [meta["class_names"][i] for i in probs.argmax(1)]
+    assert got["class"].tolist() == [meta.class_names[i] for i in probs.argmax(1)]
     assert got["class"].tolist() == _evaluate_top1(project, paths)
     np.testing.assert_allclose(got["score"].to_numpy(), probs.max(1).values.numpy(), rtol=1e-5)
-    assert got["unseen"].tolist() == [i >= meta["n_seen"] for i in probs.argmax(1).tolist()]
+    assert got["unseen"].tolist() == [i >= meta.n_seen for i in probs.argmax(1).tolist()]
     raw = loaded.unwrap_python_model().predict(None, images.numpy())  # the tensor input
     pd.testing.assert_frame_equal(raw, got)
     classes = json.loads(Path(mlflow.artifacts.download_artifacts("models:/niwt-roundtrip/1/artifacts/classes.json"))
                          .read_text())
-    assert [c["name"] for c in classes["classes"]] == meta["class_names"]
+    assert [c["name"] for c in classes["classes"]] == list(meta.class_names)
     # a path is never opened: an existing image's path in place of its bytes is refused
     with pytest.raises(ValueError, match="base64-encoded image bytes.*file paths are never read"):
         loaded.unwrap_python_model().predict(None, pd.DataFrame({"image": [paths[0]]}))
@@ -366,7 +380,7 @@ def test_injected_checkpoint_keeps_seen_rows_and_records_the_importance(project)
     n_seen = base.classifier.out_features
     assert torch.equal(injected.classifier.weight[:n_seen], base.classifier.weight)
     assert torch.equal(injected.classifier.bias[:n_seen], base.classifier.bias)
-    assert (meta["layer"], meta["pooling"]) == ("body.block4", "sum")
+    assert (meta.layer, meta.pooling) == ("body.block4", "sum")
     assert "layer" not in torch.load(project / "finetuned.pt", weights_only=True)  # extract owns the layer
 
 

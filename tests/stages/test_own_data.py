@@ -115,7 +115,7 @@ def test_predict_on_the_exported_plain_state_dict(project: Path, capsys: pytest.
     assert _run(capsys, "finetune", "--params", params, "--data", "prepared", "--out", "ft.pt",
                 "--history", "h.csv")[0] == 0
     model, meta = load_checkpoint(project / "ft.pt")
-    export_plain(project / "ft.pth", model, "resnet18", meta["class_names"])
+    export_plain(project / "ft.pth", model, "resnet18", meta.class_names)
     images = [str(p) for p in sorted((project / "shapes" / "images" / "blue_jay").iterdir())[:3]]
     assert main(["predict", *images, "--model", "ft.pt", "--data", "prepared", "--top-k", "2"]) == 0
     from_checkpoint = capsys.readouterr().out

@@ -538,9 +538,9 @@ def test_too_many_held_out_classes_is_a_params_error(proj: Project, tmp_path: Pa
 def _checkpoint_with(proj: Project, path: Path, names: list[str]) -> Path:
     """A real smallcnn checkpoint (tiny sizes) whose classifier has ``len(names)`` outputs."""
     _, meta = load_checkpoint(proj.model)
-    model = build_model("smallcnn", len(names), width=meta["width"], hidden=meta["hidden"],
-                        image_size=meta["image_size"])
-    save_checkpoint(path, model, {**meta, "class_names": names, "n_seen": len(names)})
+    model = build_model("smallcnn", len(names), width=meta.width, hidden=meta.hidden,
+                        image_size=meta.image_size)
+    save_checkpoint(path, model, meta.replace(class_names=tuple(names), n_seen=len(names)))
     return path
 
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from niwt.config.load import load_params
 from niwt.config.runtime import load_runtime
 from niwt.data.cache import CacheError, build_cache, decode, open_cache, stored_size
-from niwt.data.images import make_loader
+from niwt.data.images import IMAGENET_MEAN, IMAGENET_STD, make_loader, make_transform, read_rgb
 from niwt.data.tables import read_splits, write_splits
 from niwt.errors import InputError
 from niwt.stages import cache as cache_stage
@@ -124,6 +126,12 @@ def test_a_cache_that_does_not_fit_is_one_clear_error(prepared, tmp_path: Path) 
     with pytest.raises(InputError, match=rf"{out / 'index.json'}: built from another split table than "
                                          rf"{changed}.*rerun the cache stage"):
         open_cache(out, changed, SIZE)
+    index = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**index, "version": 1}))  # a cache of an older format
+    with pytest.raises(CacheError, match=r"index\.json: not a cache index of format version 2; rerun the cache "
+                                         r"stage \(dvc repro cache"):
+        open_cache(out, splits_file, SIZE)
+    (out / "index.json").write_text(json.dumps(index))
     shard = out / "shard-00001.npy"
     shard.write_bytes(shard.read_bytes()[:1000])  # damaged
     with pytest.raises(CacheError, match=rf"{shard}: "):
@@ -150,29 +158,127 @@ def test_stage_disabled_writes_a_marker_and_readers_decode_files(prepared, tmp_p
     assert open_cache(tmp_path / "on", data / "splits.parquet", SIZE) is not None
 
 
-def test_large_images_are_stored_as_the_evaluation_square_from_a_reduced_decode(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, (w, h) in enumerate([(400, 300), (300, 400), (260, 260), (500, 200)]):
-        path = tmp_path / "images" / f"{i}.jpg"
-        path.parent.mkdir(exist_ok=True)
-        grad = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
-        Image.fromarray((grad * 0.7 + rng.integers(0, 60, (h, w, 3))).astype(np.uint8)).save(path, quality=90)
-        paths.append(str(path))
+def _jpeg(path: Path, width: int, height: int, noise: int = 0, seed: int = 0) -> str:
+    """A photo-sized JPEG whose colours say where a pixel is: red grows left to right, green top to
+    bottom, blue a smooth wave (plus ``noise`` grey levels of pixel noise)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    rgb = np.stack([230 * xx / width, 230 * yy / height, 120 + 80 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
+    rgb += np.random.default_rng(seed).integers(0, noise + 1, rgb.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=95)
+    return str(path)
+
+
+def _cache_of(tmp_path: Path, paths: list[str], size: int):
     splits_file = tmp_path / "splits.parquet"
-    write_splits(splits_file, np.arange(4), paths, np.zeros(4, dtype=np.int64), np.array(["test_seen"] * 4))
-    build_cache(splits_file, tmp_path / "cache", 128, workers=1, progress=False)
+    n = len(paths)
+    write_splits(splits_file, np.arange(n), paths, np.zeros(n, dtype=np.int64), np.array(["test_seen"] * n))
+    build_cache(splits_file, tmp_path / "cache", size, workers=1, progress=False)
+    return open_cache(tmp_path / "cache", splits_file, size)
+
+
+def test_large_images_are_stored_whole_from_a_reduced_decode(tmp_path: Path) -> None:
+    sizes = [(400, 300), (300, 400), (260, 260), (500, 200)]  # the last wider than MAX_ASPECT: stored smaller
+    paths = [_jpeg(tmp_path / "images" / f"{i}.jpg", w, h, noise=60, seed=i) for i, (w, h) in enumerate(sizes)]
+    cache = _cache_of(tmp_path, paths, 128)
     side = stored_size(128)
-    assert side == 146 and _arrays(tmp_path / "cache").shape == (4, side, side, 3)
-    cache = open_cache(tmp_path / "cache", splits_file, 128)
+    assert side == 146
+    stored = [(194, 146), (146, 194), (146, 146), (2 * side, 116)]  # (width, height): aspect kept, long side capped
+    for row, (path, (w, h), file_size) in enumerate(zip(paths, stored, sizes, strict=True)):
+        assert cache.image(row).shape == (h, w, 3) and cache.file_size(row) == file_size
+        assert np.array_equal(cache.image(row), decode(path, 128))
     (x_file, *_), = list(make_loader(paths, np.zeros(4), 128, train=False, batch_size=4))
     (x_cache, *_), = list(make_loader(paths, np.zeros(4), 128, train=False, batch_size=4, cache=cache))
     assert x_cache.shape == x_file.shape == (4, 3, 128, 128)
-    # the same region; pixels differ only by the reduced-size JPEG decoding: 2.6 grey levels on average
-    # on these pixel-noise images (a worst case for it)
+    # the same region; pixels differ only by the reduced-size JPEG decoding (and the capped image's
+    # smaller storage): on these pixel-noise images (a worst case for it) 2.6 grey levels on average
     assert (x_cache - x_file).abs().mean() * 0.226 < 4 / 255
     (x_train, *_), = list(make_loader(paths, np.zeros(4), 128, train=True, batch_size=4, cache=cache))
     assert x_train.shape == (4, 3, 128, 128)
+    assert torch.equal(cache.dataset(paths, np.zeros(4), make_transform(128, False), 128, False)[2][0], x_cache[2])
+
+
+PHOTOS = [(500, 375), (1024, 576)]  # a CUB-like photo; a 16:9 one (decoded at half size first)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple[list[str], object]:
+    """The two photo sizes as JPEGs, and their cache at 224 px."""
+    root = tmp_path_factory.mktemp("photos")
+    paths = [_jpeg(root / f"{w}x{h}.jpg", w, h) for w, h in PHOTOS]
+    return paths, _cache_of(root, paths, 224)
+
+
+def test_training_crops_from_the_cache_are_the_files_crops(photos, monkeypatch) -> None:
+    """Same seeds: every RandomResizedCrop box, as a fraction of the image, is the one drawn from the
+    file, and the crop shows the same part of the image (up to resampling)."""
+    paths, cache = photos
+    drawn: list[tuple[float, ...]] = []
+    get_params = T.RandomResizedCrop.get_params
+
+    def recorded(img, scale, ratio):
+        _, height, width = TF.get_dimensions(img)
+        top, left, h, w = get_params(img, scale, ratio)
+        drawn.append((left / width, top / height, w / width, h / height))
+        return top, left, h, w
+
+    monkeypatch.setattr(T.RandomResizedCrop, "get_params", staticmethod(recorded))
+    many = paths * 24
+
+    def crops(source) -> tuple[torch.Tensor, list[tuple[float, ...]]]:
+        drawn.clear()
+        torch.manual_seed(11)
+        loader = make_loader(many, np.zeros(len(many)), 224, train=True, batch_size=16, seed=4, cache=source)
+        return torch.cat([x for x, _, _ in loader]), list(drawn)
+
+    (x_file, boxes_file), (x_cache, boxes_cache) = crops(None), crops(cache)
+    assert len(boxes_file) == len(many) and boxes_cache == boxes_file
+    # the same region, resampled from the stored size: measured max 0.069, mean 0.009 (normalised units)
+    diff = (x_cache - x_file).abs()
+    assert diff.mean() < 0.03 and diff.amax(dim=(1, 2, 3)).max() < 0.25
+
+
+def _extent(x: torch.Tensor, width: int, height: int) -> tuple[float, float, float, float]:
+    """``(left, top, right, bottom)`` in file pixels of the region a crop shows, read from its colours
+    (red and green grow with x and y, see :func:`_jpeg`; flips swap left and right)."""
+    red = (x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).mean(0) * 255 / 230 * width
+    green = (x[1] * IMAGENET_STD[1] + IMAGENET_MEAN[1]).mean(1) * 255 / 230 * height
+    (left, right), (top, bottom) = sorted((float(red[0]), float(red[-1]))), (float(green[0]), float(green[-1]))
+    return left, top, right, bottom
+
+
+@pytest.mark.parametrize("photo", range(len(PHOTOS)))
+def test_training_crops_reach_the_edges_and_scale_as_from_the_file(photos, photo: int) -> None:
+    """2000 crops, the region each shows read from its pixels: the share reaching the outer 10% of the
+    width, and the share smaller than the model's input in file pixels (upsampled from the file),
+    match the file's within 1 point (2000 draws; the draws are the same, only pixel noise at the
+    thresholds differs)."""
+    paths, cache = photos
+    width, height = PHOTOS[photo]
+    transform = make_transform(224, True)
+    data = cache.dataset(paths[photo:photo + 1], np.zeros(1), transform, 224, True)
+    image = read_rgb(paths[photo])
+
+    def shares(crop) -> tuple[float, float]:
+        torch.manual_seed(5)
+        boxes = np.array([_extent(crop(), width, height) for _ in range(2000)])
+        edge = (boxes[:, 0] < 0.1 * width) | (boxes[:, 2] > 0.9 * width)
+        small = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * 224 / 223 < 224
+        return float(edge.mean()), float(small.mean())
+
+    (edge_file, small_file), (edge_cache, small_cache) = shares(lambda: transform(image)), shares(lambda: data[0][0])
+    assert edge_file > 0.3  # a crop of the file often reaches its outer part
+    assert abs(edge_cache - edge_file) <= 0.01 and abs(small_cache - small_file) <= 0.01
+
+
+@pytest.mark.parametrize("photo", range(len(PHOTOS)))
+def test_evaluation_from_the_cache_cuts_the_files_region(photos, photo: int) -> None:
+    paths, cache = photos
+    (x_file, *_), = list(make_loader(paths[photo:photo + 1], np.zeros(1), 224, train=False, batch_size=1))
+    (x_cache, *_), = list(make_loader(paths[photo:photo + 1], np.zeros(1), 224, train=False, batch_size=1,
+                                      cache=cache))
+    # the reduced-size decoding only (the 1024x576 photo decodes at half size): measured max 0.035 / 0.061
+    assert (x_cache - x_file).abs().max() < 0.1
 
 
 DAEMON_SCRIPT = """
@@ -181,7 +287,7 @@ from pathlib import Path
 
 def work(splits_file, cache_dir, queue):
     from niwt.data.cache import build_cache
-    from niwt.data.images import make_loader
+    from niwt.data.images import IMAGENET_MEAN, IMAGENET_STD, make_loader, make_transform, read_rgb
     from niwt.data.tables import read_splits
     splits = read_splits(Path(splits_file))
     batch = next(iter(make_loader(splits.path[:4], splits.class_id[:4], 32, train=False, batch_size=4,

@@ -253,7 +253,7 @@ def test_pool_from_a_folder_of_images(tmp_path) -> None:
 
     from niwt.data.tables import SplitTable
     from niwt.errors import InputError
-    from niwt.injection.methods import pool_activations, pool_folder_images
+    from niwt.injection.context import pool_activations, pool_folder_images
 
     (tmp_path / "pool" / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -274,3 +274,36 @@ def test_pool_from_a_folder_of_images(tmp_path) -> None:
         pool_folder_images(str(tmp_path / "nothing"))
     with pytest.raises(InputError, match=r"inject\.pool: '.*missing' is neither 'train', 'noise' nor a folder"):
         pool_folder_images(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("body, error", [
+    ("X = 1\n", r"mod_[a-z]+\.py: an injection method module must declare METHOD = Method\(\.\.\.\)"),
+    ("from niwt.injection.registry import Method\nMETHOD = Method('other', 'Other', print)\n",
+     r"mod_[a-z]+\.py: METHOD\.name is 'other', but the module registers 'mod_[a-z]+'"),
+    ("from niwt.injection.registry import Method\n"
+     "METHOD = Method(__name__.rsplit('.')[-1], 'M', print, lambda cfg: [{'a': 1.0}, {'b': 2.0}])\n",
+     r"mod_[a-z]+\.py: the settings of 'mod_[a-z]+' must all name the same hyperparameters"),
+])
+def test_a_bad_method_module_is_one_clear_error_naming_it(body: str, error: str, tmp_path, monkeypatch) -> None:
+    """What a method module declares is checked when it is loaded, and the error names its file."""
+    import uuid
+
+    from niwt.errors import InputError
+    from niwt.injection import registry
+    from niwt.injection.methods import candidates
+    from niwt.params import MappingParams
+
+    name = "mod_" + "".join(c for c in uuid.uuid4().hex if c.isalpha())  # a fresh module per case
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "MODULES", (*registry.MODULES, name))
+    assert name in registry.METHODS and registry.ordered([name, "niwt"]) == ["niwt", name]
+    with pytest.raises(InputError, match=error):
+        candidates(name, InjectParams(), MappingParams())
+
+
+def test_unknown_method_is_a_key_error_listing_the_registered_ones() -> None:
+    from niwt.injection.methods import method
+
+    with pytest.raises(KeyError, match="unknown injection method 'nwit'; registered: niwt icis regression"):
+        method("nwit")

@@ -184,6 +184,18 @@ def test_snapshots_equal_runs_of_that_many_epochs() -> None:
         assert torch.equal(snaps[e][0], ref.weight.detach()) and torch.equal(snaps[e][1], ref.bias.detach())
 
 
+def test_fit_mapping_refits_through_the_snapshots_validate_takes() -> None:
+    """The forward map ``fit_mapping`` saves is, bit for bit, the snapshot ``validate`` scores for the
+    same epochs: one fitter for both, so a change to it changes both."""
+    dom, _, labels, alphas = planted(seed=6, n_cls=10, n_seen=10, a=5, c=6, per=6)
+    cfg = MappingParams(epochs=4, lr=(0.05,), batch_size=8)
+    val = np.array([7, 8, 9])
+    snaps = fit_snapshots(dom, labels, alphas, cfg, seed=1, epochs=(2, 3))
+    for e in (2, 3):
+        res = fit_mapping(dom, labels, alphas, val, cfg, seed=1, epochs=e)
+        assert torch.equal(res.weight, snaps[e][0]) and torch.equal(res.bias, snaps[e][1])
+
+
 def test_validated_epochs_override_the_held_out_rule() -> None:
     dom, _, labels, alphas = planted(seed=1, n_cls=12, n_seen=12, a=6, c=8, per=8, noise=1.0)
     val = np.array([9, 10, 11])

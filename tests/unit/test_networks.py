@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from niwt.models.checkpoint import check_classes, load_checkpoint, save_checkpoint
+from niwt.models.checkpoint import CheckpointMeta, check_classes, load_checkpoint, save_checkpoint
 from niwt.models.networks import (
     ModelError,
     build_model,
@@ -115,8 +115,7 @@ def test_resnet101_layers_and_split() -> None:
         assert torch.equal(head(acts), model.features(x))
 
 
-META = {"arch": "smallcnn", "class_names": ["a", "b", "c"], "n_seen": 3, "layer": "body.block4",
-        "image_size": 32, "width": 4, "hidden": 8}
+META = CheckpointMeta("smallcnn", ("a", "b", "c"), 3, 32, width=4, hidden=8, layer="body.block4")
 
 
 def test_checkpoint_round_trip_exact(tmp_path) -> None:
@@ -131,7 +130,7 @@ def test_checkpoint_round_trip_exact(tmp_path) -> None:
     assert raw["num_classes"] == 3
     loaded, meta = load_checkpoint(path)
     assert not loaded.training
-    assert "state_dict" not in meta and meta["class_names"] == ["a", "b", "c"]
+    assert meta == META  # the typed record round-trips exactly
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -139,20 +138,24 @@ def test_checkpoint_round_trip_exact(tmp_path) -> None:
 
 def test_checkpoint_errors(tmp_path) -> None:
     model = small_cnn(3, width=4, hidden=8, image_size=32)
-    with pytest.raises(ValueError, match="image_size"):
-        save_checkpoint(tmp_path / "m.pt", model, {k: v for k, v in META.items() if k != "image_size"})
     with pytest.raises(ModelError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="junk.pt"):
         load_checkpoint(tmp_path / "junk.pt")
-    save_checkpoint(tmp_path / "bad.pt", model, {**META, "class_names": ["a", "b"]})
-    with pytest.raises(ModelError, match="2 class names for 3 outputs"):
-        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="2 class names for 3 outputs"):
+        save_checkpoint(tmp_path / "bad.pt", model, META.replace(class_names=("a", "b")))
+    raw = {**META.to_dict(), "state_dict": model.state_dict(), "num_classes": 3}
+    for change, message in (({"schema_version": 0}, "version 0, this niwt reads version 1; rerun"),
+                            ({"surprise": 1}, r"unknown checkpoint metadata \['surprise'\]"),
+                            ({"class_names": ["a", "b"]}, "2 class names for 3 outputs")):
+        torch.save({**raw, **change}, tmp_path / "old.pt")
+        with pytest.raises(ModelError, match=message):
+            load_checkpoint(tmp_path / "old.pt")
 
 
 def test_check_classes() -> None:
-    meta = {"class_names": ["a", "b", "c"]}
+    meta = META
     check_classes(meta, ["a", "b", "c"], "m.pt")
     check_classes(meta, ["a", "b", "c", "u1", "u2"], "m.pt")  # unseen appended after the seen ones
     with pytest.raises(ModelError, match=r"m\.pt.*first mismatch: checkpoint 'b'"):

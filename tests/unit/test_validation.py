@@ -14,7 +14,7 @@ from niwt.config.load import parse_params
 from niwt.data.tables import ClassTable, SplitTable, read_classes, subproblem, write_classes
 from niwt.evaluation.gzsl import validation_numbers
 from niwt.evaluation.metrics import gzsl_metrics
-from niwt.injection.methods import candidates
+from niwt.injection.methods import candidates, chosen_mapping, setting_names
 from niwt.io.choices import ChoicesError, read_choices, write_choices
 from niwt.models.finetuning import initial_model
 from niwt.models.networks import ModelError, build_model
@@ -49,10 +49,24 @@ def test_grids_in_order() -> None:
     niwt = candidates("niwt", cfg, mapping)
     assert niwt == [{"mapping_lr": m, "mapping_weight_decay": 0.0, "mapping_epochs": e, "lr": lr, "lambda": 0.1}
                     for m in (0.01, 0.1) for e in (5, 10) for lr in (0.001, 0.01)]
+    assert [list(s) for s in niwt] == [["mapping_lr", "mapping_weight_decay", "mapping_epochs", "lr", "lambda"]] * 8
     assert candidates("regression", cfg, mapping) == [{"alpha": 1.0}, {"alpha": 10.0}]
     assert candidates("eszsl", cfg, mapping) == [{"alpha": 0.1, "gamma": 0.1}, {"alpha": 0.1, "gamma": 100.0},
                                                  {"alpha": 100.0, "gamma": 0.1}, {"alpha": 100.0, "gamma": 100.0}]
     assert candidates("icis", cfg, mapping) == [{}]
+
+
+def test_setting_names_and_the_chosen_map_come_from_the_registry() -> None:
+    """``inject`` checks a choice by the names the method's grid holds; ``fit_mapping`` trains the
+    map chosen with the first method that needs the forward map (none: the first candidates and the
+    held-out rule)."""
+    cfg = InjectParams()
+    assert setting_names("niwt", cfg) == {"mapping_lr", "mapping_weight_decay", "mapping_epochs", "lr", "lambda"}
+    assert setting_names("eszsl", cfg) == {"alpha", "gamma"} and setting_names("icis", cfg) == set()
+    niwt = {"mapping_lr": 0.01, "mapping_weight_decay": 0.0, "mapping_epochs": 20, "lr": 0.1}
+    assert chosen_mapping({"regression": {"alpha": 1.0}, "niwt": niwt}) == {"lr": 0.01, "weight_decay": 0.0,
+                                                                             "epochs": 20}
+    assert chosen_mapping({"regression": {"alpha": 1.0}, "icis": {}}) is None
 
 
 def test_default_eszsl_grid_is_wider_than_the_old_edge() -> None:
@@ -129,7 +143,8 @@ def test_validation_backbone_keeps_only_its_rows_of_a_given_classifier(tmp_path:
 
 def test_ridge_uses_the_validated_alpha() -> None:
     """Ridge's alpha was fixed at 1 and never tuned; the row builders now take validate's choice."""
-    from niwt.injection.methods import Context, Partition, regression_rows
+    from niwt.injection.context import Context, Partition
+    from niwt.injection.methods import build_classifier
     from niwt.models.networks import NiwtNet
     from niwt.peers.regression import fit_ridge, predict_rows
 
@@ -142,7 +157,9 @@ def test_ridge_uses_the_validated_alpha() -> None:
     def rows(alpha: float) -> torch.Tensor:
         ctx = Context(net, InjectParams(), 0, classes, splits, None, 8, torch.device("cpu"),
                       hyper={"regression": {"alpha": alpha}})
-        return regression_rows(ctx, part).weight
+        weight, _, _ = build_classifier(ctx, "regression", part)
+        assert torch.equal(weight[:4], net.classifier.weight)  # the seen rows are kept as they are
+        return weight[4:]
 
     small, large = rows(0.01), rows(100.0)
     assert not torch.allclose(small, large)
@@ -152,12 +169,8 @@ def test_ridge_uses_the_validated_alpha() -> None:
     expected = predict_rows(dom[4:], coef, intercept)[:, :-1]
     np.testing.assert_allclose(large.numpy(), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(KeyError, match="no 'alpha' chosen for 'regression_rescaled'"):
-        from niwt.injection.methods import regression_rescaled_rows
-
-        regression_rescaled_rows(Context(net, InjectParams(), 0, classes, splits, None, 8, torch.device("cpu"),
-                                         hyper={"regression": {"alpha": 1.0}}), part)
-
-
+        build_classifier(Context(net, InjectParams(), 0, classes, splits, None, 8, torch.device("cpu"),
+                                 hyper={"regression": {"alpha": 1.0}}), "regression_rescaled", part)
 @pytest.mark.parametrize(("n_seen", "count"), [(150, 50), (40, 13), (645, 213), (10, 5), (6, 4), (3, 1)])
 def test_validation_split_is_sized_like_the_protocol(n_seen: int, count: int) -> None:
     """A third of the seen classes (Xian et al.: CUB 50 of 150, AWA2 13 of 40), at least 5 where the

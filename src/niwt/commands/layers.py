@@ -73,7 +73,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         if args.model is not None:
             model, meta = load_checkpoint(args.model)
-            arch, size = meta["arch"], args.image_size or meta["image_size"]
+            arch, size = meta.arch, args.image_size or meta.image_size
         else:
             from niwt.models.networks import build_model
 

@@ -27,9 +27,16 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 
 
 def imports(path: Path) -> set[str]:
-    """Every module ``path`` imports (absolute names; ``from a import b`` yields ``a`` and ``a.b``)."""
+    """Every module ``path`` imports when it runs (absolute names; ``from a import b`` yields ``a``
+    and ``a.b``); imports under ``if TYPE_CHECKING:`` never run and do not count."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    typing_only = {id(inner) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                   for stmt in node.body for inner in ast.walk(stmt)}
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -47,16 +54,37 @@ def module_path(src: Path, name: str) -> Path | None:
     return None
 
 
+# The injection-method loader imports the registry's method modules by name (importlib), which
+# ``ast`` cannot see: importing the loader counts as importing every module the registry lists.
+METHOD_LOADER = ("niwt", "injection", "methods", "__init__.py")
+METHOD_REGISTRY = ("niwt", "injection", "registry.py")
+
+
+def registered_methods(src: Path) -> list[Path]:
+    """The files of the method modules ``registry.MODULES`` lists (read with ``ast``: a literal tuple)."""
+    registry = src.joinpath(*METHOD_REGISTRY)
+    for node in ast.walk(ast.parse(registry.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "MODULES" for t in targets):
+                names = ast.literal_eval(node.value)
+                return [f for name in names if (f := module_path(src, name)) is not None]
+    return []
+
+
 def closure(src: Path, path: Path, package: str = "niwt") -> set[Path]:
     """The files of ``package`` under ``src`` that ``path`` imports, transitively, itself included;
     importing ``a.b.c`` runs ``a/__init__``, ``a/b/__init__`` and ``a/b/c``, so all three count."""
     seen: set[Path] = set()
     todo = [path]
+    loader = src.joinpath(*METHOD_LOADER)
     while todo:
         current = todo.pop()
         if current in seen:
             continue
         seen.add(current)
+        if current == loader:
+            todo += registered_methods(src)
         for name in imports(current):
             if name != package and not name.startswith(package + "."):
                 continue

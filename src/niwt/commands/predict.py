@@ -45,7 +45,9 @@ def _plain(args: argparse.Namespace, classes):
     n_seen = classes.n_seen if classes is not None else len(names)
     model = build_model(args.arch, len(names), state_dict=load_state_dict_file(args.model), source=str(args.model),
                         image_size=args.image_size)
-    return model, {"arch": args.arch, "class_names": names, "n_seen": n_seen, "image_size": args.image_size}
+    from niwt.models.checkpoint import CheckpointMeta
+
+    return model, CheckpointMeta(args.arch, tuple(names), n_seen, args.image_size)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -76,7 +78,7 @@ def command(args: argparse.Namespace) -> int:
                 print(f"niwt predict: note: {args.inverse_map} not found, no textual explanation "
                       "(run `dvc repro fit_mapping`)", file=sys.stderr)
             elif classes is not None and (list(inverse.attribute_names) != list(classes.attribute_names)
-                                          or inverse.provenance.layer != meta.get("layer")):
+                                          or inverse.provenance.layer != meta.layer):
                 print(f"niwt predict: note: {args.inverse_map} was fit on other attributes or another layer, "
                       "no textual explanation (rerun `dvc repro fit_mapping`)", file=sys.stderr)
                 inverse = None

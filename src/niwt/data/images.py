@@ -88,11 +88,31 @@ def read_rgb(path: str, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode one image as RGB; ``draft``: let JPEG decode at a reduced size no smaller than this
     (libjpeg's DCT scaling, PIL's ``draft``; other formats ignore it). An unreadable image is a
     :class:`DatasetError` naming the file."""
+    return read_rgb_sized(path, draft)[0]
+
+
+def read_rgb_sized(path: str, draft: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`read_rgb` and the file's own ``(width, height)``, which a ``draft`` decode reduces: the
+    decoded-image cache places crops relative to the image as stored in the file."""
+    with _readable(path), Image.open(path) as img:
+        size = img.size
+        if draft is not None:
+            img.draft("RGB", draft)
+        return img.convert("RGB"), size
+
+
+def read_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header alone (nothing decoded)."""
+    with _readable(path), Image.open(path) as img:
+        return img.size
+
+
+@contextlib.contextmanager
+def _readable(path: str):
+    """An unreadable image (or a decompression bomb) as one :class:`DatasetError` naming the file."""
     try:
-        with _bombs_are_errors(), Image.open(path) as img:
-            if draft is not None:
-                img.draft("RGB", draft)
-            return img.convert("RGB")
+        with _bombs_are_errors():
+            yield
     except _BOMB_ERRORS as err:
         raise DatasetError(f"{path}: cannot read image ({_bomb_reason(err)}); it changed after "
                            "prepare, which decodes every image: restore it, or rerun prepare "

@@ -8,14 +8,15 @@ COLUMNS = ("S", "U", "H", "cal_S", "cal_U", "cal_H", "heldout_H", "ausuc", "zsl_
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the table: methods in registry order, values in percent, the best of each
     column in bold (markdown ``**``)."""
-    from niwt.injection.registry import METHODS, ordered
+    from niwt.injection.methods import label
+    from niwt.injection.registry import ordered
 
     methods = ordered(list(metrics))
     cols = [c for c in COLUMNS if any(c in metrics[m] for m in methods)]
     best = {c: max(metrics[m].get(c, float("-inf")) for m in methods) for c in cols}
     rows = []
     for method in methods:
-        cells = [METHODS[method].label if method in METHODS else method]
+        cells = [label(method)]
         for c in cols:
             v = metrics[method].get(c)
             text = "–" if v is None else f"{100 * v:.1f}"
@@ -36,7 +37,8 @@ def calibration_markdown(metrics: dict[str, dict[str, float]]) -> str:
     """The two calibration rules side by side, per method: gamma and test S, U, H with the gamma
     ``validate`` chose on classes its backbone never saw, and with the older gamma chosen on seen
     classes held out from the map only (the finetuned network was trained on them)."""
-    from niwt.injection.registry import METHODS, ordered
+    from niwt.injection.methods import label
+    from niwt.injection.registry import ordered
 
     lines = ["| method | γ class-disjoint | cal S | cal U | cal H | γ held-out seen | S | U | H |",
              "|---" * 9 + "|"]
@@ -46,5 +48,5 @@ def calibration_markdown(metrics: dict[str, dict[str, float]]) -> str:
             continue
         cells = [f"{m['gamma']:.3g}", *(f"{100 * m[k]:.1f}" for k in ("cal_S", "cal_U", "cal_H")),
                  f"{m['heldout_gamma']:.3g}", *(f"{100 * m[k]:.1f}" for k in ("heldout_S", "heldout_U", "heldout_H"))]
-        lines.append(f"| {METHODS[method].label if method in METHODS else method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

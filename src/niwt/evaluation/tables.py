@@ -6,17 +6,41 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from niwt.errors import InputError
+from niwt.evaluation.outputs import PER_CLASS_COLUMNS
 from niwt.io.atomic import atomic_path
 
 
 def write_per_class_csv(path: Path, per_class: dict, names: list[str], n_seen: int) -> Path:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["method", "class", "kind", "accuracy"])
+        w.writerow(PER_CLASS_COLUMNS)
         for method, accs in per_class.items():
             for c, acc in sorted(accs.items()):
                 w.writerow([method, names[c], "seen" if c < n_seen else "unseen", f"{acc:.6f}"])
     return path
+
+
+def read_per_class_csv(path: Path) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """(methods, ``{class: {method: accuracy}}``) from :func:`write_per_class_csv`'s file, methods in
+    the order they first appear (evaluate writes them in registry order), for the reports that show
+    the accuracies per class."""
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in PER_CLASS_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: no column {missing} (header {reader.fieldnames}); rerun `dvc repro evaluate`")
+        acc: dict[str, dict[str, float]] = {}
+        methods: list[str] = []
+        for row in reader:
+            if row["method"] not in methods:
+                methods.append(row["method"])
+            try:
+                acc.setdefault(row["class"], {})[row["method"]] = float(row["accuracy"])
+            except ValueError as err:
+                raise InputError(f"{path}: line {reader.line_num}: accuracy {row['accuracy']!r} is not a number; "
+                                 "rerun `dvc repro evaluate`") from err
+    return methods, acc
 
 
 def write_per_class_parquet(path: Path, per_class: dict, names: list[str], n_seen: int) -> Path:

@@ -49,7 +49,7 @@ def gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.T
 
     Args:
         model: the network; put in eval mode for the call (restored afterwards).
-        layer: dotted importance layer (``meta["layer"]`` of a checkpoint).
+        layer: dotted importance layer (``meta.layer`` of a checkpoint).
         images: (B, 3, H, W) normalised images.
         targets: (B,) class indices, one int for all images, or None for the predicted class.
             Any class of the classifier works, injected unseen classes included.

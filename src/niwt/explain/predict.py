@@ -89,24 +89,24 @@ def predict_images(model: NiwtNet, meta: dict, paths: Sequence[str | Path], *, t
     from niwt.explain.gradcam import gradcam, to_rgb
     from niwt.explain.inverse import top_attributes
 
-    names, n_seen = list(meta["class_names"]), int(meta["n_seen"])
+    names, n_seen = list(meta.class_names), int(meta.n_seen)
     target_id = None
     if target is not None:
         if target not in names:
-            raise ValueError(f"--target {target!r} is not a class of {meta.get('method', 'the model')}; "
+            raise ValueError(f"--target {target!r} is not a class of {meta.method or 'the model'}; "
                              f"classes: {', '.join(names[:8])}, ...")
         target_id = names.index(target)
     device = next(model.parameters()).device
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
-        images = load_images(chunk, meta["image_size"]).to(device)
+        images = load_images(chunk, meta.image_size).to(device)
         if explain_dir is None:
             with torch.inference_mode():
                 logits = model.eval()(images).float().cpu()
             results += [Prediction(str(p), r) for p, r in zip(chunk, rank(logits, names, n_seen, top_k), strict=True)]
             continue
-        cam = gradcam(model, meta["layer"], images, target_id)
+        cam = gradcam(model, meta.layer, images, target_id)
         for i, (path, ranked) in enumerate(zip(chunk, rank(cam.logits, names, n_seen, top_k), strict=True)):
             explained = int(cam.targets[i])
             attribution = None

@@ -47,8 +47,8 @@ class NiwtPyfunc(PythonModel):
         from niwt.models.checkpoint import load_checkpoint
 
         self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"], "cpu")
-        self.class_names = list(self.meta["class_names"])
-        self.n_seen = int(self.meta["n_seen"])
+        self.class_names = list(self.meta.class_names)
+        self.n_seen = int(self.meta.n_seen)
 
     def _images(self, model_input: Any):
         import pandas as pd
@@ -58,7 +58,7 @@ class NiwtPyfunc(PythonModel):
             if "image" not in model_input.columns:
                 raise ValueError(f"expected a DataFrame with an 'image' column of base64-encoded image bytes, got "
                                  f"columns {list(model_input.columns)} (file paths are never read)")
-            return torch.stack([decode_image(v, self.meta["image_size"], row)
+            return torch.stack([decode_image(v, self.meta.image_size, row)
                                 for row, v in enumerate(model_input["image"].tolist())])
         images = torch.as_tensor(np.asarray(model_input), dtype=torch.float32)
         if images.ndim == 3:
@@ -159,12 +159,12 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
     _, meta = load_checkpoint(checkpoint)  # fail here, not at serving time, on a bad checkpoint
-    n_seen = int(meta["n_seen"])
-    classes = [{"class_id": i, "name": n, "unseen": i >= n_seen} for i, n in enumerate(meta["class_names"])]
+    n_seen = int(meta.n_seen)
+    classes = [{"class_id": i, "name": n, "unseen": i >= n_seen} for i, n in enumerate(meta.class_names)]
     with tempfile.TemporaryDirectory() as tmp:
         classes_json = Path(tmp) / "classes.json"
-        classes_json.write_text(json.dumps({"n_seen": n_seen, "layer": meta["layer"], "image_size": meta["image_size"],
-                                            "method": meta.get("method", ""), "classes": classes}, indent=2))
+        classes_json.write_text(json.dumps({"n_seen": n_seen, "layer": meta.layer, "image_size": meta.image_size,
+                                            "method": (meta.method or ""), "classes": classes}, indent=2))
         own_run = mlflow.active_run() is None
         if own_run:
             from niwt.integration.tracking import ensure_experiment
@@ -179,8 +179,8 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
                 signature=signature(), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *REQUIREMENTS],
                 code_paths=[str(Path(__file__).resolve().parents[1])],  # the niwt package itself
                 registered_model_name=name,
-                metadata={"niwt.method": meta.get("method", ""), "niwt.n_seen": n_seen,
-                          "niwt.n_classes": len(classes), "niwt.layer": meta["layer"]},
+                metadata={"niwt.method": (meta.method or ""), "niwt.n_seen": n_seen,
+                          "niwt.n_classes": len(classes), "niwt.layer": meta.layer},
             )
         finally:
             if own_run:

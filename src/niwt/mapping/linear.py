@@ -121,12 +121,14 @@ def select_epoch(history: list[dict[str, float]], selection: str) -> int:
 def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, is_val: torch.Tensor,
                  cfg: MappingParams, seed: int, val_rank_corr: Callable[[nn.Linear], float],
                  is_train: torch.Tensor | None = None, epochs: int | None = None,
-                 hyper: MapHyper | None = None) -> MappingResult:
+                 hyper: MapHyper | None = None,
+                 refit: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> MappingResult:
     """Fit a linear map on pairs ``(inputs[index[i]], targets[i])`` with the cosine loss, choose the
     number of epochs on the held-out pairs (``is_val``), then refit on all pairs for that many.
     ``is_train`` (default: not ``is_val``) are the pairs the selection run learns from.
     ``epochs``: the number of epochs chosen elsewhere (``validate``, on classes the backbone never
     saw), which overrides the held-out rule; the held-out trace is still recorded.
+    ``refit``: epochs -> (weight, bias) of the map on all pairs (default: train it here).
 
     The one fitter behind both directions (domain -> importance in :func:`fit_mapping`,
     importance -> domain in :func:`fit_inverse_map`); they differ only in their pairs and in how
@@ -136,16 +138,21 @@ def fit_selected(inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tenso
                                         max(cfg.epochs, epochs or 0), hyper)
     heldout_epoch = select_epoch(history, cfg.selection)
     epoch = heldout_epoch if epochs is None else epochs
-    final = _train(inputs, index, targets, cfg, seed, epoch, hyper=hyper)
-    return MappingResult(final.weight.detach().clone(), final.bias.detach().clone(), epoch, history,
-                         heldout_epoch, *snapshots[epoch])
+    if refit is None:
+        final = _train(inputs, index, targets, cfg, seed, epoch, hyper=hyper)
+        weight, bias = final.weight.detach().clone(), final.bias.detach().clone()
+    else:
+        weight, bias = refit(epoch)
+    return MappingResult(weight, bias, epoch, history, heldout_epoch, *snapshots[epoch])
 
 
 def fit_snapshots(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, cfg: MappingParams, *, seed: int,
                   epochs: tuple[int, ...],
                   hyper: MapHyper | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The map domain -> importance on all pairs, as (weight, bias) after each of ``epochs``: one
-    training run, the same trajectory as a run of that many epochs (``validate`` picks one)."""
+    training run, the same trajectory as a run of that many epochs. The forward map's one fitter:
+    :func:`fit_mapping` (the ``fit_mapping`` stage) refits through it for the epochs it selected,
+    and ``validate`` calls it for every candidate epoch count at once."""
     dom = normalize_domain(torch.as_tensor(domain))
     lab = torch.as_tensor(labels, dtype=torch.long)
     alp = torch.tensor(np.asarray(alphas), dtype=torch.float32)
@@ -238,7 +245,11 @@ def fit_mapping(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_
         at that epoch fit without the held-out classes.
     """
     dom, lab, alp, is_val, is_train, rank_corr = _forward_pairs(domain, labels, alphas, val_classes, true_labels)
-    return fit_selected(dom, lab, alp, is_val, cfg, seed, rank_corr, is_train, epochs, hyper)
+
+    def refit(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return fit_snapshots(domain, labels, alphas, cfg, seed=seed, epochs=(epoch,), hyper=hyper)[epoch]
+
+    return fit_selected(dom, lab, alp, is_val, cfg, seed, rank_corr, is_train, epochs, hyper, refit)
 
 
 def fit_inverse_map(domain: np.ndarray, labels: np.ndarray, alphas: np.ndarray, val_classes: np.ndarray,

@@ -79,9 +79,11 @@ def load_map(path: Path, what: str = "mapping", heldout: bool = True) -> StoredM
                      tuple(state.get("attribute_names", ())), dict(state.get("selection", {})))
 
 
-def check_same_importance(a: Provenance | dict, a_name: str | Path, b: Provenance | dict, b_name: str | Path) -> None:
-    """Two artifacts that meet must describe the same importance (layer and pooling)."""
-    get = lambda x, k: getattr(x, k) if isinstance(x, Provenance) else x.get(k, "")  # noqa: E731
+def check_same_importance(a: object, a_name: str | Path, b: object, b_name: str | Path) -> None:
+    """Two artifacts that meet must describe the same importance (layer and pooling); each is a
+    record with ``layer`` and ``pooling`` (a map's provenance, a checkpoint's metadata) or a dict
+    (the importances' file metadata)."""
+    get = lambda x, k: x.get(k, "") if isinstance(x, dict) else (getattr(x, k) or "")  # noqa: E731
     for key in ("layer", "pooling"):
         if get(a, key) and get(b, key) and get(a, key) != get(b, key):
             raise ModelError(f"{a_name} was made with importance {key} {get(a, key)!r} but {b_name} with "

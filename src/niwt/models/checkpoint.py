@@ -8,7 +8,9 @@ Only tensors and primitive containers go in, so loading never unpickles code.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,74 @@ from niwt.io.atomic import atomic_path
 from niwt.models.networks import ModelError, NiwtNet, build_model, plain_state_dict
 
 REQUIRED = ("arch", "num_classes", "class_names", "n_seen", "image_size", "state_dict")
+# Bump when the record below changes shape; a checkpoint of another version is refused with the
+# stage to rerun, instead of being half-read.
+SCHEMA_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, model: NiwtNet, meta: dict[str, Any]) -> None:
-    """Atomically save ``model`` with ``meta`` (arch, class_names, n_seen, image_size, ...)."""
-    ckpt = dict(meta)
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself, typed and versioned (``schema_version``).
+
+    Every checkpoint: the network to rebuild (``arch``, ``width``, ``hidden``, ``image_size``) and its
+    classifier's classes (``class_names``, the first ``n_seen`` of them seen). A validation backbone
+    adds the classes it never saw; an injected checkpoint adds its method, the importance layer and
+    pooling its rows were built for, and the rows of its held-out calibration problem.
+    """
+
+    arch: str
+    class_names: tuple[str, ...]
+    n_seen: int
+    image_size: int
+    width: int = 32
+    hidden: int = 256
+    metrics: dict[str, float] = field(default_factory=dict)
+    validation_classes: tuple[str, ...] | None = None  # validation backbone
+    validation_source: str | None = None
+    class_disjoint: bool | None = None
+    method: str | None = None  # injected
+    layer: str | None = None
+    pooling: str | None = None
+    calibration: dict[str, torch.Tensor] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only (``torch.load(weights_only=True)`` reads them back)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["class_names"] = list(self.class_names)
+        if self.validation_classes is not None:
+            out["validation_classes"] = list(self.validation_classes)
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: str | Path) -> CheckpointMeta:
+        """The record of a loaded checkpoint; another version, or a missing or unknown key, is one
+        ModelError naming the file."""
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ModelError(f"{path}: checkpoint metadata of version {version!r}, this niwt reads version "
+                             f"{SCHEMA_VERSION}; rerun the stage that wrote it (finetune, finetune_validation, inject)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names - {"state_dict", "num_classes"})
+        if unknown:
+            raise ModelError(f"{path}: unknown checkpoint metadata {unknown}; rerun the stage that wrote it")
+        values = {k: v for k, v in raw.items() if k in names}
+        values["class_names"] = tuple(values.get("class_names", ()))
+        if values.get("validation_classes") is not None:
+            values["validation_classes"] = tuple(values["validation_classes"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> CheckpointMeta:
+        return dataclasses.replace(self, **changes)
+
+
+def save_checkpoint(path: str | Path, model: NiwtNet, meta: CheckpointMeta) -> None:
+    """Atomically save ``model`` with its metadata record."""
+    if len(meta.class_names) != model.classifier.out_features:
+        raise ValueError(f"{len(meta.class_names)} class names for {model.classifier.out_features} outputs")
+    ckpt = meta.to_dict()
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt["num_classes"] = model.classifier.out_features
-    missing = [k for k in REQUIRED if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint meta lacks {missing}")
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
@@ -51,11 +111,11 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
                          "written by torch.save?") from err
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[NiwtNet, dict[str, Any]]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[NiwtNet, CheckpointMeta]:
     """Rebuild the network from a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
-        (model in eval mode on ``device``, metadata dict without the state dict).
+        (model in eval mode on ``device``, its metadata record).
     """
     path = Path(path)
     if not path.is_file():
@@ -74,10 +134,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
         raise ModelError(f"{path}: {len(ckpt['class_names'])} class names for "
                          f"{ckpt['num_classes']} outputs")
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval(), CheckpointMeta.from_dict(ckpt, path)
 
 
-def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path, *, exact: bool = False,
+def check_classes(meta: CheckpointMeta, class_names: list[str], path: str | Path, *, exact: bool = False,
                   what: str = "classes") -> None:
     """Fail early when a checkpoint was trained on another dataset's classes.
 
@@ -86,7 +146,7 @@ def check_classes(meta: dict[str, Any], class_names: list[str], path: str | Path
         exact: the checkpoint must have exactly these classes (else a prefix of them suffices).
         what: how the message calls ``class_names`` ("seen classes", ...).
     """
-    have = list(meta["class_names"])
+    have = list(meta.class_names)
     names = list(class_names)
     if len(have) > len(names) or (exact and len(have) != len(names)):
         raise ModelError(f"{path}: checkpoint has {len(have)} output classes but the dataset has {len(names)} "

@@ -19,7 +19,7 @@ import numpy as np
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
-from niwt.evaluation import tables
+from niwt.evaluation import outputs, tables
 from niwt.evaluation.gzsl import calibrated, calibration_gamma, load_methods, method_metrics, score_methods
 from niwt.evaluation.metrics import per_class_accuracy
 from niwt.evaluation.plots import draw_confusion, draw_seen_unseen_curves, draw_unseen_bars
@@ -53,7 +53,7 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     choices.require([c.stem for c in checkpoints])
     base, meta = loaded[checkpoints[0].stem]
     base = base.to(device)
-    size, bs = meta["image_size"], rt.inference_batch("features")
+    size, bs = meta.image_size, rt.inference_batch("features")
     images = open_cache(cache, data / "splits.parquet", size)
 
     def features(table, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,23 +68,23 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     for method, s in scores.items():
         metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
         metrics[method].update(calibrated(s, y, classes.n_seen, choices.gamma[method]))
-        calibration = loaded[method][1].get("calibration")
+        calibration = loaded[method][1].calibration
         if calibration is not None:  # the older, biased choice, for comparison
             old = calibrated(s, y, classes.n_seen, calibration_gamma(calibration, val_feats, val_y))
             metrics[method].update({f"heldout_{k.removeprefix('cal_')}": v for k, v in old.items()})
         per_class[method] = per_class_accuracy(y, s.argmax(1), np.arange(len(classes.names)))
     names, n_seen = classes.names, classes.n_seen
-    shown = "niwt" if "niwt" in scores else next(iter(scores))
+    shown = outputs.confusion_method(list(scores))
     # All plot files or none: they are staged and moved into ``plots`` only once every one is written.
     with atomic_files(plots) as staged:
-        written = [write_per_class_csv(staged / "per_class_accuracy.csv", per_class, names, n_seen),
-                   *write_curves_csv(staged / "curves", curves),
-                   *write_per_class_dir(staged / "per_class", per_class, names, n_seen),
-                   draw_seen_unseen_curves(staged / "seen_unseen_curve.png", metrics, curves),
-                   draw_unseen_bars(staged / "unseen_per_class.png", per_class, names, n_seen),
-                   write_per_class_parquet(staged / "per_class_accuracy.parquet", per_class, names, n_seen),
-                   draw_confusion(staged / "confusion_niwt.png", scores[shown], y, names, n_seen, shown)]
-        table = staged / "comparison.md"
+        written = [write_per_class_csv(staged / outputs.PER_CLASS_CSV, per_class, names, n_seen),
+                   *write_curves_csv(staged / outputs.CURVES_DIR, curves),
+                   *write_per_class_dir(staged / outputs.PER_CLASS_DIR, per_class, names, n_seen),
+                   draw_seen_unseen_curves(staged / outputs.SEEN_UNSEEN_PLOT, metrics, curves),
+                   draw_unseen_bars(staged / outputs.UNSEEN_BARS_PLOT, per_class, names, n_seen),
+                   write_per_class_parquet(staged / outputs.PER_CLASS_PARQUET, per_class, names, n_seen),
+                   draw_confusion(staged / outputs.confusion_plot(shown), scores[shown], y, names, n_seen, shown)]
+        table = staged / outputs.COMPARISON_TABLE
         table.write_text("GZSL comparison (%); cal_* use calibrated stacking with the gamma chosen by validate on "
                          "classes its validation backbone never saw.\n\n" + comparison_markdown(metrics)
                          + "\nCalibration rules on the test split (%): the class-disjoint gamma of validate, and the "

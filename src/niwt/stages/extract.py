@@ -30,10 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from niwt.data.cache import open_cache
-from niwt.data.images import check_images_exist, make_loader
+from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
-from niwt.importance.capture import LayerCapture, loader_importances, prepare_for_extraction
+from niwt.importance.capture import LayerCapture, prepare_for_extraction
 from niwt.importance.degenerate import check_layer, explain
+from niwt.importance.extraction import ExtractSpec, importances_for
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
 from niwt.models.training import resolve_device
@@ -52,12 +53,8 @@ class ShardJob:
     split: tuple[str, ...]
     checkpoint: str
     partial_dir: str
-    layer: str
-    pooling: str
-    target: str
-    batch_size: int
+    spec: ExtractSpec
     device: str
-    channels_last: bool
     meta: tuple[tuple[str, str], ...]
     cache: str = ""  # the decoded-image cache ("": decode the image files) and the split table it was built from
     splits_file: str = ""
@@ -90,12 +87,10 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     target = Path(job.partial_dir) / shard_name(job.index)
     if target.is_file():
         return target.name
-    model, meta = _cached_model(job.checkpoint, job.device, job.channels_last, job.meta)
-    cached = _cached_images(job.cache, job.splits_file, meta["image_size"])
-    loader = make_loader(job.path, np.array(job.class_id), meta["image_size"], train=False,
-                         batch_size=job.batch_size, cache=cached)
-    values, targets = loader_importances(model, loader, job.layer, job.pooling, job.target, job.channels_last,
-                                         progress)
+    model, meta = _cached_model(job.checkpoint, job.device, job.spec.channels_last, job.meta)
+    cached = _cached_images(job.cache, job.splits_file, meta.image_size)
+    values, targets = importances_for(model, job.path, np.array(job.class_id), meta.image_size, job.spec, cached,
+                                      progress)
     schema = importance_schema(values.shape[1], dict(job.meta))
     write_shard(target, schema, np.array(job.image_id), np.array(job.class_id), list(job.split),
                 targets, values)
@@ -121,9 +116,9 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     check_images_exist(splits.path, splits.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
-    images = open_cache(cache, data / "splits.parquet", meta["image_size"])  # a mismatch fails before any work
+    images = open_cache(cache, data / "splits.parquet", meta.image_size)  # a mismatch fails before any work
     LayerCapture(model, p.extract.layer)  # unknown layer: fail before any work, listing valid ones
-    verdict = check_layer(model, p.extract.layer, meta["image_size"], p.extract.pooling, p.extract.allow_degenerate)
+    verdict = check_layer(model, p.extract.layer, meta.image_size, p.extract.pooling, p.extract.allow_degenerate)
     if verdict.degenerate:
         print(f"[extract] warning (extract.allow_degenerate: true): {explain(verdict)}", flush=True)
     partial = out.parent / (out.name + ".partial")
@@ -137,15 +132,15 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     stamp.write_text(fp)
     order = np.argsort(splits.image_id, kind="stable")
     file_meta = (("layer", p.extract.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
-                 ("arch", meta["arch"]), ("fingerprint", fp[:16]))
+                 ("arch", meta.arch), ("fingerprint", fp[:16]))
+    spec = ExtractSpec.from_params(p.extract, rt)
     jobs = []
     for index, start in enumerate(range(0, len(order), rt.shard_size)):
         sel = order[start:start + rt.shard_size]
         jobs.append(ShardJob(index, tuple(int(i) for i in splits.image_id[sel]),
                              tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
-                             tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial),
-                             p.extract.layer, p.extract.pooling, p.extract.target, rt.inference_batch("importances"),
-                             rt.device, rt.channels_last, file_meta,
+                             tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial), spec,
+                             rt.device, file_meta,
                              str(Path(cache).absolute()) if images is not None else "",
                              str((data / "splits.parquet").absolute())))
     return jobs, partial

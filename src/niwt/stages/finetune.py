@@ -23,7 +23,7 @@ from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
-from niwt.models.checkpoint import save_checkpoint
+from niwt.models.checkpoint import CheckpointMeta, save_checkpoint
 from niwt.models.finetuning import Resume, initial_model, train_phases
 from niwt.models.training import evaluate, resolve_device, seed_everything
 from niwt.params import Params, Runtime, section_dict
@@ -65,9 +65,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pat
     test_metrics = evaluate(model, test_loader, device, amp=p.finetune.amp)
     metrics = {"val_acc": best_acc, "test_seen_acc": test_metrics["acc"], "test_seen_top1": test_metrics["top1"],
                "epochs_trained": len(history)}
-    meta = {"arch": p.model.arch, "class_names": classes.names[: classes.n_seen], "n_seen": classes.n_seen,
-            "image_size": size, "width": p.model.width, "hidden": p.model.hidden,
-            "metrics": metrics}
+    meta = CheckpointMeta(p.model.arch, tuple(classes.names[: classes.n_seen]), classes.n_seen, size,
+                          p.model.width, p.model.hidden, metrics)
     # Both outputs or neither: the history is staged first and moved into place only after the
     # checkpoint was written (a failure in either leaves the previous pair untouched).
     png = history_path.with_suffix(".png")

@@ -21,7 +21,7 @@ import torch
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
-from niwt.models.checkpoint import read_class_names, save_checkpoint
+from niwt.models.checkpoint import CheckpointMeta, read_class_names, save_checkpoint
 from niwt.models.finetuning import Resume, initial_model, train_phases
 from niwt.models.training import resolve_device, seed_everything
 from niwt.params import Params, Runtime, section_dict
@@ -80,10 +80,9 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
               "rule; validation.json records class_disjoint: false", flush=True)
     metrics = {"val_acc": val_acc, "epochs_trained": len(history), "n_classes": len(held),
                "n_fit_classes": len(fit), "class_disjoint": int(disjoint)}
-    meta = {"arch": p.model.arch, "class_names": sub.names[: sub.n_seen], "n_seen": sub.n_seen, "image_size": size,
-            "width": p.model.width, "hidden": p.model.hidden, "metrics": metrics,
-            "validation_classes": held_names, "validation_source": source,
-            "class_disjoint": disjoint}
+    meta = CheckpointMeta(p.model.arch, tuple(sub.names[: sub.n_seen]), sub.n_seen, size, p.model.width,
+                          p.model.hidden, metrics, validation_classes=tuple(held_names), validation_source=source,
+                          class_disjoint=disjoint)
     save_checkpoint(out, model.cpu(), meta)
     return StageResult(metrics, steps={"val_acc": [(int(h["epoch"]), float(h["val_acc"])) for h in history]},
                        cleanup=[resume.path])

@@ -20,15 +20,15 @@ import torch
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
-from niwt.injection.methods import Context, Partition, build_classifier, candidates, pool_folder_images
-from niwt.injection.registry import METHODS
+from niwt.injection.context import Context, Partition
+from niwt.injection.methods import build_classifier, check_pool, needs_images, setting_names
 from niwt.io.atomic import atomic_path
 from niwt.io.choices import read_choices
 from niwt.mapping.store import load_map
 from niwt.models.checkpoint import check_classes, export_plain, load_checkpoint, save_checkpoint
 from niwt.models.networks import ModelError, NiwtNet
 from niwt.models.training import resolve_device
-from niwt.params import MappingParams, Params, Runtime
+from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
@@ -43,25 +43,24 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     """
     device = resolve_device(rt.device)
     classes, splits = read_tables(data)
-    if any(METHODS[m].needs_images for m in p.inject.methods):
+    if needs_images(p.inject.methods):
         train = splits.select("train")
         check_images_exist(train.path, train.image_id, data / "splits.parquet")
-        if p.inject.pool not in ("train", "noise") and "niwt" in p.inject.methods:
-            pool_folder_images(p.inject.pool)
+    check_pool(p.inject.methods, p.inject)
     checkpoint, mapping_path = Path(model), Path(mapping)
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     choices = read_choices(validation)
-    choices.require(p.inject.methods, {m: set(candidates(m, p.inject, MappingParams())[0]) for m in p.inject.methods})
+    choices.require(p.inject.methods, {m: setting_names(m, p.inject) for m in p.inject.methods})
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
-    images = open_cache(cache, data / "splits.parquet", meta["image_size"])
-    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta["image_size"], device, images,
+    images = open_cache(cache, data / "splits.parquet", meta.image_size)
+    ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta.image_size, device, images,
                   hyper=choices.hyper, batch_size=rt.inference_batch("features"))
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
-    importance = {"layer": stored.provenance.layer, "pooling": stored.provenance.pooling}
+
     metrics: dict[str, float | int | str] = {}
     with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
@@ -77,10 +76,11 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
                 new.classifier.bias.copy_(bias)
             calibration = {"seen": torch.as_tensor(heldout.seen), "unseen": torch.as_tensor(held),
                            "weight": cal_w, "bias": cal_b}
-            save_checkpoint(tmp / f"{method}.pt", new, {**meta, **importance, "class_names": classes.names,
-                                                       "method": method, "calibration": calibration})
+            record = meta.replace(class_names=tuple(classes.names), method=method, layer=stored.provenance.layer,
+                                  pooling=stored.provenance.pooling, calibration=calibration)
+            save_checkpoint(tmp / f"{method}.pt", new, record)
             # usable without niwt: torchvision's get_model(arch, num_classes=N).load_state_dict(...)
-            export_plain(tmp / f"{method}.pth", new, meta["arch"], classes.names)
+            export_plain(tmp / f"{method}.pth", new, meta.arch, classes.names)
     return StageResult(metrics)
 
 

@@ -1,13 +1,18 @@
 """``validate``: every hyperparameter and calibration gamma, chosen on the class-disjoint validation problem.
 
 The validation backbone (``finetune_validation``) never saw its validation classes. On it the whole
-chain is rebuilt: importances of its training images (as ``extract``), the forward map (one run,
-snapshots at each of ``mapping.candidate_epochs``), and each method's rows for the validation
-classes, for every candidate setting (the lists of ``inject``). Each setting is scored on the
+chain is rebuilt from the functions the stages themselves call: importances of its training images
+(:func:`~niwt.importance.extraction.importances_for`, as ``extract``), the forward map
+(:func:`~niwt.mapping.linear.fit_snapshots`, through which ``fit_mapping`` fits it: one run per
+(lr, weight decay) candidate, snapshots at each of ``mapping.candidate_epochs``), and each method's
+rows for the validation
+classes (:func:`~niwt.injection.methods.build_classifier`, as ``inject``), for every candidate
+setting of the method (:func:`~niwt.injection.methods.candidates`). Each setting is scored on the
 validation GZSL problem (val images of the backbone's classes, train+val images of the validation
-classes: never a test image) by ``validate.criterion``: H as shipped (default), H after calibrated
-stacking, or AUSUC; then, for the best setting of each method, the calibration gamma that
-maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and ``evaluate``, with
+classes: never a test image) by each method's criterion (``validate.criterion``; ``auto``: the way the
+method is used, :func:`_criterion`, with the flat-criterion fallback of
+:func:`niwt.evaluation.selection.choose`); then, for the best setting of each method, the
+calibration gamma that maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and ``evaluate``, with
 the whole grid.
 """
 
@@ -24,13 +29,15 @@ from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
 from niwt.evaluation.gzsl import validation_numbers
 from niwt.evaluation.selection import choose
-from niwt.importance.capture import loader_importances, prepare_for_extraction
-from niwt.injection.methods import Context, Partition, build_classifier, candidates, pool_folder_images
-from niwt.injection.registry import METHODS
+from niwt.importance.capture import prepare_for_extraction
+from niwt.importance.extraction import ExtractSpec, importances_for
+from niwt.injection import methods
+from niwt.injection.context import Context, Partition
+from niwt.injection.methods import build_classifier, candidates, check_pool, chosen_mapping
 from niwt.io.choices import write_choices
 from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates
 from niwt.mapping.store import Provenance, StoredMap
-from niwt.models.checkpoint import load_checkpoint
+from niwt.models.checkpoint import CheckpointMeta, load_checkpoint
 from niwt.models.networks import ModelError
 from niwt.models.training import predict, resolve_device
 from niwt.params import Params, Runtime
@@ -43,23 +50,21 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     classes, splits = read_tables(data)
     used = splits.select("train", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
-    if p.inject.pool not in ("train", "noise") and "niwt" in p.inject.methods:
-        pool_folder_images(p.inject.pool)
+    check_pool(p.inject.methods, p.inject)
     model, meta = load_checkpoint(backbone, device)
     held, fit = _classes(meta, classes, Path(backbone))
-    if not meta["class_disjoint"]:
+    if not meta.class_disjoint:
         print(f"[validate] warning: {backbone} saw the validation classes (finetune.mode: none keeps your "
               "classifier as trained), so these choices are as biased as the held-out-seen rule", flush=True)
     sub_classes, sub_splits = subproblem(classes, splits, fit, held)
     n_fit = len(fit)
     layer, pooling = p.extract.layer, p.extract.pooling
-    image_size = int(meta["image_size"])
+    image_size = meta.image_size
     images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
-    loader = make_loader(pairs.path, pairs.class_id, image_size, train=False,
-                         batch_size=rt.inference_batch("importances"), cache=images)
     model = prepare_for_extraction(model, rt.channels_last)
-    values, targets = loader_importances(model, loader, layer, pooling, p.extract.target, rt.channels_last)
+    values, targets = importances_for(model, pairs.path, pairs.class_id, image_size,
+                                      ExtractSpec.from_params(p.extract, rt), images)
     snapshots, traces = _maps(sub_classes.domain, targets, values, pairs.class_id, p)
     clock["chain"] = time.perf_counter()
 
@@ -92,14 +97,12 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
               + (f"; {choice.note}" if choice.note else ""), flush=True)
     clock["grid"] = time.perf_counter()
 
-    niwt = choices.get("niwt", {})
-    mapping = {"lr": niwt.get("mapping_lr"), "weight_decay": niwt.get("mapping_weight_decay"),
-               "epochs": niwt.get("mapping_epochs")} if niwt else None
+    mapping = chosen_mapping(choices)
     shape = {"n_classes": len(held), "n_fit_classes": n_fit, "n_seen_images": int((y < n_fit).sum()),
              "n_unseen_images": int((y >= n_fit).sum())}
-    result = {"classes": [classes.names[i] for i in held], "source": meta["validation_source"],
+    result = {"classes": [classes.names[i] for i in held], "source": meta.validation_source,
               "criterion": p.validate.criterion, "chosen_by": chosen_by, "problem": shape,
-              "class_disjoint": bool(meta["class_disjoint"]), "backbone": meta["metrics"], "choices": choices,
+              "class_disjoint": bool(meta.class_disjoint), "backbone": meta.metrics, "choices": choices,
               "mapping_epochs": mapping and mapping["epochs"], "mapping": mapping, "mapping_traces": traces,
               "grid": grid}
     write_choices(Path(out), result)
@@ -111,13 +114,13 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     return StageResult(metrics, [Path(out)])
 
 
-def _criterion(method: str, criterion: str) -> str:
+def _criterion(name: str, criterion: str) -> str:
     """The criterion a method's settings are ranked by: ``validate.criterion``, or with ``auto``
     the one of the way the method is used (the registry's ``reading``): uncalibrated H for a method
     shipped as it is (NIWT), calibrated H for one used with calibrated stacking (the peers)."""
     if criterion != "auto":
         return criterion
-    return "H" if METHODS[method].reading == "as_shipped" else "cal_H"
+    return "H" if methods.method(name).reading == "as_shipped" else "cal_H"
 
 
 def _maps(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labels: np.ndarray,
@@ -154,12 +157,12 @@ def _score_settings(method: str, settings: list[dict[str, float]], context, part
     return rows
 
 
-def _classes(meta: dict, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _classes(meta: CheckpointMeta, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(validation class ids, the backbone's class ids) in this dataset; a backbone of another
     dataset or version is one clear error."""
     names = classes.names[: classes.n_seen]
-    held_names, fit_names = meta.get("validation_classes"), list(meta["class_names"])
-    if held_names is None or "class_disjoint" not in meta:
+    held_names, fit_names = meta.validation_classes, list(meta.class_names)
+    if held_names is None or meta.class_disjoint is None:
         raise ModelError(f"{path}: not a validation backbone (no validation classes); rerun finetune_validation")
     unknown = [n for n in [*held_names, *fit_names] if n not in names]
     if unknown or set(held_names) & set(fit_names):

@@ -1,0 +1,17 @@
+"""Ridge regression with the predicted rows rescaled to the mean seen row norm: a ridge fit shrinks
+its predictions towards the mean, and small-norm rows are never chosen in GZSL. Its own ``alpha``,
+validated on its own."""
+
+from __future__ import annotations
+
+from niwt.injection.context import Context, Partition, Rows
+from niwt.injection.methods.regression import ridge_rows, settings
+from niwt.injection.registry import Method
+
+
+def build(ctx: Context, part: Partition) -> Rows:
+    """The ridge rows, rescaled."""
+    return ridge_rows(ctx, part, rescale=True)
+
+
+METHOD = Method("regression_rescaled", "ridge regression, rescaled", build, settings)

@@ -1,0 +1,97 @@
+"""A sixth injection method, added the way a user adds one: one module that declares ``METHOD``, and
+its dotted path on the registry's list. No stage is touched; validate, inject and evaluate run it
+(on the tiny synthetic project) and it comes out with its choice, its checkpoint and its metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from niwt.cli import main  # noqa: E402
+from niwt.injection import registry  # noqa: E402
+from niwt.models.checkpoint import load_checkpoint  # noqa: E402
+from tiny_project import REPO, TINY, merge  # noqa: E402
+
+PLUGIN = '''
+"""Every unseen class gets the mean seen row, scaled: a trivial method."""
+
+from niwt.injection.context import Context, Partition, Rows
+from niwt.injection.registry import Method
+
+
+def settings(cfg):
+    return [{"scale": 0.5}, {"scale": 2.0}]
+
+
+def build(ctx: Context, part: Partition) -> Rows:
+    weight, bias = ctx.seen_rows(part.seen)
+    n = len(part.unseen)
+    return Rows(ctx.setting("scale") * weight.mean(0).expand(n, -1), bias.mean().expand(n))
+
+
+METHOD = Method("mean_seen", "mean seen row", build, settings)
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The module ``niwt_test_plugins.mean_seen`` on sys.path, and its line in the registry."""
+    package = tmp_path / "plugins" / "niwt_test_plugins"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "mean_seen.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.setattr(registry, "MODULES", (*registry.MODULES, "niwt_test_plugins.mean_seen"))
+    monkeypatch.setenv("NIWT_TRACKING", "off")
+    monkeypatch.setenv("NIWT_PROGRESS", "0")
+    return "mean_seen"
+
+
+def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin: str, tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY),
+                   {"inject": {"methods": ["regression", plugin]}})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    data, model, validation = root / "prepared", root / "finetuned.pt", root / "validation.json"
+    injected, plots, gzsl = root / "injected", root / "plots", root / "gzsl"
+    for argv in (["prepare", "--out", data],
+                 ["finetune", "--data", data, "--out", model, "--history", root / "ft.csv"],
+                 ["finetune_validation", "--data", data, "--out", root / "backbone.pt"],
+                 ["validate", "--data", data, "--backbone", root / "backbone.pt", "--out", validation],
+                 ["extract", "--data", data, "--model", model, "--out", root / "importances"],
+                 ["fit_mapping", "--data", data, "--importances", root / "importances", "--validation", validation,
+                  "--out", root / "mapping.pt", "--inverse-out", root / "inverse.pt", "--history", root / "map.csv"],
+                 ["inject", "--data", data, "--model", model, "--mapping", root / "mapping.pt",
+                  "--validation", validation, "--out", injected],
+                 ["evaluate", "--data", data, "--injected", injected, "--validation", validation,
+                  "--plots", plots, "--headline", gzsl]):
+        assert main([str(a) for a in argv] + ["--params", str(root / "params.yaml")]) == 0, argv[0]
+
+    # validate tried both of its settings and chose one
+    choices = json.loads(validation.read_text())
+    assert [r["setting"] for r in choices["grid"] if r["method"] == plugin] == [{"scale": 0.5}, {"scale": 2.0}]
+    scale = choices["choices"][plugin]["scale"]
+    assert scale in (0.5, 2.0) and "calibration_gamma" in choices["choices"][plugin]
+    assert choices["mapping_epochs"] is None  # no method here needs the forward map: the held-out rule
+    # inject wrote its checkpoint: the seen rows as finetuned, each unseen row the scaled mean seen row
+    assert sorted(p.name for p in injected.glob("*.pt")) == ["mean_seen.pt", "regression.pt"]
+    net, meta = load_checkpoint(injected / "mean_seen.pt")
+    base, _ = load_checkpoint(model)
+    n_seen = base.classifier.weight.shape[0]
+    w, b = net.classifier.weight.detach(), net.classifier.bias.detach()
+    assert meta["method"] == plugin and w.shape[0] == len(meta["class_names"]) > n_seen
+    assert torch.equal(w[:n_seen], base.classifier.weight.detach())
+    torch.testing.assert_close(w[n_seen:], (scale * base.classifier.weight.detach().mean(0)).expand_as(w[n_seen:]))
+    torch.testing.assert_close(b[n_seen:], base.classifier.bias.detach().mean().expand(len(w) - n_seen))
+    # evaluate found it: its headline metrics, its curve, its row (by its label) in the comparison table
+    headline = json.loads((gzsl / f"{plugin}.json").read_text())
+    assert set(headline) == {"S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"}
+    assert (plots / "curves" / f"{plugin}.csv").is_file()
+    assert "| mean seen row |" in (plots / "comparison.md").read_text()
