@@ -9,7 +9,7 @@ up to ``evaluate`` (``dvc repro evaluate``), and reads, per method:
 * validation H of the chosen setting (``models/validation.json``, ``stats/validate.json``);
 * test H, calibrated H (gamma chosen by ``validate``) and AUSUC (``metrics/gzsl/<method>.json``);
 * the test ORACLE, for diagnosis only (never used to choose): every setting of ``validate``'s grid
-  (NIWT's subsampled by ``--niwt-stride``) built as ``inject`` builds it, on the same finetuned
+  (at most ``--niwt-max`` of NIWT's) built as ``inject`` builds it, on the same finetuned
   network, and scored on the test split; its calibrated H with the gamma chosen on the test set
   itself (the maximum of H over the exact seen-unseen curve), maximised over the settings.
 
@@ -23,8 +23,9 @@ Targets, each PASS or FAIL per method:
 The oracle rebuilds the chosen setting too, and checks that it reproduces the pipeline's own test H
 and calibrated H (so the oracle and the pipeline score the same thing). Prints a markdown report
 (``--out`` also writes it to a file). ``--keep DIR`` keeps the project in DIR; run again with the same
-DIR and ``dvc repro`` only reruns what changed (the generated images are kept). Takes about half an
-hour on 2 CPUs at full size.
+DIR and ``dvc repro`` only reruns what changed (the generated images are kept). ``--set KEY=VALUE``
+overrides any other param (e.g. a shorter grid for a quick look). At full size with the default
+grid it takes an hour or more on 2 CPUs, most of it ``validate``'s NIWT grid.
 """
 
 from __future__ import annotations
@@ -60,15 +61,16 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def bench_params(args: argparse.Namespace) -> dict:
-    """The repository's params.yaml with the folder dataset, a 32-px smallcnn and ``--epochs``."""
+    """The repository's params.yaml with the folder dataset, a 32-px smallcnn, ``--epochs`` and ``--set``."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    return merge(params, {
+    params = merge(params, {
         "base": {"seed": args.seed},
         "data": {"name": "folder", "root": DATA_ROOT, "domain": "attributes"},
         "model": {"arch": "smallcnn", "weights": "none", "width": args.width, "hidden": args.hidden,
                   "image_size": 32},
         "finetune": {"epochs": args.epochs},
     })
+    return merge(params, dotted(args.set))
 
 
 def project_env(root: Path) -> dict[str, str]:
@@ -129,60 +131,87 @@ def curve_max_h(s: np.ndarray, u: np.ndarray) -> float:
     return float(h.max())
 
 
-def oracle(root: Path, env: dict[str, str], grid: list[dict], choices: dict, niwt_stride: int) -> dict[str, list[dict]]:
-    """Every setting of ``grid`` (NIWT's every ``niwt_stride``-th, the chosen one always) built as
+def niwt_subsample(rows: list[dict], chosen: dict, most: int) -> list[dict]:
+    """At most ``most`` of NIWT's grid rows, evenly spaced in grid order, plus the chosen setting."""
+    if most <= 0 or len(rows) <= most:
+        return rows
+    keep = set(np.unique(np.round(np.linspace(0, len(rows) - 1, most)).astype(int)).tolist())
+    return [r for i, r in enumerate(rows) if i in keep or r["setting"] == chosen]
+
+
+def oracle(root: Path, choices: dict, grid: list[dict], niwt_max: int) -> tuple[dict[str, list[dict]], float | None]:
+    """Every setting of ``grid`` (at most ``niwt_max`` of NIWT's, the chosen one always) built as
     ``inject`` builds it on the finetuned network and scored on the test split: test H, AUSUC, the
     calibrated H with the gamma validate chose for that setting (``cal_H``: what the pipeline would
-    report had it chosen it) and with the test set's own best gamma (``oracle_cal_H``)."""
+    report had it chosen it) and with the test set's own best gamma (``oracle_cal_H``).
+
+    NIWT's forward maps: ``models/mapping.pt`` for the chosen (lr, weight decay, epochs); the others
+    are snapshots of one run per (lr, weight decay) on every seen importance, as ``validate`` takes
+    them (``fit_snapshots``). Returns the rows per method and the largest difference between the
+    snapshot of the chosen map and ``models/mapping.pt`` (0: the same map; None: not snapshotted).
+    """
     import torch
 
     from niwt.config.load import load_params
+    from niwt.config.runtime import load_runtime
     from niwt.data.cache import open_cache
     from niwt.data.images import make_loader
     from niwt.data.tables import read_tables
     from niwt.evaluation.gzsl import calibrated, method_metrics
     from niwt.evaluation.metrics import seen_unseen_curve
     from niwt.injection.methods import Context, Partition, build_classifier
-    from niwt.mapping.store import load_map
+    from niwt.io.parquet import read_importances
+    from niwt.mapping.linear import MapHyper, fit_snapshots
+    from niwt.mapping.store import StoredMap, load_map
     from niwt.models.checkpoint import load_checkpoint
+    from niwt.models.training import predict
 
     cwd = os.getcwd()
     os.chdir(root)  # stored image paths are relative to the project
     try:
         p = load_params(root / "params.yaml")
-        data = root / "data" / "prepared"
+        batch = load_runtime().inference_batch("features")
+        data, cpu = root / "data" / "prepared", torch.device("cpu")
         classes, splits = read_tables(data)
-        model, meta = load_checkpoint(root / "models" / "finetuned.pt", torch.device("cpu"))
-        size = int(meta["image_size"])
+        model, meta = load_checkpoint(root / "models" / "finetuned.pt", cpu)
+        size = int(meta["image_size"] if isinstance(meta, dict) else meta.image_size)
         images = open_cache(root / "data" / "cache", data / "splits.parquet", size) \
             if (root / "data" / "cache").is_dir() else None
         test = splits.select("test_seen", "test_unseen")
-        from niwt.models.training import predict
-
-        feats, y = predict(model, make_loader(test.path, test.class_id, size, train=False,
-                                              batch_size=p.evaluate.batch_size, cache=images),
-                           torch.device("cpu"), features=True)
+        feats, y = predict(model, make_loader(test.path, test.class_id, size, train=False, batch_size=batch,
+                                              cache=images), cpu, features=True)
         n_seen = classes.n_seen
         part = Partition(np.arange(n_seen), np.arange(n_seen, len(classes.names)))
-        maps = {None: load_map(root / "models" / "mapping.pt")}  # fit for the chosen NIWT setting's epochs
-        shipped_epochs = choices.get("niwt", {}).get("mapping_epochs")
+        shipped = load_map(root / "models" / "mapping.pt")
+        niwt = choices.get("niwt", {})
+        shipped_key = (niwt.get("mapping_lr"), niwt.get("mapping_weight_decay"), niwt.get("mapping_epochs"))
+        snapshots: dict[tuple, dict] = {}
+
+        def forward_map(setting: dict) -> StoredMap:
+            key = (setting.get("mapping_lr"), setting.get("mapping_weight_decay"), setting.get("mapping_epochs"))
+            if key[2] is None or key == shipped_key:
+                return shipped
+            hyper = MapHyper(float(key[0]), float(key[1]))
+            if hyper not in snapshots:
+                imp = read_importances(root / "data" / "importances")
+                snapshots[hyper] = fit_snapshots(classes.domain, imp.target_id.astype(np.int64), imp.values,
+                                                 p.mapping, seed=p.base.seed,
+                                                 epochs=tuple(p.mapping.candidate_epochs), hyper=hyper)
+            weight, bias = snapshots[hyper][int(key[2])]
+            return StoredMap(weight, bias, int(key[2]), shipped.provenance)
+
         shared: dict = {}
         out: dict[str, list[dict]] = {}
         for method in [m for m in METHODS if m in choices]:
             rows = [r for r in grid if r["method"] == method]
             chosen = {k: v for k, v in choices[method].items() if k != "calibration_gamma"}
-            if method == "niwt" and niwt_stride > 1:
-                rows = [r for i, r in enumerate(rows) if i % niwt_stride == 0 or r["setting"] == chosen]
+            if method == "niwt":
+                rows = niwt_subsample(rows, chosen, niwt_max)
             out[method] = []
             for row in rows:
                 setting = row["setting"]
-                epochs = setting.get("mapping_epochs")  # NIWT's: the forward map's epochs
-                key = None if epochs is None or epochs == shipped_epochs else int(epochs)
-                if key not in maps:
-                    maps[key] = _refit_mapping(root, env, key, load_map)
-                stored = maps[key]
-                ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, size, torch.device("cpu"),
-                              images, hyper={method: setting}, _cache=shared)
+                ctx = Context(model, p.inject, p.base.seed, classes, splits, forward_map(setting), size, cpu, images,
+                              hyper={method: setting}, _cache=shared, batch_size=batch)
                 w, b, _ = build_classifier(ctx, method, part)
                 with torch.no_grad():
                     scores = torch.nn.functional.linear(torch.as_tensor(feats), w, b).numpy()
@@ -193,23 +222,15 @@ def oracle(root: Path, env: dict[str, str], grid: list[dict], choices: dict, niw
                                     "H": m["H"], "ausuc": m["ausuc"], "cal_H": cal["cal_H"],
                                     "oracle_cal_H": curve_max_h(s_arr, u_arr)})
             print(f"  oracle {method}: {len(out[method])} settings", flush=True)
-        return out
+        drift = None
+        if shipped_key[2] is not None:
+            hyper = MapHyper(float(shipped_key[0]), float(shipped_key[1]))
+            if hyper in snapshots:
+                weight, bias = snapshots[hyper][int(shipped_key[2])]
+                drift = max(float((weight - shipped.weight).abs().max()), float((bias - shipped.bias).abs().max()))
+        return out, drift
     finally:
         os.chdir(cwd)
-
-
-def _refit_mapping(root: Path, env: dict[str, str], epochs: int, load_map) -> object:
-    """The forward map trained for ``epochs`` (``niwt fit_mapping`` on a validation.json naming them)."""
-    side = root / "oracle"
-    side.mkdir(exist_ok=True)
-    doc = read_json(root / "models" / "validation.json")
-    doc["mapping_epochs"] = epochs
-    doc["choices"]["niwt"]["mapping_epochs"] = epochs
-    (side / f"validation_{epochs}.json").write_text(json.dumps(doc))
-    sh(["niwt", "fit_mapping", "--data", "data/prepared", "--importances", "data/importances",
-        "--validation", f"oracle/validation_{epochs}.json", "--out", f"oracle/mapping_{epochs}.pt",
-        "--inverse-out", f"oracle/inverse_{epochs}.pt", "--history", f"oracle/history_{epochs}.csv"], root, env)
-    return load_map(side / f"mapping_{epochs}.pt")
 
 
 def fmt_setting(setting: dict) -> str:
@@ -217,7 +238,7 @@ def fmt_setting(setting: dict) -> str:
 
 
 def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[str], seconds: dict[str, float],
-           found: dict[str, list[dict]], load: tuple[float, float]) -> tuple[str, int]:
+           found: dict[str, list[dict]], drift: float | None, load: tuple[float, float]) -> tuple[str, int]:
     """The markdown report and the number of FAILed targets."""
     validation = read_json(root / "models" / "validation.json")
     vstats = read_json(root / "stats" / "validate.json") if (root / "stats" / "validate.json").is_file() else {}
@@ -236,10 +257,13 @@ def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[
               f"- model: smallcnn width {args.width}, hidden {args.hidden}, 32 px, {args.epochs} epochs; finetune "
               f"val accuracy {_num(finetune, 'val_acc')}, test_seen accuracy {_num(finetune, 'test_seen_acc')}",
               f"- validation: {len(validation.get('classes', []))} classes ({validation.get('source', '?')}), "
-              f"criterion {validation.get('criterion', '?')}, class-disjoint {validation.get('class_disjoint')}",
+              f"criterion {validation.get('criterion', '?')}, class-disjoint {validation.get('class_disjoint')}; "
+              f"{vstats.get('n_settings', '?')} settings scored in {_num(vstats, 'seconds_grid', '.0f')} s "
+              f"(the chain rebuilt in {_num(vstats, 'seconds_chain', '.0f')} s)",
+              f"- params: the repository's params.yaml with {_overrides_text(args)}",
               ""]
-    lines += ["| method | val H | test H | test cal_H | test AUSUC | oracle cal_H | chosen setting (cal. gamma) "
-              "| oracle setting | settings tried |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| method | chosen by | val H | test H | test cal_H | test AUSUC | oracle cal_H | chosen setting "
+              "(cal. gamma) | oracle setting | oracle settings tried |", "|---|---|---|---|---|---|---|---|---|---|"]
     fails, checks, agree = 0, [], []
     for method in [m for m in METHODS if m in validation["choices"]]:
         headline = read_json(root / "metrics" / "gzsl" / f"{method}.json")
@@ -255,7 +279,8 @@ def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[
         if mine is not None:
             agree.append(max(abs(mine["H"] - shipped["H"]), abs(mine["cal_H"] - shipped["cal_H"])))
         n_grid = sum(1 for r in validation["grid"] if r["method"] == method)
-        lines.append(f"| {method} | {val_h:.3f} | {headline['H']:.3f} | {headline['cal_H']:.3f} | "
+        by = validation.get("chosen_by", {}).get(method, {}).get("criterion", validation.get("criterion", "?"))
+        lines.append(f"| {method} | {by} | {val_h:.3f} | {headline['H']:.3f} | {headline['cal_H']:.3f} | "
                      f"{headline['AUSUC']:.3f} | {best['oracle_cal_H']:.3f} | {fmt_setting(setting)} "
                      f"({choice['calibration_gamma']:.3g}) | {fmt_setting(best['setting'])} | "
                      f"{len(rows)} of {n_grid} |")
@@ -278,14 +303,38 @@ def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[
         lines.append(f"Oracle vs pipeline on the chosen settings: max |delta| of test H / cal_H = {max(agree):.1e} "
                      f"({same}).")
         lines.append("")
+    if drift is not None:
+        lines += [f"NIWT's forward maps: the oracle's snapshot of the chosen map (the others are such snapshots, as "
+                  f"validate takes them) differs from models/mapping.pt by up to {drift:.1e}.", ""]
     lines += ["Targets:", "", *[f"- {c}" for c in checks], "",
               f"{len(checks) - fails} of {len(checks)} targets met."]
     return "\n".join(lines) + "\n", fails
 
 
-def _num(d: dict, key: str) -> str:
+def _num(d: dict, key: str, spec: str = ".3f") -> str:
     v = d.get(key)
-    return f"{v:.3f}" if isinstance(v, (int, float)) else "?"
+    return format(v, spec) if isinstance(v, (int, float)) else "?"
+
+
+def _overrides_text(args: argparse.Namespace) -> str:
+    base = (f"data.name folder, model smallcnn (width {args.width}, hidden {args.hidden}, 32 px), "
+            f"finetune.epochs {args.epochs}, base.seed {args.seed}")
+    return base + "".join(f", {item}" for item in args.set)
+
+
+def dotted(items: list[str]) -> dict:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. mapping.candidate_epochs=[10,40]")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
 
 
 def main() -> None:
@@ -297,7 +346,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="model.width")
     parser.add_argument("--hidden", type=int, default=256, help="model.hidden")
     parser.add_argument("--seed", type=int, default=0, help="base.seed and the dataset's seed")
-    parser.add_argument("--niwt-stride", type=int, default=1, help="oracle: every n-th NIWT setting (and the chosen)")
+    parser.add_argument("--niwt-max", type=int, default=42,
+                        help="oracle: at most this many NIWT settings, evenly spaced in grid order, and the chosen "
+                             "one (0: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another params override (YAML value), e.g. inject.max_iters=1000; repeatable")
     args = parser.parse_args()
     start, load0 = time.perf_counter(), os.getloadavg()[0]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load {load0:.1f}", flush=True)
@@ -313,10 +366,10 @@ def main() -> None:
         t_repro = time.perf_counter() - t0
         validation = read_json(root / "models" / "validation.json")
         t0 = time.perf_counter()
-        found = oracle(root, env, validation["grid"], validation["choices"], args.niwt_stride)
+        found, drift = oracle(root, validation["choices"], validation["grid"], args.niwt_max)
         t_oracle = time.perf_counter() - t0
         seconds = {"generate": t_gen, "repro": t_repro, "oracle": t_oracle, "total": time.perf_counter() - start}
-        text, fails = report(args, root, sizes, val_classes, seconds, found, (load0, os.getloadavg()[0]))
+        text, fails = report(args, root, sizes, val_classes, seconds, found, drift, (load0, os.getloadavg()[0]))
     finally:
         if tmp is not None:
             tmp.cleanup()
