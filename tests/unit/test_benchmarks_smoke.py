@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -65,3 +66,77 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def _cub_shaped():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import cub_shaped
+    finally:
+        sys.path.remove(str(BENCH))
+    return cub_shaped
+
+
+def test_cub_shaped_plan_has_cub_protocol_sizes() -> None:
+    """At full scale: CUB's 200 classes and real split sizes, unseen classes only in test_unseen,
+    about 59 images per class, and the validation classes holding sent_splits' val_loc counts."""
+    cub = _cub_shaped()
+    names = cub.plan(scale=0.0).class_names
+    val = cub.seeded_validation_classes(names[:150], 0.33, 5, seed=0)
+    p = cub.plan(scale=1.0, seed=0, val_classes=val)
+    assert len(p.class_names) == 200 and p.attributes.shape == (200, 312)
+    assert p.sizes() == {"trainval": 7057, "train": 6157, "val": 900, "test_seen": 1764, "test_unseen": 2967,
+                         "total": 11788}
+    assert len(p.unseen) == 50 and "001.Black_footed_Albatross" in p.unseen and "002.Laysan_Albatross" not in p.unseen
+    per_class = np.bincount(p.labels, minlength=200)
+    assert 58 <= per_class.min() and per_class.max() <= 60
+    unseen = np.isin(np.asarray(p.class_names)[p.labels], p.unseen)
+    assert (unseen == (p.splits == "test_unseen")).all()
+    for split in ("train", "val", "test_seen"):
+        assert set(p.labels[p.splits == split]) == set(range(150))
+    assert len(p.validation) == 50 and set(p.validation) <= set(names[:150])
+    held = np.isin(np.asarray(p.class_names)[p.labels], p.validation)
+    assert held.sum() == 2946 and (held & (p.splits == "test_seen")).sum() == 591  # sent_splits' val_loc
+
+
+def test_cub_shaped_validation_classes_are_the_pipelines_draw() -> None:
+    """The classes given val_loc's counts are those finetune_validation draws for a folder dataset."""
+    from niwt.config.load import load_params
+    from niwt.data.tables import ClassTable
+    from niwt.stages.finetune_validation import validation_classes
+
+    cub = _cub_shaped()
+    p = load_params(BENCH.parent / "params.yaml")
+    names = cub.plan(scale=0.0).class_names
+    table = ClassTable(names, 150, np.ones((200, 1), np.float32), "attributes", ["a"], [""] * 200)
+    held, source = validation_classes(table, p)
+    assert source == "seeded"
+    assert [names[i] for i in held] == cub.seeded_validation_classes(names[:150], p.validate.fraction,
+                                                                     p.validate.min_classes, p.base.seed)
+
+
+def test_cub_shaped_folder_dataset_loads_and_images_follow_attributes(tmp_path: Path) -> None:
+    """At 2 % scale: a valid folder dataset (the project's loader reads it, splits.csv included), and
+    each image is nearest to its own class's expected image far more often than chance (1/200)."""
+    from PIL import Image
+
+    from niwt.data.folder import load_folder
+
+    cub = _cub_shaped()
+    proc = subprocess.run([sys.executable, str(BENCH / "cub_shaped.py"), str(tmp_path / "cub"), "--scale", "0.02",
+                           "--validation-fraction", "0.33"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    raw = load_folder(tmp_path / "cub")
+    assert len(raw.class_names) == 200 and len(raw.unseen) == 50 and raw.attributes.shape == (200, 312)
+    splits = np.asarray(raw.image_splits)
+    unseen = np.isin(np.asarray(raw.class_names)[raw.image_labels], raw.unseen)
+    assert (unseen == (splits == "test_unseen")).all()
+    assert all((splits[raw.image_labels == c] == s).any() for c in range(150) for s in ("train", "val", "test_seen"))
+    assert (splits == "test_unseen").sum() == round(2967 * 0.02)
+    pixels = np.stack([np.asarray(Image.open(f), dtype=np.float32).transpose(2, 0, 1).ravel() for f in raw.image_paths])
+    assert pixels.shape[1] == 3 * 32 * 32 and pixels.std() > 10
+    expected = cub.expected_images(raw.attributes)
+    x = pixels - pixels.mean(1, keepdims=True)
+    e = expected - expected.mean(1, keepdims=True)
+    nearest = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (e / np.linalg.norm(e, axis=1, keepdims=True)).T
+    assert (nearest.argmax(1) == raw.image_labels).mean() > 0.2
