@@ -86,7 +86,7 @@ def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin
     base, _ = load_checkpoint(model)
     n_seen = base.classifier.weight.shape[0]
     w, b = net.classifier.weight.detach(), net.classifier.bias.detach()
-    assert meta["method"] == plugin and w.shape[0] == len(meta["class_names"]) > n_seen
+    assert meta.method == plugin and w.shape[0] == len(meta.class_names) > n_seen
     assert torch.equal(w[:n_seen], base.classifier.weight.detach())
     torch.testing.assert_close(w[n_seen:], (scale * base.classifier.weight.detach().mean(0)).expand_as(w[n_seen:]))
     torch.testing.assert_close(b[n_seen:], base.classifier.bias.detach().mean().expand(len(w) - n_seen))

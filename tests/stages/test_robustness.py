@@ -43,7 +43,7 @@ from niwt.data.tables import (  # noqa: E402
 from niwt.io.parquet import read_importances  # noqa: E402
 from niwt.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from niwt.models.networks import ModelError, build_model  # noqa: E402
-from tiny_project import REPO, TINY, merge  # noqa: E402
+from tiny_project import REPO, TINY, TINY_RUNTIME, merge  # noqa: E402
 
 # Only the two fast peers: injection itself is not under test here.
 FAST = {"inject": {"methods": ["regression", "regression_rescaled"]}}
@@ -106,6 +106,8 @@ def temp_leftovers(root: Path) -> list[str]:
 def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIWT_TRACKING", "off")
     monkeypatch.setenv("NIWT_PROGRESS", "0")
+    for key, value in TINY_RUNTIME.items():  # several importance shards, small batches
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
@@ -480,7 +482,7 @@ PARAM_CASES = {
     "negative seed": ({"base": {"seed": -1}}, r"params\.yaml: base\.seed must be between 0 and 2\^32-1 = 4294967295"),
     "seed above 2^32-1": ({"base": {"seed": 2**32}}, r"params\.yaml: base\.seed must be between 0 and 2\^32-1"),
     "image size in the millions": ({"model": {"image_size": 16_000_000}},
-                                   r"params\.yaml: model\.image_size must be between 8 and 2048 \(a real run never "
+                                   r"params\.yaml: model\.image_size must be between 16 and 2048 \(a real run never "
                                    r"needs more\), got 16000000"),
     "image size 16e6 (YAML reads a string)": ({"model": {"image_size": "16e6"}},
                                               r"params\.yaml\.model\.image_size: expected an integer, got str '16e6'"),

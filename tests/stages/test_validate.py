@@ -43,7 +43,8 @@ def test_the_map_is_chosen_on_its_heldout_trace_and_niwt_is_tuned_on_that_map(va
     """Four (lr, weight decay) traces on record; the map is the one where held-out rank
     correlation peaks among the candidate epochs; NIWT's grid is its own lr x lambda on that map."""
     traces = validation["mapping_traces"]
-    assert [(t["lr"], t["weight_decay"]) for t in traces] == [(0.001, 0.0), (0.001, 0.0001), (0.01, 0.0), (0.01, 0.0001)]
+    candidates = [(0.001, 0.0), (0.001, 0.0001), (0.01, 0.0), (0.01, 0.0001)]
+    assert [(t["lr"], t["weight_decay"]) for t in traces] == candidates
     assert all([h["epoch"] for h in t["history"]] == [1, 2, 3, 4] for t in traces)
     lr, weight_decay, epochs = peak_of(traces, (1, 2, 4), "rank_corr")
     assert validation["mapping_chosen_by"] == "heldout rank_corr"

@@ -240,8 +240,8 @@ def test_the_map_is_chosen_where_its_heldout_trace_peaks_among_the_candidate_epo
 
     def trace(lr, wd, corr, loss):
         return {"lr": lr, "weight_decay": wd,
-                "history": [{"epoch": e + 1, "val_rank_corr": c, "val_loss": l}
-                            for e, (c, l) in enumerate(zip(corr, loss))]}
+                "history": [{"epoch": e + 1, "val_rank_corr": c, "val_loss": v}
+                            for e, (c, v) in enumerate(zip(corr, loss, strict=True))]}
 
     traces = [trace(0.01, 0.0, [0.2, 0.5, 0.9], [0.9, 0.5, 0.1]),
               trace(0.001, 0.0, [0.6, 0.7, 0.3], [0.4, 0.3, 0.2]),
