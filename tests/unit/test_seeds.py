@@ -160,3 +160,28 @@ def test_overrides_are_key_value_and_never_the_seed() -> None:
     for bad in ("inject.lambda", "=3", "base.seed=1", "params.yaml:base.seed=1"):
         with pytest.raises(SeedsError):
             check_overrides([bad])
+
+
+def test_readme_summary_is_rewritten_between_its_markers_only(tmp_path: Path, capsys) -> None:
+    """``--readme``: the table between the markers is the CSV's mean ± std; the rest of the file
+    stays byte for byte; a file without the markers is one line and exit 2, and is left as it was."""
+    from niwt.commands.seeds import README_BEGIN, README_END
+
+    csv_path, md, readme = tmp_path / "seeds.csv", tmp_path / "seeds.md", tmp_path / "README.md"
+    csv_path.write_text(rows_to_csv(ROWS))
+    readme.write_text(f"# Title\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    assert main(["seeds", "--collect-only", "--csv", str(csv_path), "--md", str(md), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# Title\n\nbefore\n{README_BEGIN}\nMean ± sample std over seeds 0, 1, per-class")
+    assert text.endswith(f"{README_END}\nafter\n") and "old table" not in text
+    assert ("| method | S | H |\n|---|---|---|\n| niwt | 85.0 ± 7.1 | 75.0 ± 7.1 |\n"
+            "| eszsl | 91.0 ± 1.4 | 86.0 ± 1.4 |\n") in text
+    again = readme.read_text()
+    assert main(["seeds", "--collect-only", "--csv", str(csv_path), "--md", str(md), "--readme", str(readme)]) == 0
+    assert readme.read_text() == again  # idempotent
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    capsys.readouterr()
+    assert main(["seeds", "--collect-only", "--csv", str(csv_path), "--md", str(md), "--readme", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert f"{plain}: needs one line" in err and err.count("\n") == 1 and plain.read_text() == "no markers\n"
