@@ -185,3 +185,16 @@ def test_readme_summary_is_rewritten_between_its_markers_only(tmp_path: Path, ca
     assert main(["seeds", "--collect-only", "--csv", str(csv_path), "--md", str(md), "--readme", str(plain)]) == 2
     err = capsys.readouterr().err
     assert f"{plain}: needs one line" in err and err.count("\n") == 1 and plain.read_text() == "no markers\n"
+
+
+def test_the_published_tables_are_the_committed_csvs() -> None:
+    """README's summary and docs/results/seeds.md are exactly what ``niwt seeds --collect-only
+    --readme README.md`` makes of the committed docs/results/seeds.csv (no hand-edited number)."""
+    from niwt.commands.seeds import DEFAULT_CSV, DEFAULT_MD, summary_table, with_summary
+
+    repo = Path(__file__).resolve().parents[2]
+    rows = read_rows(repo / DEFAULT_CSV)
+    assert {r["seed"] for r in rows} == {"0", "1", "2"}
+    assert (repo / DEFAULT_MD).read_text() == seed_tables(rows)
+    readme = repo / "README.md"
+    assert with_summary(readme, summary_table(rows)) == readme.read_text()
