@@ -1,4 +1,4 @@
-"""Issue 7: interrupted stages resume, and runs are reproducible.
+"""Interrupted stages resume, and runs are reproducible.
 
 * ``niwt extract`` killed with SIGKILL after at least one shard is on disk: the rerun computes only
   the missing shards and the final dataset is byte-identical to an uninterrupted run.
