@@ -123,7 +123,7 @@ def test_interrupted_stage_replaces_nothing(stage: str, proj: Project, tmp_path:
     if stage == "extract":
         shards = sorted(f.name for f in (out / "importances.partial").glob("part-*.parquet"))
         assert shards == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-        expected |= {f"importances.partial/{s}" for s in shards} | {"importances.partial/_fingerprint"}
+        expected |= {f"importances.partial/{s}" for s in shards} | {"importances.partial/_extraction_key"}
     if stage == "finetune":  # the per-epoch training state survives too: a rerun resumes from it
         expected |= {"finetuned.pt.resume"}
     assert {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} == expected
