@@ -101,12 +101,18 @@ class MappingParams:
 
 @dataclass(frozen=True)
 class InjectParams:
-    # empty: every registered method, in registry order (the loader, niwt.config.load, writes them out)
+    # empty: every registered method but the opt-in ones (devise, ale, sje, sae), in registry order
+    # (the loader, niwt.config.load, writes them out)
     methods: tuple[str, ...] = ()
     lr: tuple[float, ...] = (0.001, 0.01)
     lambda_: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     ridge_alpha: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
     eszsl_exponents: tuple[int, ...] = (-3, -2, -1, 0, 1, 2, 3, 4, 5, 6)
+    devise_lr: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # DEVISE's SGD step
+    ale_lr: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # ALE's SGD step
+    sje_lr: tuple[float, ...] = (0.1, 1.0, 10.0)  # SJE's SGD step
+    bilinear_epochs: tuple[int, ...] = (5, 10, 20)  # DEVISE, ALE, SJE: SGD epochs
+    sae_exponents: tuple[int, ...] = (-2, -1, 0, 1, 2, 3, 4)  # SAE's lambda: 10^e
     batch_size: int = 64
     max_iters: int = 3000
     patience: int = 40

@@ -1,10 +1,9 @@
-"""Issue 15, items 1 and 2: real data laid out as the README says (git-ignored ``data/raw``, a
-relative ``data.root``) under ``dvc exp run --temp``, from another working directory, and edits to
-the raw files rerunning ``prepare``.
+"""Real data laid out as the README says (git-ignored ``data/raw``, a relative ``data.root``) under
+``dvc exp run --temp``, from another working directory, and edits to the raw files rerunning ``prepare``.
 
-Before: ``splits.parquet`` held paths relative to the working directory, so the experiment's copy
-under ``.dvc/tmp/exps/`` (which lacks ``data/raw``) failed in ``inject`` with "N of N image files
-named there are missing", and a raw-data edit left ``dvc repro prepare`` skipping.
+``splits.parquet`` holds image paths relative to their root, not to the working directory, so the
+experiment's copy under ``.dvc/tmp/exps/`` (which lacks ``data/raw``) still finds every image in
+``inject``; and the raw-data fingerprint makes an edit to a raw file rerun ``dvc repro prepare``.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def test_real_data_under_dvc_experiments_other_directories_and_raw_edits(tmp_pat
     assert json.loads((elsewhere / "evaluate.json").read_text()) == before
     assert not (elsewhere / "mlflow.db").exists() and (project / "mlflow.db").is_file()
 
-    # 2. an edit to the raw attribute matrix reruns prepare (before: "up to date", even for `repro prepare`)
+    # 2. an edit to the raw attribute matrix reruns prepare (never "up to date", even for `repro prepare`)
     matrix = project / "data/raw/cub/CUB_200_2011/attributes/class_attribute_labels_continuous.txt"
     old = read_classes(project / "data/prepared/classes.parquet").domain.copy()
     values = np.loadtxt(matrix, ndmin=2)

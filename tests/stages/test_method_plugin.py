@@ -1,6 +1,7 @@
 """A sixth injection method, added the way a user adds one: one module that declares ``METHOD``, and
 its dotted path on the registry's list. No stage is touched; validate, inject and evaluate run it
-(on the tiny synthetic project) and it comes out with its choice, its checkpoint and its metrics."""
+(on the tiny synthetic project) and it comes out with its choice, its checkpoint and its metrics. The
+classic compatibility models, registered but opt-in, run the same way once ``inject.methods`` names them."""
 
 from __future__ import annotations
 
@@ -53,11 +54,10 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "mean_seen"
 
 
-def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin: str, tmp_path: Path) -> None:
-    root = tmp_path / "proj"
+def _run_stages(root: Path, inject: dict) -> None:
+    """prepare .. evaluate on the tiny project in ``root``, with these ``inject`` params."""
     root.mkdir()
-    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY),
-                   {"inject": {"methods": ["regression", plugin]}})
+    params = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), {"inject": inject})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     data, model, validation = root / "prepared", root / "finetuned.pt", root / "validation.json"
     injected, plots, gzsl = root / "injected", root / "plots", root / "gzsl"
@@ -73,6 +73,13 @@ def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin
                  ["evaluate", "--data", data, "--injected", injected, "--validation", validation,
                   "--plots", plots, "--headline", gzsl]):
         assert main([str(a) for a in argv] + ["--params", str(root / "params.yaml")]) == 0, argv[0]
+
+
+def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin: str, tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _run_stages(root, {"methods": ["regression", plugin]})
+    model, validation = root / "finetuned.pt", root / "validation.json"
+    injected, plots, gzsl = root / "injected", root / "plots", root / "gzsl"
 
     # validate tried both of its settings and chose one
     choices = json.loads(validation.read_text())
@@ -95,3 +102,35 @@ def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin
     assert set(headline) == {"S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"}
     assert (plots / "curves" / f"{plugin}.csv").is_file()
     assert "| mean seen row |" in (plots / "comparison.md").read_text()
+
+
+def test_classic_methods_opt_in_and_join_the_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEVISE and SAE named in ``inject.methods`` (they are not in the default list): validate tries
+    their grids, inject writes their checkpoints (every row from the compatibility model: the seen
+    ones replaced, all biases 0), evaluate scores them and the comparison table lists them by label."""
+    monkeypatch.setenv("NIWT_TRACKING", "off")
+    monkeypatch.setenv("NIWT_PROGRESS", "0")
+    root = tmp_path / "proj"
+    _run_stages(root, {"methods": ["regression", "devise", "sae"], "devise_lr": [0.1, 1.0],
+                       "bilinear_epochs": [2, 5], "sae_exponents": [-1, 0, 1]})
+    choices = json.loads((root / "validation.json").read_text())
+    assert [r["setting"] for r in choices["grid"] if r["method"] == "devise"] == [
+        {"lr": lr, "epochs": e} for lr in (0.1, 1.0) for e in (2, 5)]
+    assert [r["setting"] for r in choices["grid"] if r["method"] == "sae"] == [{"lam": 0.1}, {"lam": 1.0},
+                                                                            {"lam": 10.0}]
+    assert set(choices["choices"]["devise"]) == {"lr", "epochs", "calibration_gamma"}
+    assert set(choices["choices"]["sae"]) == {"lam", "calibration_gamma"}
+    injected = root / "injected"
+    assert sorted(p.name for p in injected.glob("*.pt")) == ["devise.pt", "regression.pt", "sae.pt"]
+    base, _ = load_checkpoint(root / "finetuned.pt")
+    for name in ("devise", "sae"):
+        net, meta = load_checkpoint(injected / f"{name}.pt")
+        w, b = net.classifier.weight.detach(), net.classifier.bias.detach()
+        assert meta.method == name and w.shape == (len(meta.class_names), base.classifier.weight.shape[1])
+        assert not torch.equal(w[:base.classifier.weight.shape[0]], base.classifier.weight.detach())
+        assert torch.equal(b, torch.zeros_like(b))
+    for name in ("regression", "devise", "sae"):
+        assert set(json.loads((root / "gzsl" / f"{name}.json").read_text())) == {
+            "S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"}
+    table = (root / "plots" / "comparison.md").read_text()
+    assert all(f"| {label} |" in table for label in ("ridge regression", "DEVISE", "SAE"))

@@ -1,5 +1,5 @@
 """Your own data and classifier through the stages (``niwt.cli.main``): the errors a user meets first,
-each one line before any training, and the degenerate importance layer refused (issue 15 item 4)."""
+each one line before any training, and the degenerate importance layer refused."""
 
 from __future__ import annotations
 

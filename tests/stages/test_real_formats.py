@@ -1,4 +1,4 @@
-"""The whole pipeline on miniature AWA2 and CUB trees in their real on-disk formats (issue 3).
+"""The whole pipeline on miniature AWA2 and CUB trees in their real on-disk formats.
 
 Each fixture mimics what a user has under ``data.root`` after unpacking the public archives:
 
@@ -418,7 +418,7 @@ def test_prepare_without_download_on_empty_root(tmp_path: Path, offline: None,
     assert not (tmp_path / "prepared").exists()
 
 
-# ------------------------------------------------------- CUB at its real class count (issue 15)
+# -------------------------------------------------------------- CUB at its real class count
 
 REAL_CUB = REPO / "tests" / "data" / "xlsa17" / "CUB" / "att_splits.mat"
 

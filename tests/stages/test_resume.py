@@ -1,4 +1,4 @@
-"""Issue 7: interrupted stages resume, and runs are reproducible.
+"""Interrupted stages resume, and runs are reproducible.
 
 * ``niwt extract`` killed with SIGKILL after at least one shard is on disk: the rerun computes only
   the missing shards and the final dataset is byte-identical to an uninterrupted run.
@@ -219,7 +219,7 @@ def test_unreadable_resume_file_is_ignored(proj: Project, tmp_path: Path, capsys
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"fingerprint": "x", "payload": Exploit()}, tmp_path / "finetuned.pt.resume")
+    torch.save({"resume_key": "x", "payload": Exploit()}, tmp_path / "finetuned.pt.resume")
     capsys.readouterr()
     assert main(["finetune", "--data", str(proj.data), "--out", str(out), "--params", str(proj.params),
                  "--history", str(tmp_path / "history.csv"), "--stats", str(tmp_path / "finetune.json")]) == 0

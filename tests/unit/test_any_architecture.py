@@ -1,5 +1,5 @@
 """Any torchvision classifier: trunk/head split at a named layer, importances through the split,
-the plain torchvision export, and the degenerate importance layer (issue 12; issue 15 item 4).
+the plain torchvision export, and the degenerate importance layer.
 
 Random weights, tiny inputs: the head applied to the trunk's output must give the full network's
 logits, and the importance computed through the split must equal the importance from hooks on
@@ -98,7 +98,8 @@ def test_degenerate_layer_refused_with_explanation(arch: str, layer: str, degene
 
 
 def test_resnet101_last_stage_layers_are_all_degenerate(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 15's report: body.layer4, body.layer4.2 and body.avgpool were accepted in silence."""
+    """body.layer4, body.layer4.2 and body.avgpool of resnet101 are degenerate (each importance equals its
+    class's weight row); body.layer4.1 is not."""
     model = _build("resnet101", monkeypatch)
     for layer in ("body.layer4", "body.layer4.2", "body.avgpool"):
         assert inspect_layer(model, layer, SIZE).degenerate, layer

@@ -1,4 +1,4 @@
-"""Issue 15, item 2: the raw-data fingerprint changes with any edit that matters, and only then."""
+"""The raw-data fingerprint changes with any edit that matters, and only then."""
 
 from __future__ import annotations
 

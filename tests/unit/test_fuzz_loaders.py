@@ -1,4 +1,4 @@
-"""Fuzz tests of the loaders of untrusted inputs (issue 7), beyond the AWA2 ones in test_awa2.py.
+"""Fuzz tests of the loaders of untrusted inputs, beyond the AWA2 ones in test_awa2.py.
 
 Property: whatever the bytes, a loader either returns a value that satisfies its documented
 invariants or raises its one declared error (DatasetError, ParamsError) with the file named, never

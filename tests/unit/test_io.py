@@ -283,7 +283,7 @@ def test_missing_and_unreadable_tables(tmp_path: Path) -> None:
         read_splits(tmp_path / "thin.parquet")
 
 
-# ------------------------------------------------ issue 15: image paths relative to their root
+# ----------------------------------------------------------- image paths relative to their root
 
 
 def _project_with_splits(root: Path, table_dir: Path, image_root: tuple[str, str]) -> list[str]:

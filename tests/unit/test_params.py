@@ -27,12 +27,14 @@ def test_repo_params_yaml_loads() -> None:
 
 
 def test_empty_document_gives_defaults() -> None:
-    from niwt.injection.registry import METHODS
+    from niwt.injection.registry import OPT_IN, defaults
 
-    everything = dataclasses.replace(Params().inject, methods=tuple(METHODS))  # empty list: every method
-    assert parse_params(None) == dataclasses.replace(Params(), inject=everything)
+    # empty list: every registered method but the opt-in ones (the classic compatibility models)
+    default = dataclasses.replace(Params().inject, methods=defaults())
+    assert parse_params(None) == dataclasses.replace(Params(), inject=default)
     assert parse_params({}) == parse_params(None)
-    assert parse_params({"inject": {"methods": []}}).inject.methods == tuple(METHODS)
+    assert parse_params({"inject": {"methods": []}}).inject.methods == defaults()
+    assert not OPT_IN & set(defaults())
     with pytest.raises(ParamsError, match="top level must be a mapping"):
         parse_params([1, 2])  # type: ignore[arg-type]
 

@@ -69,8 +69,9 @@ def test_setting_names_and_the_chosen_map_come_from_the_registry() -> None:
     assert chosen_mapping({"regression": {"alpha": 1.0}, "icis": {}}) is None
 
 
-def test_default_eszsl_grid_is_wider_than_the_old_edge() -> None:
-    """The old grid (10^-3 .. 10^3) picked gamma = 1000, its edge; the default now reaches 10^6."""
+def test_default_eszsl_grid_spans_gamma_1e_minus_3_to_1e6() -> None:
+    """The default ESZSL grid runs from at most 10^-3 to at least 10^6, in order: a grid ending at
+    10^3 picks gamma = 1000, its own edge."""
     exps = parse_params({}).inject.eszsl_exponents
     assert min(exps) <= -3 and max(exps) >= 6 and list(exps) == sorted(exps)
 
@@ -142,7 +143,7 @@ def test_validation_backbone_keeps_only_its_rows_of_a_given_classifier(tmp_path:
 
 
 def test_ridge_uses_the_validated_alpha() -> None:
-    """Ridge's alpha was fixed at 1 and never tuned; the row builders now take validate's choice."""
+    """The row builders use the ridge alpha validate chose, not a fixed alpha = 1."""
     from niwt.injection.context import Context, Partition
     from niwt.injection.methods import build_classifier
     from niwt.models.networks import NiwtNet

@@ -93,7 +93,10 @@ def _grid_problems(p: Params) -> list[str]:
     """The candidate lists ``validate`` chooses from: non-empty, in range."""
     problems = []
     grids = {"inject.lr": p.inject.lr, "inject.lambda": p.inject.lambda_, "inject.ridge_alpha": p.inject.ridge_alpha,
-             "inject.eszsl_exponents": p.inject.eszsl_exponents, "mapping.candidate_epochs": p.mapping.candidate_epochs,
+             "inject.eszsl_exponents": p.inject.eszsl_exponents, "inject.devise_lr": p.inject.devise_lr,
+             "inject.ale_lr": p.inject.ale_lr, "inject.sje_lr": p.inject.sje_lr,
+             "inject.bilinear_epochs": p.inject.bilinear_epochs, "inject.sae_exponents": p.inject.sae_exponents,
+             "mapping.candidate_epochs": p.mapping.candidate_epochs,
              "mapping.lr": p.mapping.lr, "mapping.weight_decay": p.mapping.weight_decay}
     for name, grid in grids.items():
         if not grid:
@@ -103,6 +106,11 @@ def _grid_problems(p: Params) -> list[str]:
     for name, grid, low, high in (("inject.lr", p.inject.lr, 0.0, 1e3), ("inject.lambda", p.inject.lambda_, 0.0, 1e9),
                                   ("inject.ridge_alpha", p.inject.ridge_alpha, 0.0, 1e12),
                                   ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12),
+                                  ("inject.devise_lr", p.inject.devise_lr, 1e-12, 1e6),
+                                  ("inject.ale_lr", p.inject.ale_lr, 1e-12, 1e6),
+                                  ("inject.sje_lr", p.inject.sje_lr, 1e-12, 1e6),
+                                  ("inject.bilinear_epochs", p.inject.bilinear_epochs, 1, 10_000),
+                                  ("inject.sae_exponents", p.inject.sae_exponents, -12, 12),
                                   ("mapping.lr", p.mapping.lr, 1e-12, 1e3),
                                   ("mapping.weight_decay", p.mapping.weight_decay, 0.0, 1e3)):
         bad = [v for v in grid if not low <= v <= high]

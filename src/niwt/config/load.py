@@ -101,19 +101,19 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: top level must be a mapping of sections")
-    params = _with_all_methods(build(Params, raw, source))
+    params = _with_default_methods(build(Params, raw, source))
     check_bounds(params, source)
     return params
 
 
-def _with_all_methods(params: Params) -> Params:
-    """``inject.methods`` left empty (or absent) means every registered method, written out here so
-    that each stage sees the explicit list."""
+def _with_default_methods(params: Params) -> Params:
+    """``inject.methods`` left empty (or absent) means every registered method but the opt-in ones
+    (:func:`niwt.injection.registry.defaults`), written out here so that each stage sees the explicit list."""
     if params.inject.methods:
         return params
-    from niwt.injection.registry import METHODS
+    from niwt.injection.registry import defaults
 
-    return dataclasses.replace(params, inject=dataclasses.replace(params.inject, methods=tuple(METHODS)))
+    return dataclasses.replace(params, inject=dataclasses.replace(params.inject, methods=defaults()))
 
 
 class _DuplicateKey(Exception):

@@ -117,6 +117,15 @@ class Context:
             return predict(self.model.to(self.device), loader, self.device, features=True)
         return self.cached("train_features", compute)
 
+    def seen_training(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The training features of the classes ``seen`` (N, D) and their labels as positions in
+        ``seen`` (N,): what a compatibility model (DEVISE, ALE, SJE, SAE) trains on."""
+        feats, labels = self.train_features()
+        keep = np.isin(labels, seen)
+        local = np.full(self.classes.n_seen + self.classes.n_unseen, -1)
+        local[seen] = np.arange(len(seen))
+        return feats[keep], local[labels[keep]]
+
 
 POOL_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

@@ -4,7 +4,9 @@ Each method is one module that declares ``METHOD = Method(...)``: its name, labe
 that builds its rows, its candidate settings, what it reads and whether it replaces the seen rows.
 :data:`MODULES` lists those modules, in the order every table, plot and checkpoint list uses
 (NIWT first). Adding a method is one module plus one line here; a method outside this package (a
-module of your own on ``sys.path``) is added the same way, by its dotted module path.
+module of your own on ``sys.path``) is added the same way, by its dotted module path. A run with no
+``inject.methods`` runs every registered method except those of :data:`OPT_IN` (:func:`defaults`),
+which run only where ``inject.methods`` names them.
 
 A method's name is the last part of its module path: the ``inject.methods`` value, the stem of its
 checkpoint (``<name>.pt``) and of its metrics file. This module imports nothing heavy: params
@@ -29,7 +31,15 @@ MODULES: tuple[str, ...] = (
     "niwt.injection.methods.regression",
     "niwt.injection.methods.regression_rescaled",
     "niwt.injection.methods.eszsl",
+    "niwt.injection.methods.devise",
+    "niwt.injection.methods.ale",
+    "niwt.injection.methods.sje",
+    "niwt.injection.methods.sae",
 )
+
+# Registered, but run only where ``inject.methods`` names them: the classic compatibility models
+# (Xian et al.'s GBU peers), kept out of the default run so that its committed results stay as they were.
+OPT_IN: frozenset[str] = frozenset({"devise", "ale", "sje", "sae"})
 
 
 def no_settings(cfg: InjectParams) -> list[dict[str, float]]:
@@ -80,6 +90,11 @@ def name_of(module: str) -> str:
 def names() -> tuple[str, ...]:
     """Every registered method name, in registry order (read from :data:`MODULES` when asked)."""
     return tuple(name_of(m) for m in MODULES)
+
+
+def defaults() -> tuple[str, ...]:
+    """The methods a run with no ``inject.methods`` runs: every registered one but :data:`OPT_IN`."""
+    return tuple(n for n in names() if n not in OPT_IN)
 
 
 class _Names(Sequence[str]):

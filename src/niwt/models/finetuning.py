@@ -138,7 +138,7 @@ def load_resume(resume: Resume, log: Callable[[str], None]) -> dict | None:
     if not isinstance(state, dict) or "rng" not in state:
         log(f"ignoring {resume.path}: not a resume file of this version")
         return None
-    if state.get("fingerprint") != resume.key:
+    if state.get("resume_key") != resume.key:
         log(f"ignoring {resume.path}: made with other params or data")
         return None
     log(f"resuming from {resume.path} (phase {state['phase_idx']}, epoch {state['epoch']})")
@@ -150,7 +150,7 @@ def save_resume(resume: Resume, state: dict, log: Callable[[str], None]) -> None
     and must never end training."""
     try:
         with atomic_path(resume.path) as tmp:
-            torch.save({"fingerprint": resume.key, **state}, tmp)
+            torch.save({"resume_key": resume.key, **state}, tmp)
     except (InputError, OSError, RuntimeError) as err:
         log(f"warning: could not save the resume state after epoch {state['epoch']} to {resume.path} "
             f"({(str(err).splitlines() or [''])[0]}); training continues, but a kill now restarts from the "

@@ -3,7 +3,7 @@
 The image list (train + val, ordered by image id) is cut into fixed shards. Each shard is
 computed independently (one forward + one backward per batch) and written atomically into
 ``<out>.partial/``; a rerun after an interruption skips the shards already there, as long as the
-fingerprint (checkpoint bytes + params) matches. When all shards exist the directory is renamed
+extraction key (checkpoint bytes + params) matches. When all shards exist the directory is renamed
 onto ``<out>`` in one step, so DVC never sees a partial output.
 
 Shards are plain function calls (:func:`compute_shard`), so they can run in-process or on any
@@ -97,7 +97,7 @@ def compute_shard(job: ShardJob, progress: Callable[[int], None] | None = None) 
     return target.name
 
 
-def fingerprint(checkpoint: Path, p: Params, rt: Runtime) -> str:
+def extraction_key(checkpoint: Path, p: Params, rt: Runtime) -> str:
     """Shards are only reused when made from the same checkpoint bytes, the params that shape the
     numbers and the settings that shape the shards or their last bits (batch, shard size, memory
     format); where they run (``runner``, Dask settings) does not count."""
@@ -122,17 +122,17 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     if verdict.degenerate:
         print(f"[extract] warning (extract.allow_degenerate: true): {explain(verdict)}", flush=True)
     partial = out.parent / (out.name + ".partial")
-    fp = fingerprint(checkpoint, p, rt)
-    stamp = partial / "_fingerprint"
-    if partial.exists() and (not stamp.is_file() or stamp.read_text() != fp):
+    key = extraction_key(checkpoint, p, rt)
+    stamp = partial / "_extraction_key"
+    if partial.exists() and (not stamp.is_file() or stamp.read_text() != key):
         shutil.rmtree(partial)  # made from another model or params: nothing to reuse
     partial.mkdir(parents=True, exist_ok=True)
     for stale in partial.glob(".*.tmp"):  # a shard write cut off by a kill: never part of the output
         shutil.rmtree(stale, ignore_errors=True)
-    stamp.write_text(fp)
+    stamp.write_text(key)
     order = np.argsort(splits.image_id, kind="stable")
     file_meta = (("layer", p.extract.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
-                 ("arch", meta.arch), ("fingerprint", fp[:16]))
+                 ("arch", meta.arch), ("extraction_key", key[:16]))
     spec = ExtractSpec.from_params(p.extract, rt)
     jobs = []
     for index, start in enumerate(range(0, len(order), rt.shard_size)):
@@ -154,7 +154,7 @@ def finish(jobs: list[ShardJob], partial: Path, out: Path) -> dict[str, int]:
     n_rows = sum(len(j.image_id) for j in jobs)
     meta = dict(jobs[0].meta) if jobs else {}
     write_manifest(partial, len(jobs), n_rows, meta)
-    (partial / "_fingerprint").unlink(missing_ok=True)  # after the manifest: a failure before keeps the shards
+    (partial / "_extraction_key").unlink(missing_ok=True)  # after the manifest: a failure before keeps the shards
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

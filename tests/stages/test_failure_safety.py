@@ -1,0 +1,362 @@
+"""A stage that fails part-way loses nothing: it replaces none of its previous outputs and leaves no
+temp file; the extract cache never serves a model rewritten at the same path; tracking failures cost
+no results; fine-tuning keeps its resume state until the run is complete; a full disk is one line
+naming the file and the free space; and a stage whose ``dvc`` parent is killed stops without writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _project import Project, cli, stage_argv, temp_leftovers, write_params
+
+from niwt.cli import main
+from niwt.io.parquet import read_importances
+from niwt.models.checkpoint import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("_quiet")
+
+
+# ------------------------------------------------------- interruptions: atomic stage outputs
+
+
+def _old_outputs(paths: list[Path]) -> dict[Path, bytes]:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"previous complete output of " + p.name.encode())
+    return {p: p.read_bytes() for p in paths}
+
+
+def _fail_on_call(n: int, real: Callable, exc: BaseException) -> Callable:
+    """``real`` that raises ``exc`` on its n-th call (1-based) instead of returning."""
+    count = {"calls": 0}
+
+    def wrapper(*args, **kwargs):
+        count["calls"] += 1
+        if count["calls"] == n:
+            raise exc
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def _half_written_save(real: Callable) -> Callable:
+    """``torch.save`` that dies half-way through writing the file (a full disk, a kill)."""
+    def save(obj, f, *args, **kwargs):
+        real(obj, f, *args, **kwargs)
+        data = Path(f).read_bytes()
+        Path(f).write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+    return save
+
+
+def _interrupt_prepare(mp: pytest.MonkeyPatch) -> None:
+    import niwt.stages.prepare as m
+    mp.setattr(m, "write_splits", _fail_on_call(1, m.write_splits, KeyboardInterrupt()))
+
+
+def _interrupt_finetune(mp: pytest.MonkeyPatch) -> None:
+    import niwt.stages.finetune as m
+    mp.setattr(m, "_write_history", _fail_on_call(1, m._write_history, KeyboardInterrupt()))
+
+
+def _interrupt_extract(mp: pytest.MonkeyPatch) -> None:
+    import niwt.stages.extract as m
+    mp.setattr(m, "write_manifest", _fail_on_call(1, m.write_manifest, KeyboardInterrupt()))
+
+
+def _interrupt_fit_mapping(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(torch, "save", _half_written_save(torch.save))
+
+
+def _interrupt_inject(mp: pytest.MonkeyPatch) -> None:
+    import niwt.stages.inject as m
+    mp.setattr(m, "save_checkpoint", _fail_on_call(2, m.save_checkpoint, KeyboardInterrupt()))
+
+
+def _interrupt_evaluate(mp: pytest.MonkeyPatch) -> None:
+    import niwt.stages.evaluate as m
+    mp.setattr(m, "draw_seen_unseen_curves", _fail_on_call(1, m.draw_seen_unseen_curves, KeyboardInterrupt()))
+
+
+# stage -> (interruption, the stage's outputs relative to ``out``)
+INTERRUPTIONS = {
+    "prepare": (_interrupt_prepare, ["prepared/classes.parquet"]),
+    "finetune": (_interrupt_finetune, ["finetuned.pt", "finetune.csv"]),
+    "extract": (_interrupt_extract, ["importances/_manifest.json"]),
+    "fit_mapping": (_interrupt_fit_mapping, ["mapping.pt", "mapping.csv"]),
+    "inject": (_interrupt_inject, ["injected/regression.pt"]),
+    "evaluate": (_interrupt_evaluate, ["plots/per_class_accuracy.csv", "plots/curves/regression.csv",
+                                       "plots/seen_unseen_curve.png", "plots/comparison.md", "gzsl/regression.json"]),
+}
+
+
+@pytest.mark.parametrize("stage", list(INTERRUPTIONS))
+def test_interrupted_stage_replaces_nothing(stage: str, proj: Project, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, untouched: None) -> None:
+    """A stage that dies after part of its work leaves its previous outputs (and metrics) as they
+    were, and no temp file; only extraction keeps its finished shards, on purpose, for resuming."""
+    interrupt, outputs = INTERRUPTIONS[stage]
+    out = tmp_path / "out"
+    old = _old_outputs([out / o for o in outputs] + [out / "metrics.json"])
+    interrupt(monkeypatch)
+    argv = ["prepare", "--out", out / "prepared", "--params", proj.params, "--stats", out / "metrics.json"] \
+        if stage == "prepare" else stage_argv(stage, proj, out, proj.params)
+    if stage == "fit_mapping":  # a full disk: the one-line error, nothing replaced
+        assert main([str(a) for a in argv]) == 2
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            main([str(a) for a in argv])
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in old} == old
+    assert temp_leftovers(out) == []
+    expected = {str(p.relative_to(out)) for p in old}
+    if stage == "extract":
+        shards = sorted(f.name for f in (out / "importances.partial").glob("part-*.parquet"))
+        assert shards == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        expected |= {f"importances.partial/{s}" for s in shards} | {"importances.partial/_extraction_key"}
+    if stage == "finetune":  # the per-epoch training state survives too: a rerun resumes from it
+        expected |= {"finetuned.pt.resume"}
+    assert {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} == expected
+
+
+# ------------------------------------------------------------------------------ extract cache
+
+
+def test_extract_cache_never_serves_a_stale_model(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  untouched: None) -> None:
+    """Two extractions in one process (Prefect, a Dask worker) from a checkpoint rewritten at the
+    same path must use the new weights."""
+    ckpt = tmp_path / "finetuned.pt"
+    shutil.copy(proj.model, ckpt)
+    first = tmp_path / "a"
+    assert main([str(a) for a in stage_argv("extract", proj, first, proj.params, model=ckpt)]) == 0
+    model, meta = load_checkpoint(ckpt)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)
+    save_checkpoint(ckpt, model, meta)
+    second = tmp_path / "b"
+    assert main([str(a) for a in stage_argv("extract", proj, second, proj.params, model=ckpt)]) == 0
+    a = read_importances(first / "importances").values
+    b = read_importances(second / "importances").values
+    # the importance is linear in the classifier row, so negated weights give negated importances
+    np.testing.assert_array_equal(b, -a)
+    assert np.abs(a).max() > 0
+
+
+# ----------------------------------------------------------------------------------- tracking
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_within_seconds_naming_it(proj: Project, tmp_path: Path) -> None:
+    """The stage checks the tracking server before any work: an unreachable one is exit 2 within
+    seconds and one line naming the URI, not minutes of MLflow retries and a traceback."""
+    import subprocess
+    import time
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NIWT_TRACKING": "on", "NIWT_PROGRESS": "0",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = tmp_path / "out"
+    argv = [str(a) for a in stage_argv("evaluate", proj, out, proj.params)]
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "niwt.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=90, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert elapsed < 45, f"took {elapsed:.0f} s"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"niwt evaluate: error: MLflow tracking server {uri} is "
+                                                   "unreachable"), proc.stderr
+    assert "NIWT_TRACKING=off" in lines[0] and not out.exists()
+
+
+def test_tracking_failure_after_the_work_keeps_results_and_sync_uploads_them(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A failure in MLflow logging after the outputs are written is a warning: exit 0 (so DVC records
+    the run), outputs and metrics JSON kept, and `niwt sync` uploads the run later."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("NIWT_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    params = tmp_path / "params.yaml"
+    shutil.copy(proj.params, params)  # the project (pending uploads) is where the params file is
+
+    def down(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("tracking server went away")
+
+    monkeypatch.setattr(mlflow, "log_metrics", down)
+    out = tmp_path / "out"
+    rc, err = cli(capsys, *stage_argv("evaluate", proj, out, params))
+    assert rc == 0, err
+    assert "niwt evaluate: warning: MLflow logging" in err and "niwt sync" in err and "Traceback" not in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "plots" / "comparison.md").is_file()
+    pending = list((tmp_path / ".niwt" / "pending-tracking").glob("*/pending.json"))
+    assert len(pending) == 1
+    run_id = json.loads(pending[0].read_text())["run_id"]
+    monkeypatch.undo()
+    monkeypatch.setenv("NIWT_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    rc, err = cli(capsys, "sync", "--params", params)
+    assert rc == 0, err
+    run = MlflowClient(tracking_uri=db).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    from niwt.cli import _numeric
+
+    assert run.data.metrics == pytest.approx(_numeric(metrics, "evaluate")) and run.data.metrics
+    assert list((tmp_path / ".niwt" / "pending-tracking").glob("*/pending.json")) == []
+
+
+# --------------------------------------------------------------- resume state and a full disk
+
+
+def _finetune_argv(proj: Project, out: Path) -> list[str]:
+    return [str(a) for a in stage_argv("finetune", proj, out, proj.params)]
+
+
+def test_finetune_keeps_its_resume_state_until_the_metrics_are_written(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The resume file is deleted only once the metrics are written: a failure after training (here
+    writing the metrics JSON) keeps it, and the rerun trains no epoch."""
+    import niwt.io.atomic as atomic
+
+    out = tmp_path / "out"
+    resume = out / "finetuned.pt.resume"
+
+    def no_space(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_json", no_space)
+    capsys.readouterr()
+    rc = main(_finetune_argv(proj, out))
+    printed = capsys.readouterr()
+    assert rc == 2 and re.search(r"niwt finetune: error: \S*metrics\.json: no space left on device \(.* free",
+                                 printed.err), printed.err
+    assert resume.is_file(), "the training state was thrown away"
+    monkeypatch.undo()
+    monkeypatch.setenv("NIWT_TRACKING", "off")
+    rc = main(_finetune_argv(proj, out))
+    printed = capsys.readouterr().out
+    assert rc == 0 and "resuming from" in printed and "epoch 1/2" not in printed and "epoch 2/2" not in printed
+    assert not resume.exists() and (out / "metrics.json").is_file()
+
+
+def _to_dev_full(real: Callable, when: Callable[[str], bool]) -> Callable:
+    """``torch.save`` that writes to /dev/full (a real ENOSPC, as torch reports it) when ``when(name)``."""
+    def save(obj, f, *args, **kwargs):
+        if when(Path(f).name):
+            return real(obj, "/dev/full", *args, **kwargs)
+        return real(obj, f, *args, **kwargs)
+    return save
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_failing_resume_save_is_a_warning_and_training_completes(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(torch, "save", _to_dev_full(torch.save, lambda name: ".resume" in name))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = main(_finetune_argv(proj, out))
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "[finetune] warning: could not save the resume state after epoch 1" in printed.out
+    assert "epoch 2/2" in printed.out and (out / "finetuned.pt").is_file()
+    assert temp_leftovers(out) == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_disk_full_saving_the_checkpoint_names_the_file_and_the_free_space(
+        proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A full disk while saving the checkpoint is one line naming the file and the free space, not
+    torch's '[enforce fail at inline_container.cc] unexpected pos' traceback; no partial file is left."""
+    monkeypatch.setattr(torch, "save", _to_dev_full(torch.save, lambda name: name == "finetuned.pt"))
+    out = tmp_path / "out"
+    rc, err = cli(capsys, *_finetune_argv(proj, out))
+    assert rc == 2, err
+    assert re.fullmatch(r"niwt finetune: error: \S*/out/finetuned\.pt: the write failed \(.*\), most likely a "
+                        r"full disk \([\d.]+ \w+ free on its filesystem\); free space there and rerun .*\n", err), err
+    assert not (out / "finetuned.pt").exists() and temp_leftovers(out) == []
+
+
+# -------------------------------------------------------------------- a killed dvc parent
+
+
+FAKE_DVC = """
+import os, subprocess, sys
+env = dict(os.environ, DVC_STAGE="finetune")
+child = subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], env=env)
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Path) -> None:
+    """Killing only the `dvc` process stops its `niwt` stage within seconds, without writing: a stage
+    left running would overwrite the outputs DVC restores."""
+    import shlex
+    import signal
+    import subprocess
+    import time
+
+    params = write_params(tmp_path / "params.yaml", {"finetune": {"epochs": 500}})
+    out = tmp_path / "out"
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "niwt.cli",
+                                                  *stage_argv("finetune", proj, out, params)])
+    env = {**os.environ, "NIWT_TRACKING": "off", "NIWT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    fake_dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, cmd], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    shell = int(fake_dvc.stdout.readline())
+    stage_pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "finetuned.pt.resume").is_file():  # training is under way
+            assert time.monotonic() < deadline and fake_dvc.poll() is None, fake_dvc.stderr.read()
+            time.sleep(0.2)
+        stage_pids = {shell} | _children(shell)
+        fake_dvc.send_signal(signal.SIGKILL)
+        fake_dvc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in stage_pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in stage_pids), "niwt kept running after its dvc process died"
+        assert not (out / "finetuned.pt").exists() and temp_leftovers(out) == []
+    finally:
+        for pid in stage_pids | _children(shell) | {shell}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if fake_dvc.poll() is None:
+            fake_dvc.kill()
