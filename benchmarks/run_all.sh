@@ -13,7 +13,7 @@ for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_c
     echo "== $name $*"
     "$PY" "benchmarks/$name.py" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
 done
-if [ "${BENCH_PROTOCOL:-0}" = 1 ]; then "$PY" benchmarks/bench_protocol.py --out "$OUT/bench_protocol.md" 2>&1 | tee "$OUT/bench_protocol.txt"; fi  # CUB-size protocol check, an hour or more: opt in
+if [ "${BENCH_PROTOCOL:-0}" = 1 ]; then "$PY" benchmarks/bench_protocol.py --out "$OUT/bench_protocol.md" 2>&1 | tee "$OUT/bench_protocol.txt"; fi  # CUB-size protocol check, about 16 min on 2 CPUs: opt in
 echo "== tables"
 for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline; do
     sed -n '/^### /,$p' "$OUT/$name.txt"

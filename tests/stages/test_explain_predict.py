@@ -22,7 +22,7 @@ from niwt.data.images import make_loader
 from niwt.data.tables import read_classes, read_splits
 from niwt.evaluation.gzsl import load_methods, score_methods
 from niwt.io.atomic import write_json
-from niwt.models.checkpoint import load_checkpoint
+from niwt.models.checkpoint import load_checkpoint, save_checkpoint
 from niwt.models.training import predict
 from niwt.stages import evaluate, extract, finetune, finetune_validation, fit_mapping, inject, prepare, validate
 
@@ -277,6 +277,22 @@ def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:
     requirements = (local / "requirements.txt").read_text().split()
     assert not [r for r in requirements if r.split("=")[0] == "niwt"]
     assert any(r.startswith("torch==") for r in requirements)
+    # the same weights again (a rerun that changed no weight) register nothing; new weights do
+    copy = project / "niwt_copy.pt"
+    save_checkpoint(copy, model, meta.replace(metrics={**meta.metrics, "rerun": 1.0}))  # other metadata
+    capsys.readouterr()
+    assert cli.main(["register", "--model", str(copy), "--name", "niwt-roundtrip"]) == 0
+    assert "has the weights of models:/niwt-roundtrip/1 (models:/niwt-roundtrip@champion): no new version" \
+        in capsys.readouterr().out
+    client = mlflow.MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name = 'niwt-roundtrip'")] == ["1"]
+    with torch.no_grad():
+        model.classifier.weight[-1, 0] += 1e-3
+    save_checkpoint(copy, model, meta)
+    assert cli.main(["register", "--model", str(copy), "--name", "niwt-roundtrip"]) == 0
+    assert "registered" in capsys.readouterr().out
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'niwt-roundtrip'")) == ["1", "2"]
+    assert str(client.get_model_version_by_alias("niwt-roundtrip", "champion").version) == "2"
 
 
 def _b64(path: str) -> str:

@@ -38,10 +38,14 @@ def command(args: argparse.Namespace) -> int:
     try:
         experiment = load_params(args.params).tracking.experiment
         with tracking.stage_run("register", experiment, {"model": str(args.model), "name": args.name}):
-            mv = register_model(args.model, args.name, tracking.tracking_uri(), experiment, alias=args.alias)
+            mv, created = register_model(args.model, args.name, tracking.tracking_uri(), experiment, alias=args.alias)
     except (ModelError, ParamsError, FileNotFoundError) as err:
         print(f"niwt register: error: {err}", file=sys.stderr)
         return 2
     alias = f" (models:/{mv.name}@{args.alias})" if args.alias else ""
-    print(f"niwt register: registered {args.model} as models:/{mv.name}/{mv.version}{alias}", flush=True)
+    if created:
+        print(f"niwt register: registered {args.model} as models:/{mv.name}/{mv.version}{alias}", flush=True)
+    else:
+        print(f"niwt register: {args.model} has the weights of models:/{mv.name}/{mv.version}{alias}: "
+              "no new version", flush=True)
     return 0

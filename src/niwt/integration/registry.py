@@ -135,9 +135,37 @@ def signature():
 REQUIREMENTS = ("torchvision", "pillow", "numpy", "pandas", "pyyaml", "tqdm")
 
 
+WEIGHTS_TAG = "niwt.weights_sha256"  # model-version tag: the digest of what the model predicts with
+
+
+def weights_digest(model: Any, class_names: tuple[str, ...] | list[str], n_seen: int) -> str:
+    """sha256 of what the model predicts with: every tensor of its state_dict (name, dtype, shape,
+    bytes, in state_dict order), its class names and how many are seen. Not the file's bytes: those
+    also change with the metadata record (training metrics, timings) when the weights do not."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(json.dumps({"classes": list(class_names), "n_seen": int(n_seen)}).encode())
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 included
+    return digest.hexdigest()
+
+
+def version_holding(client: Any, name: str, digest: str) -> Any | None:
+    """The newest version of registered model ``name`` tagged with ``digest`` (None: none is)."""
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    found = [mv for mv in client.search_model_versions(f"name = '{escaped}'") if mv.tags.get(WEIGHTS_TAG) == digest]
+    return max(found, key=lambda mv: int(mv.version)) if found else None
+
+
 def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None = None, experiment: str = "niwt",
                    alias: str = ""):
-    """Log ``checkpoint`` as a pyfunc model and register it as a new version of ``name``.
+    """Log ``checkpoint`` as a pyfunc model and register it as a new version of ``name`` when its
+    weights are new: a version already tagged with the same :func:`weights_digest` is returned as
+    it is (its alias moved to it), so a rerun that changed no weight registers nothing.
 
     Logs into the active MLflow run when there is one, else in a run of its own named
     ``register`` in ``experiment`` (created when missing).
@@ -149,7 +177,8 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
         alias: set on the new version (``champion``: ``models:/<name>@champion`` then loads it).
 
     Returns:
-        The :class:`mlflow.entities.model_registry.ModelVersion` created.
+        (the :class:`mlflow.entities.model_registry.ModelVersion` holding these weights, whether it
+        was created now).
     """
     import mlflow
     import torch
@@ -158,8 +187,15 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
 
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
-    _, meta = load_checkpoint(checkpoint)  # fail here, not at serving time, on a bad checkpoint
+    model, meta = load_checkpoint(checkpoint)  # fail here, not at serving time, on a bad checkpoint
     n_seen = int(meta.n_seen)
+    client = mlflow.MlflowClient()
+    digest = weights_digest(model, meta.class_names, n_seen)
+    existing = version_holding(client, name, digest)
+    if existing is not None:
+        if alias:
+            client.set_registered_model_alias(name, alias, existing.version)
+        return existing, False
     classes = [{"class_id": i, "name": n, "unseen": i >= n_seen} for i, n in enumerate(meta.class_names)]
     with tempfile.TemporaryDirectory() as tmp:
         classes_json = Path(tmp) / "classes.json"
@@ -185,10 +221,10 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
         finally:
             if own_run:
                 mlflow.end_run()
-    client = mlflow.MlflowClient()
     version = info.registered_model_version
     mv = client.get_model_version(name, str(version))
     client.set_model_version_tag(name, mv.version, "niwt.source_run", run.info.run_id)
+    client.set_model_version_tag(name, mv.version, WEIGHTS_TAG, digest)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
-    return mv
+    return client.get_model_version(name, mv.version), True
