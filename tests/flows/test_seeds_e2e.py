@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -64,6 +65,13 @@ def test_seeds_runs_each_seed_as_an_experiment_and_tabulates(tmp_path: Path) -> 
         params = exp["data"]["params"]["params.yaml"]["data"]
         assert params["base"]["seed"] == int(r["seed"]) and params["explain"]["top_attributes"] == 3
         assert exp["data"]["metrics"][f"metrics/gzsl/{r['method']}.json"]["data"]["H"] == float(r["H"])
+    # the README's `dvc exp show` recipe gives the columns it promises (DVC matches --keep from the
+    # start of the full column name, metrics/gzsl/<method>.json:<metric> where names repeat)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    recipe = next(line for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
+    argv = shlex.split(recipe.split("  #")[0])[1:]
+    header = next(csv.reader(dvc([*argv, "--csv"], project).stdout.splitlines()))
+    assert header == ["Experiment", "metrics/gzsl/niwt.json:H", "metrics/gzsl/niwt.json:cal_H", "inject.lambda"]
     # the workspace is as it was: the experiments ran in temp copies
     assert (project / "params.yaml").read_text() == params_before
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], project).stdout == ""
