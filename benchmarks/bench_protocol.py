@@ -279,7 +279,8 @@ def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[
               f"- params: the repository's params.yaml with {_overrides_text(args)}",
               ""]
     lines += ["| method | chosen by | val H | test H | test cal_H | test AUSUC | oracle cal_H | chosen setting "
-              "(cal. gamma) | oracle setting | oracle settings tried (in validate's grid) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "(cal. gamma) | oracle setting | oracle settings tried (in validate's grid) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     fails, checks, agree = 0, [], []
     for method in [m for m in METHODS if m in validation["choices"]]:
         headline = read_json(root / "metrics" / "gzsl" / f"{method}.json")
