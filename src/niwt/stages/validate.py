@@ -3,17 +3,16 @@
 The validation backbone (``finetune_validation``) never saw its validation classes. On it the whole
 chain is rebuilt from the functions the stages themselves call: importances of its training images
 (:func:`~niwt.importance.extraction.importances_for`, as ``extract``), the forward map
-(:func:`~niwt.mapping.linear.fit_snapshots`, through which ``fit_mapping`` fits it: one run per
-(lr, weight decay) candidate, snapshots at each of ``mapping.candidate_epochs``), and each method's
-rows for the validation
-classes (:func:`~niwt.injection.methods.build_classifier`, as ``inject``), for every candidate
-setting of the method (:func:`~niwt.injection.methods.candidates`). Each setting is scored on the
-validation GZSL problem (val images of the backbone's classes, train+val images of the validation
-classes: never a test image) by each method's criterion (``validate.criterion``; ``auto``: the way the
-method is used, :func:`_criterion`, with the flat-criterion fallback of
-:func:`niwt.evaluation.selection.choose`); then, for the best setting of each method, the
-calibration gamma that maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and ``evaluate``, with
-the whole grid.
+(:func:`~niwt.mapping.linear.fit_snapshots`, through which ``fit_mapping`` fits it; its lr, weight
+decay and epochs chosen where the held-out-seen trace of each candidate peaks, :func:`_map_traces`),
+and each method's rows for the validation classes (:func:`~niwt.injection.methods.build_classifier`,
+as ``inject``), for every candidate setting of the method (:func:`~niwt.injection.methods.candidates`).
+Each setting is scored on the validation GZSL problem (val images of the backbone's classes,
+train+val images of the validation classes: never a test image) by each method's criterion
+(``validate.criterion``; ``auto``: the way the method is used, :func:`_criterion`, with the
+flat-criterion fallback of :func:`niwt.evaluation.selection.choose`); then, for the best setting of
+each method, the calibration gamma that maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and
+``evaluate``, with the whole grid and every map trace.
 """
 
 from __future__ import annotations
