@@ -138,6 +138,13 @@ def test_file_errors(tmp_path: Path) -> None:
     ({"inject": {"batch_size": 0}}, r"inject\.batch_size must be positive"),
     ({"mapping": {"epochs": -1}}, r"mapping\.epochs must be positive"),
     ({"inject": {"methods": ["niwt", "foo", "bar"]}}, r"inject\.methods: unknown \['bar', 'foo'\]"),
+    # steps and penalties that train to NaN weights, refused before any work
+    ({"finetune": {"lr_full": -1.0}}, r"p\.yaml: finetune\.lr_full must be between 1e-12 and 1000, got -1\.0"),
+    ({"finetune": {"lr": 0.0}}, r"finetune\.lr must be between 1e-12 and 1000, got 0\.0"),
+    ({"finetune": {"lr_full": 1e30}}, r"finetune\.lr_full must be between 1e-12 and 1000, got 1e\+30"),
+    ({"finetune": {"weight_decay": -1.0}}, r"finetune\.weight_decay must be between 0 and 1000, got -1\.0"),
+    ({"finetune": {"label_smoothing": 5.0}}, r"finetune\.label_smoothing must be between 0 and 1, got 5\.0"),
+    ({"inject": {"min_improvement": -0.5}}, r"inject\.min_improvement must be between 0 and 1, got -0\.5"),
 ])
 def test_range_checks(raw: dict, pattern: str) -> None:
     with pytest.raises(ParamsError, match=pattern):

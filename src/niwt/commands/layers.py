@@ -67,10 +67,13 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
 
 def command(args: argparse.Namespace) -> int:
     """``niwt layers``; returns the exit status."""
+    from niwt.config.bounds import check_image_size
     from niwt.errors import InputError
     from niwt.models.checkpoint import load_checkpoint
 
     try:
+        if args.image_size is not None:
+            check_image_size(args.image_size)
         if args.model is not None:
             model, meta = load_checkpoint(args.model)
             arch, size = meta.arch, args.image_size or meta.image_size

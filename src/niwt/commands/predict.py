@@ -52,8 +52,10 @@ def _plain(args: argparse.Namespace, classes):
 
 def command(args: argparse.Namespace) -> int:
     """``niwt predict``; returns the exit status."""
+    from niwt.config.bounds import check_image_size
     from niwt.data.raw import DatasetError
     from niwt.data.tables import read_classes
+    from niwt.errors import InputError
     from niwt.explain.predict import format_prediction, predict_images
     from niwt.mapping.store import load_map
     from niwt.models.checkpoint import check_classes, load_checkpoint
@@ -61,6 +63,10 @@ def command(args: argparse.Namespace) -> int:
     from niwt.models.training import resolve_device
 
     try:
+        if args.arch is not None:
+            check_image_size(args.image_size)
+        if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
+            raise ModelError(f"--explain {args.explain}: exists and is not a directory")
         classes = read_classes(args.data / "classes.parquet") if (args.data / "classes.parquet").is_file() else None
         if args.arch is None:
             model, meta = load_checkpoint(args.model, resolve_device(args.device))
@@ -82,10 +88,13 @@ def command(args: argparse.Namespace) -> int:
                 print(f"niwt predict: note: {args.inverse_map} was fit on other attributes or another layer, "
                       "no textual explanation (rerun `dvc repro fit_mapping`)", file=sys.stderr)
                 inverse = None
-            args.explain.mkdir(parents=True, exist_ok=True)
+            try:
+                args.explain.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ModelError(f"--explain {args.explain}: cannot create it ({err.strerror or err})") from None
         preds = predict_images(model, meta, args.images, top_k=args.top_k, explain_dir=args.explain,
                                classes=classes, inverse=inverse, target=args.target)
-    except (ModelError, DatasetError, FileNotFoundError, ValueError) as err:
+    except (ModelError, DatasetError, FileNotFoundError, ValueError, InputError) as err:
         print(f"niwt predict: error: {err}", file=sys.stderr)
         return 2
     for pred in preds:

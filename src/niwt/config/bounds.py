@@ -35,6 +35,16 @@ UPPER_BOUNDS: dict[str, tuple[int, int]] = {
     "explain.top_attributes": (0, 100_000),
 }
 
+# Real-valued knobs: (low, high), inclusive; NaN is outside every range. A negative learning rate or
+# weight decay, or a step of 1e30, trains to NaN weights and every later stage would report on them.
+FLOAT_RANGES: dict[str, tuple[float, float]] = {
+    "finetune.lr": (1e-12, 1e3),
+    "finetune.lr_full": (1e-12, 1e3),
+    "finetune.weight_decay": (0.0, 1e3),
+    "finetune.label_smoothing": (0.0, 1.0),
+    "inject.min_improvement": (0.0, 1.0),
+}
+
 
 def check_bounds(p: Params, source: str) -> None:
     """Value checks that types cannot express, all problems in one error naming ``source``."""
@@ -67,6 +77,11 @@ def check_bounds(p: Params, source: str) -> None:
                                                                                       middle[0]), key)
         if value > high or value < low:
             problems.append(f"{name} must be between {low} and {high} (a real run never needs more), got {value}")
+    for name, (low, high) in FLOAT_RANGES.items():
+        section, key = name.split(".")
+        value = getattr(getattr(p, section), key)
+        if not low <= value <= high:
+            problems.append(f"{name} must be between {low:g} and {high:g}, got {value}")
     if p.model.arch not in ARCHS:
         import torchvision  # only for other architectures: reading the default params stays cheap
 
@@ -121,3 +136,11 @@ def _grid_problems(p: Params) -> list[str]:
         problems.append(f"mapping.candidate_epochs: each must be between 1 and mapping.epochs = {p.mapping.epochs}, "
                         f"got {bad}")
     return problems
+
+
+def check_image_size(size: int, flag: str = "--image-size") -> None:
+    """A command-line image side within ``model.image_size``'s bounds (a side of 100,000 px would
+    ask for terabytes), as one :class:`ParamsError` naming ``flag``."""
+    low, high = UPPER_BOUNDS["model.image_size"]
+    if not low <= size <= high:
+        raise ParamsError(f"{flag} must be between {low} and {high}, got {size}")

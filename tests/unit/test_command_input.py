@@ -1,0 +1,37 @@
+"""The helper commands (``niwt layers``, ``niwt predict``) refuse impossible input in one line, exit 2,
+before building a network or reading an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from niwt.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [100_000, -5, 8])
+def test_layers_image_size_out_of_bounds_is_one_line(size: int, capsys: pytest.CaptureFixture) -> None:
+    rc, err = _run(capsys, "layers", "--image-size", size)
+    assert rc == 2 and err == f"niwt layers: error: --image-size must be between 16 and 2048, got {size}\n"
+
+
+def test_predict_image_size_out_of_bounds_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc, err = _run(capsys, "predict", tmp_path / "a.jpg", "--model", tmp_path / "m.pth", "--arch", "smallcnn",
+                   "--image-size", 16_000_000)
+    assert rc == 2 and err == "niwt predict: error: --image-size must be between 16 and 2048, got 16000000\n"
+
+
+def test_predict_explain_into_a_file_is_one_line_and_touches_it(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    target = tmp_path / "passwd"
+    target.write_text("root:x:0:0\n")
+    rc, err = _run(capsys, "predict", tmp_path / "a.jpg", "--model", tmp_path / "m.pt", "--explain", target)
+    assert rc == 2 and err == f"niwt predict: error: --explain {target}: exists and is not a directory\n"
+    assert target.read_text() == "root:x:0:0\n"
