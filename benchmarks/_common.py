@@ -137,7 +137,7 @@ def load_model(device: torch.device, use_checkpoint: bool = True):
     if use_checkpoint and CHECKPOINT.is_file():
         model, meta = load_checkpoint(CHECKPOINT, device)
         layer = load_params(REPO / "params.yaml").extract.layer  # the finetuned checkpoint carries no layer
-        return model, layer, meta["image_size"], f"{CHECKPOINT.relative_to(REPO)} ({meta['arch']})"
+        return model, layer, meta.image_size, f"{CHECKPOINT.relative_to(REPO)} ({meta.arch})"
     torch.manual_seed(0)
     model = small_cnn(40, width=32, hidden=256, image_size=64).to(device).eval()
     return model, "body.block4", 64, "random-init small_cnn(40, width 32, hidden 256, 64 px)"

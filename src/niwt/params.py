@@ -34,8 +34,9 @@ class SyntheticParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    name: Literal["synthetic", "awa2", "cub", "sun", "folder"] = "synthetic"
+    name: Literal["synthetic", "awa2", "cub", "sun", "folder", "xlsa17"] = "synthetic"
     root: str = "data/raw"
+    dataset: Literal["AWA2", "CUB", "SUN", "AWA1", "APY", "FLO"] = "CUB"  # data.name xlsa17: which features
     download: bool = False
     domain: Literal["attributes", "attributes_binary", "sentences", "text"] = "attributes"
     val_fraction: float = 0.1

@@ -21,8 +21,8 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    # Reads where the raw data is (data.name, data.root: owned by prepare) to fingerprint it.
-    Stage("fingerprint", ("data.name", "data.root"),
+    # Reads where the raw data is (data.name, data.root, data.dataset: owned by prepare) to fingerprint it.
+    Stage("fingerprint", ("data.name", "data.root", "data.dataset"),
           "fingerprint the raw dataset (file list, sizes, mtimes) so that editing it reruns prepare",
           tracked=False),
     Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),

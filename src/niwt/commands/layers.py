@@ -20,6 +20,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="smallcnn or a torchvision classification model, e.g. resnet18 (default: %(default)s)")
     sp.add_argument("--image-size", type=int, default=None,
                     help="input side in pixels (default: 64 for smallcnn, else 224)")
+    sp.add_argument("--features", type=int, default=2048,
+                    help="mlp: the width of the feature vectors it reads (default: %(default)s, xlsa17's ResNet-101)")
     sp.add_argument("--model", type=Path, help="a niwt checkpoint (models/finetuned.pt) instead of --arch")
     sp.add_argument("--depth", type=int, default=2, help="module depth listed for torchvision models (default: 2)")
     sp.add_argument("--all", action="store_true", help="also list modules that cannot be importance layers")
@@ -30,7 +32,7 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
     import torch
 
     from niwt.models.graph import nonlinearity_after
-    from niwt.models.networks import ModelError, importance_layers, split_at
+    from niwt.models.networks import ModelError, example_input, importance_layers, split_at
 
     model.eval()
     names = importance_layers(model, max_depth=depth)
@@ -41,7 +43,7 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
         for n in names]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
+            model(example_input(model, 1, image_size))
     finally:
         for h in handles:
             h.remove()
@@ -50,7 +52,7 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
         row = {"layer": name, "shape": shapes[name][-1] if shapes[name] else (), "nonlinearity": None, "status": ""}
         if len(shapes[name]) != 1:
             row["status"] = "not usable: runs more than once" if shapes[name] else "not usable: never runs"
-        elif len(row["shape"]) != 3:
+        elif len(row["shape"]) != (1 if getattr(model, "in_features", None) else 3):
             row["status"] = "not usable: no spatial map"
         else:
             try:
@@ -82,13 +84,16 @@ def command(args: argparse.Namespace) -> int:
 
             arch = args.arch
             size = args.image_size or (64 if arch == "smallcnn" else 224)
-            model = build_model(arch, 10, image_size=size)
+            if args.features < 1:
+                raise InputError(f"--features {args.features}: the feature width must be at least 1")
+            model = build_model(arch, 10, image_size=size, in_features=args.features if arch == "mlp" else None)
         rows = layer_table(model, size, args.depth, args.all)
     except (InputError, FileNotFoundError) as err:
         print(f"niwt layers: error: {err}", file=sys.stderr)
         return 2
     width = max([len(r["layer"]) for r in rows] + [5])
-    print(f"{arch} at {size}x{size}: candidate importance layers (extract.layer), output shape per image, "
+    shown = f"{model.in_features}-d features" if getattr(model, "in_features", None) else f"{size}x{size}"
+    print(f"{arch} at {shown}: candidate importance layers (extract.layer), output shape per input, "
           "and the first nonlinearity between the layer and the classifier")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "-"

@@ -59,7 +59,7 @@ def command(args: argparse.Namespace) -> int:
     from niwt.explain.predict import format_prediction, predict_images
     from niwt.mapping.store import load_map
     from niwt.models.checkpoint import check_classes, load_checkpoint
-    from niwt.models.networks import ModelError
+    from niwt.models.networks import ModelError, takes_features
     from niwt.models.training import resolve_device
 
     try:
@@ -77,6 +77,9 @@ def command(args: argparse.Namespace) -> int:
             model = model.to(resolve_device(args.device)).eval()
         if classes is not None:
             check_classes(meta, classes.names, args.model)
+        if takes_features(model):
+            raise ModelError(f"{args.model}: this network reads precomputed feature vectors ({meta.arch}, "
+                             f"{model.in_features}-d, data.name: xlsa17), not images; predict classifies image files")
         inverse = None
         if args.explain is not None:
             inverse = load_map(args.inverse_map, "inverse map", heldout=False) if args.inverse_map.is_file() else None

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from niwt.data.features import feature_store, input_files, is_feature_table
 from niwt.data.raw import DatasetError
 
 
@@ -125,7 +126,8 @@ def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, tr
     """A deterministic DataLoader (seeded shuffling; no shuffling for evaluation).
 
     With ``cache`` (:func:`niwt.data.cache.open_cache`) the images come from the decoded-image cache
-    instead of their files, with the same transforms (the same tensors below 128 px). Pinned memory
+    instead of their files, with the same transforms (the same tensors below 128 px); feature rows
+    (:mod:`niwt.data.features`) come from their memory map, untransformed. Pinned memory
     when CUDA is there (``pin_memory`` None), and with worker processes, persistent workers that
     each prefetch 4 batches.
     """
@@ -135,6 +137,8 @@ def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, tr
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     extra = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
+    if cache is None and is_feature_table(paths):  # precomputed features (data.name: xlsa17)
+        cache = feature_store(paths)
     if cache is None:
         dataset, collate = ImageTable(paths, labels, transform), None
     else:
@@ -178,7 +182,8 @@ def check_images_exist(paths: Sequence[str], image_ids: Sequence[int], source: s
 
     Only existence is checked here (cheap); ``prepare`` fully decodes every image once.
     """
-    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    files = input_files(paths)  # a feature row (data.name: xlsa17) needs its features file
+    missing = [i for i, p in enumerate(files) if not os.path.isfile(p)]
     if missing:
         examples = "; ".join(f"image_id {int(image_ids[i])}: {paths[i]}" for i in missing[:5])
         raise DatasetError(f"{source}: {len(missing)} of {len(paths)} image files named there are missing, "

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from niwt.data.features import row_path
 from niwt.data.raw import DatasetError, RawDataset
 
 ATT_SPLITS = "att_splits.mat"
@@ -509,3 +510,104 @@ def apply_xlsa17(raw: RawDataset, xlsa_dir: Path, marker: str | None = None) -> 
                       validation=_validation_classes(_with_val_loc(splits, folder, labels.size), labels))
     _check_exist(out.image_paths, f"{raw.name}")
     return out
+
+
+# ------------------------------------------------------------------------- features (data.name: xlsa17)
+#
+# Most generalized zero-shot work since 2017 reports on the ImageNet ResNet-101 features of this
+# archive, not on images: ``data.name: xlsa17`` reads ``<data.root>/<DATASET>/res101.mat`` and
+# ``att_splits.mat`` as a dataset, keeping the proposed split exactly (the ``allclasses_names`` order,
+# the ``val_loc`` classes for the validation protocol); ``prepare`` writes the features as rows of
+# ``features.npy`` (:mod:`niwt.data.features`).
+
+# xlsa17's datasets (their folder names in the archive)
+DATASETS = ("AWA2", "CUB", "SUN", "AWA1", "APY", "FLO")
+ARCHIVE_URL = "http://datasets.d2.mpi-inf.mpg.de/xian/xlsa17.zip"
+
+
+def features_dir(root: Path, dataset: str) -> Path:
+    """Where ``<DATASET>/res101.mat`` lives: ``<data.root>/<DATASET>`` (``data.root`` is the archive's
+    ``xlsa17/data``), else ``<data.root>/xlsa17/data/<DATASET>`` (where ``data.download`` unpacks it)."""
+    direct = Path(root) / dataset
+    nested = Path(root) / "xlsa17" / "data" / dataset
+    return nested if not direct.is_dir() and nested.is_dir() else direct
+
+
+def check_dataset_name(dataset: str) -> None:
+    """``data.dataset`` must be one of xlsa17's datasets (a name, never a path)."""
+    if dataset not in DATASETS:
+        raise DatasetError(f"data.dataset {dataset!r}: not an xlsa17 dataset; valid: {', '.join(DATASETS)}")
+
+
+def _feature_matrix(raw: np.ndarray, path: Path, n_images: int) -> np.ndarray:
+    """``features`` (D x N in the archive) as a finite (N, D) float32 array."""
+    arr = np.asarray(raw)
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise DatasetError(f"{path}: 'features' has shape {arr.shape} ({arr.dtype}); expected a numeric "
+                           f"(feature_dim, {n_images}) matrix, one column per image")
+    if arr.shape[1] != n_images:
+        if arr.shape[0] == n_images:  # some re-exports store it N x D
+            arr = arr.T
+        else:
+            raise DatasetError(f"{path}: 'features' has shape {arr.shape} but there are {n_images} images "
+                               "(labels, image_files); expected (feature_dim, N)")
+    out = np.ascontiguousarray(arr.T, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(1))
+        raise DatasetError(f"{path}: 'features' has NaN or infinite values in {rows.size} images (e.g. image "
+                           f"{rows[0] + 1}, 1-based as in the file)")
+    return out
+
+
+def load_features(folder: Path, dataset: str) -> tuple[RawDataset, np.ndarray]:
+    """Read one xlsa17 dataset's ``res101.mat`` and ``att_splits.mat`` (and CUB's ``sent_splits.mat``).
+
+    Returns:
+        the dataset (``image_paths`` are feature rows, ``row_path(j)`` for the j-th image of
+        ``res101.mat``; ``image_splits`` the proposed split; ``attributes`` the raw ``original_att``,
+        ``sentences`` CUB's sentence embeddings), and the (N, D) float32 features.
+
+    Raises:
+        DatasetError: a missing file or key, a v7.3 (HDF5) file, labels out of range or not matching
+            the split, NaN features, N of ``features`` not matching the image list; it names the file.
+    """
+    check_dataset_name(dataset)
+    folder = Path(folder)
+    res_path, att_path = folder / RES101, folder / ATT_SPLITS
+    missing = [p for p in (res_path, att_path) if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{missing[0]}: not found: xlsa17's {dataset} features and split; get {ARCHIVE_URL} "
+                           f"(879 MB) and set data.root to its xlsa17/data folder (holding {dataset}/{RES101})")
+    mat = loadmat(res_path, variable_names=["features", "labels", "image_files"])
+    raw_labels = np.asarray(require(mat, "labels", res_path))
+    if raw_labels.dtype.kind not in "iuf" or (raw_labels.size and not np.all(raw_labels == np.round(raw_labels))):
+        raise DatasetError(f"{res_path}: 'labels' is not an integer vector ({raw_labels.dtype})")
+    labels = raw_labels.ravel().astype(np.int64) - 1
+    files = cellstr(require(mat, "image_files", res_path), res_path, "image_files") if "image_files" in mat else None
+    if files is not None and len(files) != labels.size:
+        raise DatasetError(f"{res_path}: {len(files)} image_files but {labels.size} labels")
+    if labels.size == 0 or labels.min() < 0:
+        raise DatasetError(f"{res_path}: 'labels' must be 1-based class indices (found "
+                           f"{labels.min() + 1 if labels.size else 'none'})")
+    features = _feature_matrix(require(mat, "features", res_path), res_path, labels.size)
+    del mat
+    splits = load_att_splits(att_path, labels=labels)  # labels in range, locs cover 1..N, seen/unseen
+    sentences = None
+    if (folder / SENT_SPLITS).is_file():
+        sent = load_sent_splits(folder / SENT_SPLITS, n_images=labels.size)
+        if sent.class_names != splits.class_names:
+            raise DatasetError(f"{folder / SENT_SPLITS}: its allclasses_names differ from {att_path}'s")
+        sentences = sent.att
+    split_of = np.empty(labels.size, dtype=object)
+    for name, loc in splits.locs.items():
+        split_of[loc] = name
+    attributes = splits.original_att if splits.original_att is not None else splits.att
+    raw = RawDataset(
+        name=f"xlsa17/{dataset}", class_names=list(splits.class_names), unseen=list(splits.unseen or []),
+        attribute_names=[f"att_{i}" for i in range(attributes.shape[1])],
+        attributes=np.maximum(attributes, 0).astype(np.float32),  # AWA2's -1 marks "unknown": 0, as the loaders
+        image_paths=[row_path(j) for j in range(labels.size)], image_labels=labels,
+        image_splits=[str(s) for s in split_of], sentences=sentences,
+        validation=_validation_classes(_with_val_loc(splits, folder, labels.size), labels))
+    return raw, features

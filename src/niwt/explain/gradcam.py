@@ -50,7 +50,9 @@ def gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.T
     Args:
         model: the network; put in eval mode for the call (restored afterwards).
         layer: dotted importance layer (``meta.layer`` of a checkpoint).
-        images: (B, 3, H, W) normalised images.
+        images: (B, 3, H, W) normalised images, or (B, D) feature vectors for a network over
+            precomputed features: Grad-CAM is not defined there, ``cam`` and ``raw`` are then (B, 0, 0)
+            and only the importances and logits are returned.
         targets: (B,) class indices, one int for all images, or None for the predicted class.
             Any class of the classifier works, injected unseen classes included.
         pooling: reduction of the returned ``importance`` (``sum``: NIWT's alpha, ``mean``: Grad-CAM's).
@@ -66,6 +68,9 @@ def gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.T
     finally:
         model.train(was_training)
     act = act.detach()
+    if act.ndim == 2 and images.ndim == 2:  # a network over feature vectors: importances, no heat map
+        empty = torch.zeros(len(images), 0, 0)
+        return GradCam(empty, empty, pool(grad, pooling).float().cpu(), logits.detach().float().cpu(), targets.cpu())
     if act.ndim != 4:
         raise ValueError(f"Grad-CAM needs a spatial (B, K, h, w) layer; {layer!r} gives {tuple(act.shape)}")
     weights = grad.mean((2, 3))  # Grad-CAM's global-average-pooled gradients

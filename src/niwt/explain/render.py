@@ -45,7 +45,7 @@ class ReportData:
     rows: list[dict]  # survey.explanation_rows
     agreement: Agreement
     measured: dict[str, float]  # survey.ground_truth_metrics
-    overview: str  # the overview figure, relative to the report
+    overview: str | None  # the overview figure, relative to the report (None: features, no Grad-CAM)
     figures: list[tuple[str, str]]  # evaluate's plots next to the report: (relative path, caption)
     comparison: dict[str, dict[str, float]] | None  # evaluate's numbers per method
     per_class: tuple[list[str], dict[str, dict[str, float]]] | None  # tables.read_per_class_csv
@@ -190,6 +190,11 @@ def _results_blocks(d: ReportData) -> list[rp.Block]:
 
 
 def _gradcam_blocks(d: ReportData) -> list[rp.Block]:
+    if d.overview is None:
+        return [rp.h2("Where the model looks"),
+                rp.para("Not shown: the network reads precomputed feature vectors (data.name: xlsa17), which have no "
+                        "pixels, so Grad-CAM is not defined. The textual explanations below are: they need only the "
+                        f"importances at `{d.meta.layer}`.")]
     return [rp.h2("Where the model looks: unseen test images"),
             rp.para(f"{len(d.rows)} unseen-test images ({d.images_per_class} per unseen class, "
                     "seeded sample). Each overlay is the Grad-CAM of the class the model predicts, at the importance "

@@ -121,7 +121,8 @@ def explain_images(model: torch.nn.Module, meta: CheckpointMeta, classes: ClassT
             cosine.append(float(torch.nn.functional.cosine_similarity(pred_dom[i], dom[c], dim=0)))
             overlap.append(len(set(top[i].tolist()) & set(class_top[c].tolist())) / k)
             correct.append(c == int(y[i]))
-            explained.append(Explained(to_rgb(images[i]), cam.cam[i].numpy(), classes.names[int(y[i])],
+            rgb = to_rgb(images[i]) if images.ndim == 4 else np.zeros((0, 0, 3))  # features: no pixels
+            explained.append(Explained(rgb, cam.cam[i].numpy(), classes.names[int(y[i])],
                                        classes.names[c], float(probs[i, c]), c >= classes.n_seen,
                                        [attr[j] for j in shown[i].tolist()]))
     agreement = Agreement(np.array(cosine), np.array(overlap), np.array(correct),

@@ -73,7 +73,7 @@ def prepare_for_extraction(model: nn.Module, channels_last: bool = False) -> nn.
 
 def to_model_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """``images`` in the memory format :func:`prepare_for_extraction` gave the model."""
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.ndim == 4 else images
 
 
 def pool(grad: torch.Tensor, pooling: Pooling) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from niwt.errors import InputError
 from niwt.importance.capture import LayerCapture, batch_importance
 from niwt.models.graph import nonlinearity_after
-from niwt.models.networks import ModelError, NiwtNet, canonical_layer, split_at
+from niwt.models.networks import ModelError, NiwtNet, canonical_layer, example_input, split_at, takes_features
 
 
 class DegenerateLayerError(InputError):
@@ -54,7 +54,7 @@ def by_value(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    x = torch.randn(n_images, 3, image_size, image_size, generator=gen).to(device)
+    x = example_input(model, n_images, image_size, gen).to(device)
     n_classes = model.classifier.out_features
     same = torch.zeros(n_images, dtype=torch.long, device=device)
     cycled = torch.arange(n_images, device=device) % n_classes
@@ -108,7 +108,10 @@ def check_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum
         ModelError: the layer's output is not a (C, H, W) map.
     """
     verdict = inspect_layer(model, layer, image_size, pooling)
-    if len(verdict.shape) != 3:
+    if takes_features(model) and len(verdict.shape) != 1:
+        raise ModelError(f"importance layer {verdict.layer!r} outputs shape {list(verdict.shape)} per input; in a "
+                         "network over feature vectors it must be a hidden layer (a vector of neurons)")
+    if not takes_features(model) and len(verdict.shape) != 3:
         raise ModelError(f"importance layer {verdict.layer!r} outputs shape {list(verdict.shape)} per image; an "
                          "importance layer must output channels x height x width (a convolutional feature map)")
     if verdict.degenerate and not allow:

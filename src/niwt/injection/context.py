@@ -145,17 +145,24 @@ def pool_folder_images(pool: str) -> list[str]:
 
 
 def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, splits: SplitTable, image_size: int,
-                     device: torch.device, images: ImageSource | None = None, batch_size: int = 128) -> torch.Tensor:
+                     device: torch.device, images: ImageSource | None = None, batch_size: int = 128,
+                     in_features: int | None = None) -> torch.Tensor:
     """Layer activations of the image pool, computed once (the trunk is never rerun).
 
     ``train``: ``inject.pool_size`` seen training images (seeded); ``noise``: Gaussian images,
     the original's image-free fallback; a folder: ``pool_size`` of its images (seeded), like the
     original's random natural images (any unlabelled images; never the unseen test images).
+    ``in_features``: the network reads feature vectors of this width (xlsa17), not images: noise is
+    Gaussian vectors, and a folder of images has nothing to feed it.
     """
     n = cfg.pool_size
     gen = torch.Generator().manual_seed(seed)
+    if in_features and cfg.pool not in ("train", "noise"):
+        raise InputError(f"inject.pool: {cfg.pool!r} is a folder of images, but the network reads precomputed "
+                         "features (data.name: xlsa17); use train or noise")
     if cfg.pool == "noise":
-        batches = torch.randn(n, 3, image_size, image_size, generator=gen).split(batch_size)
+        shape = (n, in_features) if in_features else (n, 3, image_size, image_size)
+        batches = torch.randn(*shape, generator=gen).split(batch_size)
     else:
         if cfg.pool == "train":
             train = splits.select("train")

@@ -54,7 +54,7 @@ def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batc
     Memory: the result holds P*C*D floats.
 
     Args:
-        acts: (P, C, H, W)
+        acts: (P, C, H, W), or (P, C) for a vector layer
 
     Returns:
         (P, C, D)
@@ -66,7 +66,7 @@ def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batc
         for part in acts.split(batch):
             # (C, B, C, H, W) one-hot channel tangents as an expanded view: no copy until used
             eye = torch.eye(c, dtype=part.dtype, device=part.device) * scale
-            tangents = eye[:, None, :, None, None].expand(c, *part.shape)
+            tangents = eye.view(c, 1, c, *[1] * (part.ndim - 2)).expand(c, *part.shape)
             chunk = max(1, min(c, max_elements // part.numel()))
             cols = torch.func.vmap(lambda t, p=part: torch.func.jvp(head, (p,), (t,))[1],
                                    chunk_size=chunk)(tangents)  # (C, B, D)
@@ -181,12 +181,17 @@ def _ones_response(pools: list[nn.Module], spatial: torch.Size) -> torch.Tensor 
 
 
 def _gated_plan(head: nn.Module, acts_shape: torch.Size) -> tuple[list[nn.Module], list[nn.Module]] | None:
-    """Split ``head`` into (poolings, MLP after Flatten) when it has the gated structure."""
+    """Split ``head`` into (poolings, MLP after Flatten) when it has the gated structure; a vector
+    layer (P, C) (a network over features) has no pooling: the head is the MLP itself."""
     leaves = _leaves(head)
-    flat = next((i for i, m in enumerate(leaves) if isinstance(m, nn.Flatten)), None)
-    if flat is None or len(acts_shape) != 4 or (leaves[flat].start_dim, leaves[flat].end_dim) != (1, -1):
-        return None
-    pools, mlp = leaves[:flat], leaves[flat + 1:]
+    if len(acts_shape) == 2:
+        pools, mlp = [], [m for i, m in enumerate(leaves)
+                          if not (isinstance(m, _IDENTITIES) and all(isinstance(x, _IDENTITIES) for x in leaves[:i]))]
+    else:
+        flat = next((i for i, m in enumerate(leaves) if isinstance(m, nn.Flatten)), None)
+        if flat is None or len(acts_shape) != 4 or (leaves[flat].start_dim, leaves[flat].end_dim) != (1, -1):
+            return None
+        pools, mlp = leaves[:flat], leaves[flat + 1:]
     if not all(isinstance(m, _POOLS) for m in pools):
         return None
     allowed = (nn.Linear, nn.ReLU, nn.BatchNorm1d, *_IDENTITIES)
@@ -199,7 +204,7 @@ def _gated_plan(head: nn.Module, acts_shape: torch.Size) -> tuple[list[nn.Module
 
 def gated_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batch: int = 256) -> GatedJacobian | None:
     """The :class:`GatedJacobian` of ``head`` on ``acts`` (P, C, H, W), or None when the head is
-    not pooling -> Flatten -> MLP (then use :func:`channel_jacobian`)."""
+    not pooling -> Flatten -> MLP (then use :func:`channel_jacobian`); on ``acts`` (P, C), an MLP."""
     plan = _gated_plan(head, acts.shape)
     if plan is None:
         return None

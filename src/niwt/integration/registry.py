@@ -13,7 +13,8 @@ Input: a DataFrame with an ``image`` column of base64-encoded image bytes (the s
 schema-checked by ``mlflow``; never a file path: a served model must not read the server's files),
 or a float array/tensor (B, 3, H, W) of images normalised as the ``evaluate`` transform does,
 through ``model.unwrap_python_model().predict(array)`` (an MLflow signature is either column- or
-tensor-based, not both). The model carries the niwt package (``code_paths``) and names only
+tensor-based, not both); a network over precomputed features (``mlp``) takes a (B, D) float array of
+feature rows instead. The model carries the niwt package (``code_paths``) and names only
 packages from a package index as requirements, so it loads without this project installed.
 Output: one row per image, ``class`` (predicted class name),
 ``score`` (its softmax probability over all seen + unseen classes), ``class_id``, ``logit`` and
@@ -54,6 +55,13 @@ class NiwtPyfunc(PythonModel):
         import pandas as pd
         import torch
 
+        width = getattr(self.model, "in_features", None)
+        if width:  # a network over precomputed features (data.name: xlsa17): (B, D) feature rows, no images
+            x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+            if x.ndim != 2 or x.shape[1] != width:
+                raise ValueError(f"this model reads {width}-d feature vectors (ResNet-101 features, data.name: "
+                                 f"xlsa17): expected a (B, {width}) float array, got shape {tuple(x.shape)}")
+            return x
         if isinstance(model_input, pd.DataFrame):
             if "image" not in model_input.columns:
                 raise ValueError(f"expected a DataFrame with an 'image' column of base64-encoded image bytes, got "

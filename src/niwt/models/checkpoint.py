@@ -29,7 +29,8 @@ SCHEMA_VERSION = 1
 class CheckpointMeta:
     """What a checkpoint says about itself, typed and versioned (``schema_version``).
 
-    Every checkpoint: the network to rebuild (``arch``, ``width``, ``hidden``, ``image_size``) and its
+    Every checkpoint: the network to rebuild (``arch``, ``width``, ``hidden``, ``image_size``, and for a
+    network over features ``in_features``) and its
     classifier's classes (``class_names``, the first ``n_seen`` of them seen). A validation backbone
     adds the classes it never saw; an injected checkpoint adds its method, the importance layer and
     pooling its rows were built for, and the rows of its held-out calibration problem.
@@ -49,6 +50,7 @@ class CheckpointMeta:
     layer: str | None = None
     pooling: str | None = None
     calibration: dict[str, torch.Tensor] | None = None
+    in_features: int | None = None  # mlp: the feature width it reads (None: an image network)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +127,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if missing:
         raise ModelError(f"{path}: not a niwt checkpoint (missing {missing})")
     model = build_model(ckpt["arch"], ckpt["num_classes"], width=ckpt.get("width", 32),
-                        hidden=ckpt.get("hidden", 256), image_size=ckpt["image_size"], source=str(path))
+                        hidden=ckpt.get("hidden", 256), image_size=ckpt["image_size"],
+                        in_features=ckpt.get("in_features"), source=str(path))
     try:
         model.load_state_dict(ckpt.pop("state_dict"))
     except (RuntimeError, TypeError, AttributeError) as err:

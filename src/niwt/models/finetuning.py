@@ -32,12 +32,17 @@ def phases(f: FinetuneParams, epochs: int | None = None) -> list[tuple[str, int,
     return [(name, k, lr) for name, k, lr in (("head", f.head_epochs, f.lr), ("full", n, f.lr_full)) if k > 0]
 
 
-def initial_model(m: ModelParams, seen: list[str], allow_extra: bool = False) -> NiwtNet:
+def initial_model(m: ModelParams, seen: list[str], allow_extra: bool = False,
+                  in_features: int | None = None) -> NiwtNet:
     """The network to start from: ``model.arch`` with ``model.weights`` (none, imagenet, or the user's
     state_dict, whose classifier rows ``model.class_names`` names; they are put in the order of
     ``seen``, which changes no prediction). ``allow_extra``: the weights file may have rows of
-    classes outside ``seen`` (the validation backbone keeps only its rows of ``seen``)."""
-    common = {"width": m.width, "hidden": m.hidden, "image_size": m.image_size}
+    classes outside ``seen`` (the validation backbone keeps only its rows of ``seen``).
+    ``in_features``: the width of the data's feature vectors (precomputed features), else None."""
+    if in_features is not None and m.arch != "mlp":
+        raise ModelError(f"the data are precomputed feature vectors ({in_features}-d, data.name: xlsa17): "
+                         f"model.arch {m.arch!r} reads images; set model.arch: mlp")
+    common = {"width": m.width, "hidden": m.hidden, "image_size": m.image_size, "in_features": in_features}
     if m.weights in ("none", "imagenet"):
         return build_model(m.arch, len(seen), weights=m.weights, **common)
     names = read_class_names(m.class_names)

@@ -23,18 +23,35 @@ class ModelError(InputError):
 
 
 class NiwtNet(nn.Module):
-    """A classifier split as ``classifier(body(x))``; ``body(x)`` are the penultimate features."""
+    """A classifier split as ``classifier(body(x))``; ``body(x)`` are the penultimate features.
 
-    def __init__(self, body: nn.Sequential, classifier: nn.Linear) -> None:
+    ``in_features`` is None for image networks (input (B, 3, H, W)) and the input width of networks
+    over precomputed feature vectors (``mlp``; input (B, in_features)).
+    """
+
+    def __init__(self, body: nn.Sequential, classifier: nn.Linear, in_features: int | None = None) -> None:
         super().__init__()
         self.body = body
         self.classifier = classifier
+        self.in_features = in_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, n_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) or (B, in_features) -> (B, n_classes)
         return self.classifier(self.body(x))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, D)
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # -> (B, D)
         return self.body(x)
+
+
+def example_input(model: nn.Module, n: int, image_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` standard-normal inputs of the shape ``model`` takes: images, or feature vectors (``mlp``)."""
+    width = getattr(model, "in_features", None)
+    shape = (n, width) if width else (n, 3, image_size, image_size)
+    return torch.randn(*shape, generator=generator)
+
+
+def takes_features(model: nn.Module) -> bool:
+    """Whether ``model`` reads precomputed feature vectors instead of images (no pixels, no Grad-CAM)."""
+    return bool(getattr(model, "in_features", None))
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -69,6 +86,23 @@ def small_cnn(num_classes: int, width: int = 32, hidden: int = 256, image_size: 
         fc=nn.Linear(4 * w * side * side, hidden), relu=nn.ReLU(inplace=True), drop=nn.Dropout(dropout),
     ))
     return NiwtNet(body, nn.Linear(hidden, num_classes))
+
+
+def mlp(num_classes: int, in_features: int, hidden: int = 1024, dropout: float = 0.5) -> NiwtNet:
+    """A network over precomputed features (xlsa17's ResNet-101): features -> hidden -> ReLU -> hidden -> ReLU
+    -> classifier, the fc6/fc7 shape above VGG16's conv5_3.
+
+    The importance layer is ``body.relu1``, the first hidden layer after its nonlinearity: the second
+    hidden layer's ReLU above it keeps its importances image-dependent (one linear layer to the
+    logits would make every importance its class's weight row, and NIWT weight regression).
+    """
+    if in_features < 1:
+        raise ModelError(f"mlp needs the feature width (in_features >= 1), got {in_features}")
+    body = nn.Sequential(OrderedDict(
+        fc1=nn.Linear(in_features, hidden), relu1=nn.ReLU(inplace=True), drop1=nn.Dropout(dropout),
+        fc2=nn.Linear(hidden, hidden), relu2=nn.ReLU(inplace=True), drop2=nn.Dropout(dropout),
+    ))
+    return NiwtNet(body, nn.Linear(hidden, num_classes), in_features=in_features)
 
 
 _VGG16_CFG = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -135,7 +169,7 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
             "$TORCH_HOME/hub/checkpoints), or set model.weights: none.") from err
 
 
-ARCHS = {"smallcnn": small_cnn, "vgg16": vgg16, "resnet101": resnet101}
+ARCHS = {"smallcnn": small_cnn, "mlp": mlp, "vgg16": vgg16, "resnet101": resnet101}
 WEIGHTS_CHOICES = ("none", "imagenet")  # or a path to a state_dict the user trained
 
 
@@ -182,8 +216,8 @@ def _torchvision_model(arch: str, num_classes: int, weights: str) -> nn.Module:
     import torchvision
 
     if arch not in torchvision_archs():
-        raise ModelError(f"unknown model.arch {arch!r}; valid: smallcnn, or a torchvision classification "
-                         f"model: {', '.join(torchvision_archs())}")
+        raise ModelError(f"unknown model.arch {arch!r}; valid: smallcnn, mlp (over xlsa17 features), or a torchvision "
+                         f"classification model: {', '.join(torchvision_archs())}")
     if weights != "imagenet":
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     tv = torchvision.models.get_model(arch, weights=None)
@@ -195,11 +229,12 @@ def _torchvision_model(arch: str, num_classes: int, weights: str) -> nn.Module:
 
 
 def build_model(arch: str, num_classes: int, *, weights: str = "none", width: int = 32,
-                hidden: int = 256, image_size: int = 64,
+                hidden: int = 256, image_size: int = 64, in_features: int | None = None,
                 state_dict: dict[str, torch.Tensor] | None = None, source: str = "model.weights") -> NiwtNet:
     """Build a backbone by name (``params.model.arch``).
 
     Args:
+        in_features: ``mlp`` only: the width of the feature vectors it reads (from the data).
         weights: ``none`` (random init) or ``imagenet`` (torchvision's default weights; a new
             ``num_classes``-way classifier).
         state_dict: a plain state dict of the whole network in its usual layout (torchvision's
@@ -208,10 +243,14 @@ def build_model(arch: str, num_classes: int, *, weights: str = "none", width: in
     """
     if weights not in WEIGHTS_CHOICES:
         raise ModelError(f"model.weights {weights!r}: expected none, imagenet or a state_dict file")
-    if arch == "smallcnn":
+    if arch in ("smallcnn", "mlp"):
         if weights == "imagenet":
-            raise ModelError("smallcnn has no pretrained weights; set model.weights: none")
-        net = small_cnn(num_classes, width=width, hidden=hidden, image_size=image_size)
+            raise ModelError(f"{arch} has no pretrained weights; set model.weights: none")
+        if arch == "mlp" and in_features is None:
+            raise ModelError("model.arch mlp reads precomputed features (data.name: xlsa17); this data has images: "
+                             "use smallcnn or a torchvision model")
+        net = (mlp(num_classes, in_features, hidden=hidden) if arch == "mlp"  # type: ignore[arg-type]
+               else small_cnn(num_classes, width=width, hidden=hidden, image_size=image_size))
         if state_dict is not None:
             _load_strict(net, state_dict, arch, num_classes, source)
         return net
@@ -238,7 +277,7 @@ def plain_state_dict(model: NiwtNet, arch: str) -> dict[str, torch.Tensor]:
     ``get_model(arch, num_classes=N).load_state_dict`` takes it as it is (``smallcnn``: niwt's own
     ``NiwtNet`` layout)."""
     own = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if arch == "smallcnn":
+    if arch in ("smallcnn", "mlp"):
         return own
     n = model.classifier.out_features
     with torch.device("meta"):  # no random init (no time, no draw from the global RNG): the weights are own

@@ -4,7 +4,9 @@ The later stages that read images (finetune, extract, inject, evaluate, explain)
 with ``--cache`` and read its memory-mapped arrays instead of decoding the files; what is stored,
 and why the default's numbers do not change, is in :mod:`niwt.data.cache`. ``cache.enabled:
 false`` writes a cache that says it is disabled, and the stages decode the files as before.
-Build processes are the ``NIWT_WORKERS`` execution setting (0, the default: all cores).
+Build processes are the ``NIWT_WORKERS`` execution setting (0, the default: all cores). Precomputed
+features (``data.name: xlsa17``) have no pixels to decode: their cache says it is disabled, and the
+stages read the features' own memory map (:mod:`niwt.data.features`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from niwt.data.cache import build_cache, write_disabled
+from niwt.data.features import is_feature_table
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_splits
 from niwt.params import Params, Runtime
@@ -23,6 +26,9 @@ def run(p: Params, rt: Runtime, data: Path, out: Path) -> StageResult:
     if not p.cache.enabled:
         return StageResult(write_disabled(splits_file, Path(out)))
     splits = read_splits(splits_file)
+    if is_feature_table(splits.path):
+        print("[cache] feature rows (data.name: xlsa17): nothing to decode", flush=True)
+        return StageResult(write_disabled(splits_file, Path(out)))
     check_images_exist(splits.path, splits.image_id, splits_file)  # before any work
     stats = build_cache(splits_file, Path(out), p.model.image_size, workers=rt.workers, progress=rt.progress)
     print(f"[cache] {stats['n_images']} images, {stats['size_bytes'] / 2**20:.1f} MiB, "

@@ -6,7 +6,8 @@ Outputs (in ``out``, written atomically):
   attributes its column of the inverse map points to;
 * ``panels/<class>.png``: for a seeded sample of unseen-test images of every unseen class, the
   image, the prediction of the NIWT model and the Grad-CAM of the predicted class;
-  ``panels/unseen_overview.png`` has all classes on one page;
+  ``panels/unseen_overview.png`` has all classes on one page (not for precomputed features, which
+  have no pixels: Grad-CAM is not defined there, and the report says so);
 * ``explanations.csv``: per sampled image, the prediction and the attributes that the observed
   importance of the predicted class maps to;
 * ``report.md`` and a self-contained ``report.html`` (comparison table and per-class accuracies
@@ -48,6 +49,7 @@ from niwt.io.choices import read_choices
 from niwt.io.parquet import ImportanceFileError, Importances, read_importances
 from niwt.mapping.store import StoredMap, check_same_importance, load_map
 from niwt.models.checkpoint import CheckpointMeta, check_classes, load_checkpoint
+from niwt.models.networks import takes_features
 from niwt.models.training import resolve_device
 from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
@@ -94,8 +96,8 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
         tmp.mkdir()
         _write_neuron_names(tmp, m.names)
         _write_csv(tmp / "explanations.csv", m.rows, list(m.rows[0]) if m.rows else ["image"])
-        overview = _draw_panels(tmp / "panels", {x.classes.names[c]: [m.explained[i] for i in idx]
-                                                 for c, idx in m.sample.items()})
+        overview = None if takes_features(x.model) else _draw_panels(  # features: no pixels, no Grad-CAM
+            tmp / "panels", {x.classes.names[c]: [m.explained[i] for i in idx] for c, idx in m.sample.items()})
         report = _report_data(p, x, m, tmp, overview, comparison, evaluation, validation)
         blocks = render.report_blocks(report)
         (tmp / "report.md").write_text(rp.to_markdown(blocks))
@@ -123,7 +125,7 @@ def _measure(p: Params, rt: Runtime, x: _Inputs, device: torch.device) -> _Measu
                      survey.explanation_rows(test, classes, sample, explained, agreement))
 
 
-def _report_data(p: Params, x: _Inputs, m: _Measured, report: Path, overview: Path, comparison: Path | None,
+def _report_data(p: Params, x: _Inputs, m: _Measured, report: Path, overview: Path | None, comparison: Path | None,
                  evaluation: Path | None, validation: Path | None) -> render.ReportData:
     """The report's content: the measurements, and evaluate's and validate's files where given
     (evaluate's plots are copied under ``report`` so the report opens on its own)."""
@@ -131,7 +133,8 @@ def _report_data(p: Params, x: _Inputs, m: _Measured, report: Path, overview: Pa
     stats = outputs.read_stats(comparison) if comparison is not None and Path(comparison).is_file() else None
     return render.ReportData(
         x.checkpoints[0], x.meta, x.classes, x.inverse, m.names, m.rows, m.agreement, m.measured,
-        overview.relative_to(report).as_posix(), _copy_evaluation_plots(evaluation, report, methods), stats,
+        None if overview is None else overview.relative_to(report).as_posix(),
+        _copy_evaluation_plots(evaluation, report, methods), stats,
         _per_class(evaluation), p.explain.top_attributes, p.explain.images_per_class,
         _provenance(p, x, methods, None if stats is None else list(stats), validation))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from niwt.data.cache import open_cache
+from niwt.data.features import feature_width
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
@@ -45,7 +46,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pat
     classes, splits = read_tables(data)
     used = splits.select("train", "val", "test_seen")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
-    model = initial_model(p.model, classes.names[: classes.n_seen])
+    width = feature_width(splits.path)  # precomputed features: the mlp's input width
+    model = initial_model(p.model, classes.names[: classes.n_seen], in_features=width)
     model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -66,7 +68,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pat
     metrics = {"val_acc": best_acc, "test_seen_acc": test_metrics["acc"], "test_seen_top1": test_metrics["top1"],
                "epochs_trained": len(history)}
     meta = CheckpointMeta(p.model.arch, tuple(classes.names[: classes.n_seen]), classes.n_seen, size,
-                          p.model.width, p.model.hidden, metrics)
+                          p.model.width, p.model.hidden, metrics, in_features=width)
     # Both outputs or neither: the history is staged first and moved into place only after the
     # checkpoint was written (a failure in either leaves the previous pair untouched).
     png = history_path.with_suffix(".png")

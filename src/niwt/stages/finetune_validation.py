@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from niwt.data.cache import open_cache
+from niwt.data.features import feature_width
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
 from niwt.models.checkpoint import CheckpointMeta, read_class_names, save_checkpoint
@@ -52,7 +53,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
     print(f"[finetune_validation] {len(held)} validation classes ({source}): "
           f"{[classes.names[i] for i in held]}", flush=True)
     seed_everything(p.base.seed)
-    model = initial_model(p.model, sub.names[: sub.n_seen], allow_extra=True).to(device)
+    width = feature_width(splits.path)  # precomputed features: the mlp's input width
+    model = initial_model(p.model, sub.names[: sub.n_seen], allow_extra=True, in_features=width).to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
     train, val = sub_splits.select("train"), sub_splits.select("val")
@@ -82,7 +84,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
                "n_fit_classes": len(fit), "class_disjoint": int(disjoint)}
     meta = CheckpointMeta(p.model.arch, tuple(sub.names[: sub.n_seen]), sub.n_seen, size, p.model.width,
                           p.model.hidden, metrics, validation_classes=tuple(held_names), validation_source=source,
-                          class_disjoint=disjoint)
+                          class_disjoint=disjoint, in_features=width)
     save_checkpoint(out, model.cpu(), meta)
     return StageResult(metrics, steps={"val_acc": [(int(h["epoch"]), float(h["val_acc"])) for h in history]},
                        cleanup=[resume.path])

@@ -22,7 +22,7 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
     start = time.perf_counter()
     name = p.data.name
     root = None if name == "synthetic" else resolve_root(p.data.root, Path(out).absolute().parent)
-    entry = fingerprint(name, root)
+    entry = fingerprint(name, root, p.data.dataset if name == "xlsa17" else "CUB")
     write_json(out, entry)
     folders = entry.get("folders", {}).values()
     metrics = {"n_files": sum(f.get("files", 0) for f in folders), "bytes": sum(f.get("bytes", 0) for f in folders)}

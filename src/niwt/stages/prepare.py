@@ -34,6 +34,8 @@ def image_root(p: Params, out: Path) -> tuple[Path, tuple[str, str]]:
     prepared directory for the generated default, else ``data.root`` under the project root."""
     if p.data.name == "synthetic":
         return Path(out).absolute() / "raw", ("prepared", "raw")
+    if p.data.name == "xlsa17":  # feature rows of features.npy, written beside the table
+        return Path(out).absolute(), ("prepared", ".")
     return resolve_root(p.data.root, out), ("project", p.data.root)
 
 
@@ -54,6 +56,8 @@ def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> Ra
         raw = load_awa2(workdir / "raw", name="synthetic")
         prefix = str(workdir / "raw")
         return _rebase(raw, prefix, str(final / "raw"))
+    if name == "xlsa17":
+        return _load_features(p, final, workdir, progress)
     if name == "folder":
         from niwt.data.folder import load_folder
 
@@ -104,6 +108,23 @@ def load_raw(p: Params, workdir: Path, final: Path, progress: bool = True) -> Ra
     raise DatasetError(f"unknown data.name {name!r}")
 
 
+def _load_features(p: Params, final: Path, workdir: Path, progress: bool) -> RawDataset:
+    """xlsa17's precomputed features: the dataset, and ``features.npy`` written into ``workdir``."""
+    from niwt.data.download import ensure_dataset
+    from niwt.data.features import FEATURES_FILE, write_features
+    from niwt.data.xlsa17 import RES101, check_dataset_name, features_dir, load_features
+
+    check_dataset_name(p.data.dataset)
+    root = resolve_root(p.data.root, final)
+    folder = features_dir(root, p.data.dataset)
+    if not (folder / RES101).is_file() and p.data.download:
+        ensure_dataset("xlsa17", root, allow_download=True, progress=progress)
+        folder = features_dir(root, p.data.dataset)
+    raw, features = load_features(folder, p.data.dataset)
+    write_features(workdir / FEATURES_FILE, features)
+    return raw
+
+
 def _rebase(raw: RawDataset, old: str, new: str) -> RawDataset:
     from dataclasses import replace
 
@@ -152,7 +173,10 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
                                "fix their rows in the dataset's attribute matrix or remove the classes")
         cls, split = assign_splits(raw, order, p.data.val_fraction, p.data.test_seen_fraction, p.base.seed)
         paths = list(raw.image_paths)
-        keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, rt.progress)
+        if p.data.name == "xlsa17":  # feature rows: checked finite when read, nothing to decode
+            keep = np.ones(len(paths), dtype=bool)
+        else:
+            keep = _drop_bad_images(paths, p.data.bad_images, tmp, out, rt.progress)
         _check_readable_classes(raw, keep)
         names = [raw.class_names[i] for i in order]
         descriptions = [raw.descriptions[i] if raw.descriptions else "" for i in order]
@@ -166,7 +190,7 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
                      len(names) - len(raw.unseen), f"{raw.name}{dropped}")
         # Stored relative to the image root, so the table means the same files from any working
         # directory and in DVC's experiment copies (data/raw is not copied there).
-        rel = relative_paths([paths[i] for i in ids], root)
+        rel = [paths[i] for i in ids] if p.data.name == "xlsa17" else relative_paths([paths[i] for i in ids], root)
         write_splits(tmp / "splits.parquet", ids, rel, cls[keep], split[keep], image_root=root_meta)
         if p.data.name == "synthetic":  # what each image really shows, for explain's ground-truth checks
             from niwt.data.synthetic import IMAGE_ATTRIBUTES

@@ -31,7 +31,7 @@ def build(ctx: Context, part: Partition) -> Rows:
     def pool() -> tuple[torch.Tensor, torch.nn.Module, tuple]:
         trunk, head = split_at(ctx.model, layer)
         acts = pool_activations(trunk.to(ctx.device), ctx.cfg, ctx.seed, ctx.splits, ctx.image_size, ctx.device,
-                                ctx.images, ctx.batch_size)
+                                ctx.images, ctx.batch_size, in_features=getattr(ctx.model, "in_features", None))
         head = head.cpu().eval()
         return acts, head, resolve_solver(head, acts, pooling, ctx.cfg.solver)  # one Jacobian for both runs
 
