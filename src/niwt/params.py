@@ -81,7 +81,7 @@ class ExtractParams:
     """What an importance is: the layer, the pooling and the target class. Downstream stages read
     the layer and pooling from the importances' metadata, never from here."""
 
-    layer: str = "body.block4"
+    layer: str = "auto"  # auto: the architecture's layer (niwt.models.networks.default_layer), or a module name
     pooling: Literal["sum", "mean"] = "sum"
     target: Literal["ground_truth", "predicted"] = "ground_truth"
     allow_degenerate: bool = False  # accept a layer with no nonlinearity above it (NIWT degenerates)

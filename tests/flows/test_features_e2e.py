@@ -67,6 +67,7 @@ def test_the_readme_recipe_runs_end_to_end_on_cub_shaped_features(tmp_path: Path
     assert "Why: textual explanations" in report
 
 
-def test_the_readme_prints_the_recipe() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert dvc_command("CUB", "/path/to/xlsa17/data") in readme.replace("\\\n  ", "")
+@pytest.mark.parametrize("page", ["README.md", "docs/xlsa17.md"])
+def test_the_docs_print_the_recipe(page: str) -> None:
+    text = (REPO / page).read_text()
+    assert dvc_command("CUB", "/path/to/xlsa17/data") in text.replace("\\\n  ", "")

@@ -82,7 +82,7 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     # one parent run for the `dvc repro`, holding every pipeline param; the stages its children
     (parent,) = [r for r in runs if r.data.tags.get("niwt.stage") == "pipeline"]
     assert parent.data.params["inject.lambda"] == "0.001"  # the tiny config fixes it (one candidate)
-    assert parent.data.params["extract.layer"] == "body.block4"
+    assert parent.data.params["extract.layer"] == "auto"
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == set(TRACKED)
     # one run per method, same metric names, tagged ``method``: the compare view puts them side by side

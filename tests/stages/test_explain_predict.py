@@ -384,7 +384,7 @@ def test_a_stage_cannot_read_params_it_does_not_declare(project) -> None:
     with pytest.raises(AttributeError, match=r"stage 'explain' reads base\.seed but does not declare it"):
         _ = p.base.seed
     q = declared_view(load_params(project / "params.yaml"), "extract", ("base.seed", "extract"))
-    assert q.base.seed == 0 and q.extract.layer == "body.block4"
+    assert q.base.seed == 0 and q.extract.layer == "auto"
     with pytest.raises(AttributeError, match="inject.lr"):
         _ = q.inject.lr
 

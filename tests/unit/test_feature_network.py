@@ -86,3 +86,31 @@ def test_features_and_image_networks_do_not_mix():
         build_model("mlp", 5, weights="imagenet", in_features=8)
     model = initial_model(ModelParams(arch="mlp", hidden=8), ["a", "b"], in_features=6)
     assert model(torch.zeros(2, 6)).shape == (2, 2)
+
+
+def test_training_and_the_pool_checks_take_feature_vectors(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from niwt.errors import InputError
+    from niwt.injection.methods import check_pool
+    from niwt.models.training import train_one_epoch
+    from niwt.params import InjectParams
+
+    model = net().float().train()
+    data = TensorDataset(torch.randn(8, 12), torch.randint(0, 5, (8,)), torch.arange(8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = train_one_epoch(model, nn.CrossEntropyLoss(), opt, DataLoader(data, batch_size=4), torch.device("cpu"), 1,
+                          channels_last=True, progress=False)  # finetune.channels_last has nothing to do here
+    assert out["loss"] > 0
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="folder of images, but the network reads precomputed features"):
+        check_pool(["niwt"], InjectParams(pool=str(tmp_path)), features=True)
+    check_pool(["niwt"], InjectParams(pool="noise"), features=True)
+
+
+def test_the_registered_model_takes_feature_rows():
+    from niwt.integration.registry import signature
+
+    spec = signature(12).inputs.to_dict()
+    assert spec == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 12)}}]
+    assert signature().inputs.input_names() == ["image"]

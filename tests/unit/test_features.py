@@ -56,6 +56,7 @@ def test_the_proposed_split_is_kept_exactly(tmp_path, dataset, cub):
     assert len(raw.unseen) == n_unseen and len(raw.class_names) - len(raw.unseen) == n_seen
     np.testing.assert_array_equal(raw.image_labels, mat["labels"].ravel().astype(np.int64) - 1)  # 1-based labels
     np.testing.assert_array_equal(features, mat["features"].T)  # (N, D) rows in the file's image order
+    np.testing.assert_array_equal(raw.attributes, att["att"].T.astype(np.float32))  # the published class embedding
     assert raw.image_paths[:2] == [row_path(0), row_path(1)] and features.dtype == np.float32
     # the protocol's validation classes: CUB's from sent_splits.mat (Xian et al.'s 100 + 50), AWA2's val_loc
     assert len(raw.validation) == {"CUB": 50, "AWA2": 13}[dataset]
@@ -130,7 +131,8 @@ BAD = {
     "no_labels": ({"labels": None}, r"res101\.mat: no variable 'labels'"),
     "features_n": ({"features": lambda f: f[:, :-3]}, r"res101\.mat: 'features' has shape \(8, 11785\) but there "
                                                      r"are 11788 images"),
-    "labels_range": ({"labels": _labels_up}, r"labels outside 1\.\.200"),
+    "labels_range": ({"labels": _labels_up}, r"res101\.mat: 'labels' has class 201, outside 1\.\.200"),
+    "zero_width": ({"features": lambda f: f[:0]}, r"res101\.mat: 'features' has shape \(0, 11788\)"),
     "labels_zero": ({"labels": lambda y: y - 1}, r"res101\.mat: 'labels' must be 1-based"),
     "nan": ({"features": _nan}, r"res101\.mat: 'features' has NaN or infinite values in 1 images \(e\.g\. image 41"),
     "files_n": ({"image_files": lambda f: f[:-1]}, r"res101\.mat: 11787 image_files but 11788 labels"),
@@ -191,3 +193,22 @@ def test_corrupted_files_fail_cleanly(tmp_path, cub):
             assert str(folder / "res101.mat") in str(err) or str(folder) in str(err)
         else:
             assert features.shape[0] == len(raw.image_paths)
+
+
+def test_a_table_can_name_no_feature_file_but_its_own(tmp_path):
+    """Feature rows resolve beside splits.parquet whatever the table says: another directory, ``..``, an
+    absolute path or a redirected image root are refused, and a table never mixes rows with images."""
+    from niwt.data.tables import read_splits, write_splits
+
+    write_features(tmp_path / FEATURES_FILE, np.ones((3, 2), dtype=np.float32))
+    ok = tmp_path / "ok.parquet"
+    write_splits(ok, np.arange(2), [row_path(0), row_path(2)], np.zeros(2), np.array(["train"] * 2),
+                 image_root=("prepared", "/elsewhere"))
+    assert read_splits(ok).path == [f"{tmp_path}/{FEATURES_FILE}#0", f"{tmp_path}/{FEATURES_FILE}#2"]
+    for bad in ("../other/features.npy#1", "/etc/features.npy#0", "sub/features.npy#0", "features.npy#１"):
+        table = tmp_path / "bad.parquet"
+        write_splits(table, np.arange(2), [row_path(0), bad], np.zeros(2), np.array(["train"] * 2))
+        with pytest.raises(DatasetError, match="is not a feature row features.npy#<row> beside the table"):
+            read_splits(table)
+    with pytest.raises(DatasetError, match="an image path in a table of feature rows"):
+        is_feature_table([f"{tmp_path}/{row_path(0)}", "a/b.jpg"])

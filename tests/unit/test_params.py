@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_repo_params_yaml_loads() -> None:
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params)
-    assert p.model.arch == "smallcnn" and p.extract.layer == "body.block4"
+    assert p.model.arch == "smallcnn" and p.extract.layer == "auto"
     assert p.inject.lambda_ == pytest.approx((1e-4, 1e-3, 1e-2)) and all(isinstance(v, float) for v in p.inject.lambda_)
     assert isinstance(p.inject.methods, tuple) and "niwt" in p.inject.methods
     assert p.extract.pooling in ("sum", "mean")

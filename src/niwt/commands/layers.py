@@ -27,12 +27,19 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--all", action="store_true", help="also list modules that cannot be importance layers")
 
 
-def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) -> list[dict]:
-    """One row per candidate layer: name, output shape, first nonlinearity above it, verdict."""
+def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False, arch: str | None = None) -> list[dict]:
+    """One row per candidate layer: name, output shape, first nonlinearity above it, verdict; with
+    ``arch``, the layer ``extract.layer: auto`` picks is marked ``(default)``."""
     import torch
 
+    from niwt.importance.degenerate import NEAR_DEGENERATE, by_value
     from niwt.models.graph import nonlinearity_after
-    from niwt.models.networks import ModelError, example_input, importance_layers, split_at
+    from niwt.models.networks import ModelError, default_layer, example_input, importance_layers, split_at
+
+    try:
+        default = default_layer(model, arch) if arch else None
+    except ModelError:
+        default = None
 
     model.eval()
     names = importance_layers(model, max_depth=depth)
@@ -49,7 +56,8 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
             h.remove()
     rows = []
     for name in names:
-        row = {"layer": name, "shape": shapes[name][-1] if shapes[name] else (), "nonlinearity": None, "status": ""}
+        row = {"layer": name, "shape": shapes[name][-1] if shapes[name] else (), "nonlinearity": None, "status": "",
+               "cosine": None}
         if len(shapes[name]) != 1:
             row["status"] = "not usable: runs more than once" if shapes[name] else "not usable: never runs"
         elif len(row["shape"]) != (1 if getattr(model, "in_features", None) else 3):
@@ -62,6 +70,12 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False) 
             else:
                 row["nonlinearity"] = nonlinearity_after(head)
                 row["status"] = "degenerate (linear path to the logits)" if row["nonlinearity"] is None else "ok"
+                if row["nonlinearity"] is not None:  # by value: importances all but equal to the weight rows?
+                    row["cosine"] = by_value(model, name, image_size)[3]
+                    if row["cosine"] is not None and row["cosine"] >= NEAR_DEGENERATE:
+                        row["status"] = f"degenerate (importance ~ weight row, cos {row['cosine']:.4f})"
+        if name == default:
+            row["status"] += " (default)"
         if show_all or not row["status"].startswith("not usable"):
             rows.append(row)
     return rows
@@ -71,6 +85,7 @@ def command(args: argparse.Namespace) -> int:
     """``niwt layers``; returns the exit status."""
     from niwt.config.bounds import check_image_size
     from niwt.errors import InputError
+    from niwt.importance.degenerate import NEAR_DEGENERATE
     from niwt.models.checkpoint import load_checkpoint
 
     try:
@@ -84,10 +99,10 @@ def command(args: argparse.Namespace) -> int:
 
             arch = args.arch
             size = args.image_size or (64 if arch == "smallcnn" else 224)
-            if args.features < 1:
-                raise InputError(f"--features {args.features}: the feature width must be at least 1")
+            if not 1 <= args.features <= 65536:
+                raise InputError(f"--features must be between 1 and 65536 (a feature width), got {args.features}")
             model = build_model(arch, 10, image_size=size, in_features=args.features if arch == "mlp" else None)
-        rows = layer_table(model, size, args.depth, args.all)
+        rows = layer_table(model, size, args.depth, args.all, arch)
     except (InputError, FileNotFoundError) as err:
         print(f"niwt layers: error: {err}", file=sys.stderr)
         return 2
@@ -99,6 +114,8 @@ def command(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, r["shape"])) or "-"
         above = r["nonlinearity"] or "-"
         print(f"{r['layer']:<{width}}  {shape:<14}  {r['status']:<40}  {above}")
-    print("degenerate: only pooling and linear layers above it, so every image's importance is its class's weight "
-          "row and NIWT reduces to weight regression; extract refuses it unless extract.allow_degenerate: true")
+    print("degenerate: only pooling and linear layers above it (or, by value, importances with a mean cosine >= "
+          f"{NEAR_DEGENERATE} to their class's weight row), so every image's importance is its class's weight row "
+          "and NIWT reduces to weight regression; extract refuses it unless extract.allow_degenerate: true. "
+          "(default): the layer extract.layer: auto takes")
     return 0

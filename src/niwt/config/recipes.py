@@ -1,7 +1,7 @@
 """Named parameter recipes: the overrides one published comparison needs, in one place.
 
 ``XLSA17`` runs the pipeline on Xian et al.'s ResNet-101 features (``data.name: xlsa17``): a network
-over features (``mlp``, importance layer its first hidden layer) and every method beside NIWT,
+over features (``mlp``; ``extract.layer: auto`` is its first hidden layer) and every method beside NIWT,
 the classic ones (DEVISE, ALE, SJE, SAE) included. The README prints :func:`dvc_command` for it, and
 ``benchmarks/bench_features.py`` measures exactly these overrides.
 """
@@ -13,7 +13,6 @@ XLSA17: dict[str, object] = {
     "model.arch": "mlp",
     "model.hidden": 512,
     "finetune.batch_size": 256,  # an AdamW step per 64 rows dominated training time on 2 CPUs
-    "extract.layer": "body.relu1",
     "inject.methods": ["niwt", "icis", "regression", "regression_rescaled", "eszsl", "devise", "ale", "sje", "sae"],
 }
 

@@ -9,6 +9,7 @@ copies the whole matrix (AWA2: 37,322 x 2048, 306 MB); the network on top is ``m
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from niwt.data.raw import DatasetError
 
 FEATURES_FILE = "features.npy"
 # A feature row: a file named features.npy, '#', the row. Image files are never called *.npy#<digits>.
-_ROW = re.compile(r"^(?P<file>.*(?:^|[/\\])" + re.escape(FEATURES_FILE) + r")#(?P<row>\d+)$")
+_ROW = re.compile(r"(?P<file>.*(?:^|[/\\])" + re.escape(FEATURES_FILE) + r")#(?P<row>[0-9]+)")
+# How splits.parquet stores a row: the file's bare name, beside the table (never a path elsewhere).
+_STORED = re.compile(re.escape(FEATURES_FILE) + r"#(?P<row>[0-9]+)")
 _SHOW = 5
 
 
@@ -33,18 +36,52 @@ def row_path(row: int) -> str:
 
 def parse_row(path: str) -> tuple[str, int] | None:
     """``(features file, row)`` of a feature-row path, or None for an image path."""
-    match = _ROW.match(str(path))
+    match = _ROW.fullmatch(str(path))
     return (match["file"], int(match["row"])) if match else None
 
 
+def resolve_stored_rows(paths: list[str], table: Path) -> list[str] | None:
+    """The feature rows of a split table as read from disk, resolved against the table's own directory;
+    None when the table names images. A row must be stored exactly as ``features.npy#<row>``: anything
+    else that names the feature file (another directory, ``..``) is refused, so a table can never
+    make a loader read a file outside its prepared directory."""
+    if not paths or parse_row(paths[0]) is None:
+        return None
+    base = str(Path(table).absolute().parent / FEATURES_FILE)
+    out = []
+    for i, p in enumerate(paths):
+        match = _STORED.fullmatch(p)
+        if match is None:
+            raise DatasetError(f"{table}: row {i} path {p!r} is not a feature row {FEATURES_FILE}#<row> beside the "
+                               "table (tables of feature rows name nothing else); rerun prepare")
+        out.append(f"{base}#{match['row']}")
+    return out
+
+
 def is_feature_table(paths: Sequence[str]) -> bool:
-    """Whether a split table's paths name feature rows (all of them) rather than image files."""
-    return bool(len(paths)) and parse_row(paths[0]) is not None
+    """Whether a split table's paths name feature rows rather than image files (one kind per table:
+    a mix is an error)."""
+    if not len(paths) or parse_row(paths[0]) is None:
+        return False
+    mixed = next((p for p in paths if parse_row(p) is None), None)
+    if mixed is not None:
+        raise DatasetError(f"{mixed}: an image path in a table of feature rows ({FEATURES_FILE}#<row>)")
+    return True
 
 
 def input_files(paths: Sequence[str]) -> list[str]:
     """The files a table's paths read: the image files, or each row's feature file."""
     return [row[0] if (row := parse_row(p)) else p for p in paths]
+
+
+def features_digest(prepared: Path) -> str:
+    """sha256 of ``features.npy`` in the prepared directory (empty when the data are images): what a
+    training run's resume key must include, since the split table only names rows."""
+    path = Path(prepared) / FEATURES_FILE
+    if not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_features(path: Path, features: np.ndarray) -> None:

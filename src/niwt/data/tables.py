@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from niwt.data.features import resolve_stored_rows
 from niwt.data.raw import SPLITS, DatasetError, RawDataset
 from niwt.errors import ParamsError
 from niwt.io.atomic import atomic_path
@@ -331,7 +332,10 @@ def read_splits(path: Path) -> SplitTable:
         raise DatasetError(f"{path}: metadata 'image_root' must be a JSON object, got {meta!r}")
     base = image_base(path, meta)
     paths = table["path"].to_pylist()
-    if base is not None:
+    rows = resolve_stored_rows(paths, path)  # precomputed features: always beside the table
+    if rows is not None:
+        paths = rows
+    elif base is not None:
         paths = [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
     return SplitTable(table["image_id"].to_numpy().astype(np.int64), paths,
                       table["class_id"].to_numpy().astype(np.int64), split)

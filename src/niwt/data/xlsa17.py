@@ -530,7 +530,8 @@ def features_dir(root: Path, dataset: str) -> Path:
     ``xlsa17/data``), else ``<data.root>/xlsa17/data/<DATASET>`` (where ``data.download`` unpacks it)."""
     direct = Path(root) / dataset
     nested = Path(root) / "xlsa17" / "data" / dataset
-    return nested if not direct.is_dir() and nested.is_dir() else direct
+    # the folder that holds the features (on a case-insensitive disk data/raw/CUB is also the images' cub/)
+    return nested if not (direct / RES101).is_file() and (nested / RES101).is_file() else direct
 
 
 def check_dataset_name(dataset: str) -> None:
@@ -542,7 +543,7 @@ def check_dataset_name(dataset: str) -> None:
 def _feature_matrix(raw: np.ndarray, path: Path, n_images: int) -> np.ndarray:
     """``features`` (D x N in the archive) as a finite (N, D) float32 array."""
     arr = np.asarray(raw)
-    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu" or 0 in arr.shape:
         raise DatasetError(f"{path}: 'features' has shape {arr.shape} ({arr.dtype}); expected a numeric "
                            f"(feature_dim, {n_images}) matrix, one column per image")
     if arr.shape[1] != n_images:
@@ -565,7 +566,7 @@ def load_features(folder: Path, dataset: str) -> tuple[RawDataset, np.ndarray]:
 
     Returns:
         the dataset (``image_paths`` are feature rows, ``row_path(j)`` for the j-th image of
-        ``res101.mat``; ``image_splits`` the proposed split; ``attributes`` the raw ``original_att``,
+        ``res101.mat``; ``image_splits`` the proposed split; ``attributes`` xlsa17's ``att`` (L2-normalised per class),
         ``sentences`` CUB's sentence embeddings), and the (N, D) float32 features.
 
     Raises:
@@ -592,7 +593,12 @@ def load_features(folder: Path, dataset: str) -> tuple[RawDataset, np.ndarray]:
                            f"{labels.min() + 1 if labels.size else 'none'})")
     features = _feature_matrix(require(mat, "features", res_path), res_path, labels.size)
     del mat
-    splits = load_att_splits(att_path, labels=labels)  # labels in range, locs cover 1..N, seen/unseen
+    names = cellstr(require(loadmat(att_path, ["allclasses_names"]), "allclasses_names", att_path), att_path,
+                    "allclasses_names")
+    if labels.max() >= len(names):
+        raise DatasetError(f"{res_path}: 'labels' has class {labels.max() + 1}, outside 1..{len(names)} (the classes "
+                           f"of {att_path.name}'s allclasses_names)")
+    splits = load_att_splits(att_path, labels=labels)  # locs cover 1..N, seen/unseen
     sentences = None
     if (folder / SENT_SPLITS).is_file():
         sent = load_sent_splits(folder / SENT_SPLITS, n_images=labels.size)
@@ -602,11 +608,12 @@ def load_features(folder: Path, dataset: str) -> tuple[RawDataset, np.ndarray]:
     split_of = np.empty(labels.size, dtype=object)
     for name, loc in splits.locs.items():
         split_of[loc] = name
-    attributes = splits.original_att if splits.original_att is not None else splits.att
+    # ``att`` (each class column L2-normalised), the class embedding every method of the published table used
+    attributes = splits.att
     raw = RawDataset(
         name=f"xlsa17/{dataset}", class_names=list(splits.class_names), unseen=list(splits.unseen or []),
         attribute_names=[f"att_{i}" for i in range(attributes.shape[1])],
-        attributes=np.maximum(attributes, 0).astype(np.float32),  # AWA2's -1 marks "unknown": 0, as the loaders
+        attributes=attributes.astype(np.float32),
         image_paths=[row_path(j) for j in range(labels.size)], image_labels=labels,
         image_splits=[str(s) for s in split_of], sentences=sentences,
         validation=_validation_classes(_with_val_loc(splits, folder, labels.size), labels))

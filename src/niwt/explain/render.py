@@ -157,8 +157,9 @@ def provenance_rows(params: dict[str, object], checkpoint: Path, meta: Checkpoin
     metadata, validate's choices (a :class:`niwt.io.choices.Choices`, or None when not given) and
     the methods evaluate compared (None without its numbers)."""
     rows = [[f"`{key}`", str(value)] for key, value in params.items()]
+    inputs = f"{meta.in_features}-d feature vectors" if meta.in_features else f"{meta.image_size} px images"
     rows.append(["model", f"`{checkpoint}`: {meta.arch}, method `{meta.method or '?'}`, importance layer "
-                          f"`{meta.layer}` ({meta.pooling or 'sum'} pooling), {meta.image_size} px images"])
+                          f"`{meta.layer}` ({meta.pooling or 'sum'} pooling), {inputs}"])
     if meta.metrics:
         rows.append(["backbone training", _pairs(meta.metrics)])
     rows.append(["injected methods", ", ".join(methods)])

@@ -29,6 +29,13 @@ class DegenerateLayerError(InputError):
     """An importance layer whose importances cannot depend on the image."""
 
 
+# A layer whose importances have a mean cosine of at least this with their class's classifier row is
+# refused like a degenerate one. A linear path gives 1 exactly; a normalisation alone (ConvNeXt's last
+# stage: LayerNorm and residual blocks above the layer) gives 0.999 on random weights; layers with a
+# real nonlinearity above them stay far below (ResNet-18's layer4.0: 0.86, the MLP's first hidden: 0.04).
+NEAR_DEGENERATE = 0.99
+
+
 @dataclass(frozen=True)
 class LayerVerdict:
     layer: str
@@ -36,19 +43,27 @@ class LayerVerdict:
     varies: bool | None  # importances of one class differ between inputs (None: not measured); a report only
     equals_weight_row: bool = False  # every importance is its class's classifier row (up to a scale)
     shape: tuple[int, ...] = ()  # the layer's output shape for one image
+    # mean cosine between each image's importance and its class's classifier row (None: other widths)
+    weight_row_cosine: float | None = None
+
+    @property
+    def near_degenerate(self) -> bool:
+        """Importances all but equal to the class's weight row: NIWT would be weight regression in disguise."""
+        return self.weight_row_cosine is not None and self.weight_row_cosine >= NEAR_DEGENERATE
 
     @property
     def degenerate(self) -> bool:
-        return self.nonlinearity is None or self.equals_weight_row
+        return self.nonlinearity is None or self.equals_weight_row or self.near_degenerate
 
 
 def by_value(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
-             n_images: int = 4, seed: int = 0) -> tuple[bool, bool, tuple[int, ...]]:
+             n_images: int = 4, seed: int = 0) -> tuple[bool, bool, tuple[int, ...], float | None]:
     """Measure the importances of ``n_images`` random inputs (targets cycling over the classes).
 
     Returns:
         (the importances differ between inputs of the same target, every importance equals its
-        target's classifier row up to a positive scale, the layer's output shape per image).
+        target's classifier row up to a positive scale, the layer's output shape per image, the mean
+        cosine between importances and their targets' rows, or None where the widths differ).
     """
     was_training = model.training
     model.eval()
@@ -69,11 +84,11 @@ def by_value(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
     scale = alpha.abs().max().clamp_min(1e-30)
     varies = bool(((alpha - alpha[:1]).abs().max() / scale) > 1e-5)
     rows = model.classifier.weight.detach().double().cpu()[cycled.cpu()]
-    equals_rows = False
+    equals_rows, mean_cos = False, None
     if rows.shape == alpha_cycled.shape:
         cos = torch.nn.functional.cosine_similarity(alpha_cycled.double(), rows, dim=1)
-        equals_rows = bool((cos > 1 - 1e-6).all())
-    return varies, equals_rows, shape
+        equals_rows, mean_cos = bool((cos > 1 - 1e-6).all()), float(cos.mean())
+    return varies, equals_rows, shape, mean_cos
 
 
 def inspect_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
@@ -84,8 +99,8 @@ def inspect_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "s
     nonlinearity = nonlinearity_after(head)
     if not measure:
         return LayerVerdict(layer, nonlinearity, None)
-    varies, equals_row, shape = by_value(model, layer, image_size, pooling)
-    return LayerVerdict(layer, nonlinearity, varies, equals_row, shape)
+    varies, equals_row, shape, cosine = by_value(model, layer, image_size, pooling)
+    return LayerVerdict(layer, nonlinearity, varies, equals_row, shape, cosine)
 
 
 def explain(verdict: LayerVerdict) -> str:
@@ -94,6 +109,9 @@ def explain(verdict: LayerVerdict) -> str:
         how.append("only pooling and linear layers stand between it and the logits")
     if verdict.equals_weight_row:
         how.append("every image's importance equals its class's classifier row")
+    elif verdict.near_degenerate:
+        how.append(f"every image's importance is nearly its class's classifier row (mean cosine "
+                   f"{verdict.weight_row_cosine:.4f} >= {NEAR_DEGENERATE})")
     return (f"importance layer {verdict.layer!r} is degenerate for NIWT: {'; '.join(how)}. The importance of a "
             "class would not depend on the image, so NIWT would only regress classifier rows. Choose a layer with "
             "a nonlinearity above it (an earlier block; `niwt layers --arch ARCH` marks them), or set "

@@ -29,10 +29,11 @@ class ExtractSpec:
     channels_last: bool
 
     @classmethod
-    def from_params(cls, e: ExtractParams, rt: Runtime) -> ExtractSpec:
+    def from_params(cls, e: ExtractParams, rt: Runtime, layer: str | None = None) -> ExtractSpec:
         """The spec of the ``extract`` params section, batched and laid out as the execution
-        settings say (they change no number beyond the last float bits)."""
-        return cls(e.layer, e.pooling, e.target, rt.inference_batch("importances"), rt.channels_last)
+        settings say (they change no number beyond the last float bits); ``layer``: the resolved
+        ``extract.layer`` (:func:`niwt.models.networks.importance_layer`) when it is ``auto``."""
+        return cls(layer or e.layer, e.pooling, e.target, rt.inference_batch("importances"), rt.channels_last)
 
 
 def importances_for(model: nn.Module, paths: Sequence[str], class_ids: np.ndarray, image_size: int,

@@ -127,13 +127,17 @@ def decode_image(value: Any, image_size: int, row: int = 0):
     return make_transform(image_size, train=False)(image)
 
 
-def signature():
-    """Column-based signature: ``image`` (base64 string) in; class, score, class_id, logit, unseen out."""
+def signature(in_features: int | None = None):
+    """Column-based signature: ``image`` (base64 string) in; class, score, class_id, logit, unseen out.
+    A network over features (``in_features``) takes a (B, in_features) float32 tensor instead."""
+    import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
+    inputs = (Schema([TensorSpec(np.dtype(np.float32), (-1, in_features))]) if in_features
+              else Schema([ColSpec("string", "image")]))
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]),
+        inputs=inputs,
         outputs=Schema([ColSpec("string", "class"), ColSpec("double", "score"), ColSpec("long", "class_id"),
                         ColSpec("double", "logit"), ColSpec("boolean", "unseen")]),
     )
@@ -220,7 +224,8 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=NiwtPyfunc(),
                 artifacts={"checkpoint": str(checkpoint), "classes": str(classes_json)},
-                signature=signature(), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *REQUIREMENTS],
+                signature=signature(meta.in_features),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *REQUIREMENTS],
                 code_paths=[str(Path(__file__).resolve().parents[1])],  # the niwt package itself
                 registered_model_name=name,
                 metadata={"niwt.method": (meta.method or ""), "niwt.n_seen": n_seen,

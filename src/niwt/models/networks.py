@@ -314,6 +314,51 @@ def importance_layers(model: NiwtNet, max_depth: int = 2) -> list[str]:
             if n and n.count(".") < max_depth and not isinstance(m, nn.Identity)]
 
 
+AUTO_LAYER = "auto"
+# The paper's layers for the built-in networks (VGG16 conv5_3 after ReLU, ResNet-101's first unit of its
+# last stage) and the first hidden layer of the network over features.
+DEFAULT_LAYERS = {"smallcnn": "body.block4", "mlp": "body.relu1", "vgg16": "body.relu5_3",
+                  "resnet101": "body.layer4.0"}
+
+
+def default_layer(model: NiwtNet, arch: str) -> str:
+    """The importance layer ``extract.layer: auto`` stands for, by a rule per architecture family.
+
+    * the built-in networks: :data:`DEFAULT_LAYERS` (the paper's layers);
+    * a network with a ``layer4`` stage (torchvision's ResNets, ResNeXts, Wide ResNets): its first unit,
+      ``body.layer4.0``, as the paper's ResNet-101 (the units above it keep ReLUs, so it is not degenerate);
+    * a VGG (``vgg*``): the last ReLU of ``features``, conv5_3's (or conv5_4's) output;
+    * a ConvNeXt: the output of its third stage, ``body.features.<n-3>``, below the last downsampling (the
+      last stage's residual blocks pass their input through, so the importance of anything above is its
+      class's weight row up to a normalisation: mean cosine 0.999 on random weights);
+    * any other network whose body has a ``features`` chain (MobileNet, EfficientNet, DenseNet): the block
+      before the last, ``body.features.<n-2>``, with the last block's nonlinearities above it.
+
+    Anything else (RegNet, the transformers) has no rule yet: a ModelError asks for ``extract.layer``.
+    """
+    if arch in DEFAULT_LAYERS:
+        return DEFAULT_LAYERS[arch]
+    body = model.body
+    if isinstance(getattr(body, "layer4", None), nn.Sequential):
+        return "body.layer4.0"
+    features = getattr(body, "features", None)
+    if isinstance(features, nn.Sequential) and len(features) >= 2:
+        if arch.startswith("vgg"):
+            relus = [i for i, m in enumerate(features) if isinstance(m, nn.ReLU)]
+            if relus:
+                return f"body.features.{relus[-1]}"
+        if arch.startswith("convnext") and len(features) >= 3:
+            return f"body.features.{len(features) - 3}"
+        return f"body.features.{len(features) - 2}"
+    raise ModelError(f"extract.layer: auto has no rule for {arch!r} (no layer4 stage, no features chain); set "
+                     "extract.layer to one of the layers `niwt layers --arch ARCH` lists")
+
+
+def importance_layer(model: NiwtNet, arch: str, layer: str) -> str:
+    """``extract.layer`` as a layer name: :func:`default_layer` for ``auto``, else the name as given."""
+    return default_layer(model, arch) if layer == AUTO_LAYER else layer
+
+
 def canonical_layer(model: nn.Module, layer: str) -> str:
     """``layer`` as a module name of ``model``; a torchvision name without ``body.`` is accepted."""
     modules = dict(model.named_modules())

@@ -82,7 +82,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     bar = _bar(loader, progress, desc=f"epoch {epoch}")
     for images, labels, _ in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
+        if channels_last and images.ndim == 4:  # feature vectors have no memory format
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits = model(images)

@@ -37,6 +37,7 @@ from niwt.importance.degenerate import check_layer, explain
 from niwt.importance.extraction import ExtractSpec, importances_for
 from niwt.io.parquet import importance_schema, shard_name, write_manifest, write_shard
 from niwt.models.checkpoint import check_classes, load_checkpoint
+from niwt.models.networks import importance_layer
 from niwt.models.training import resolve_device
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
@@ -117,8 +118,9 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
     model, meta = load_checkpoint(checkpoint)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")
     images = open_cache(cache, data / "splits.parquet", meta.image_size)  # a mismatch fails before any work
-    LayerCapture(model, p.extract.layer)  # unknown layer: fail before any work, listing valid ones
-    verdict = check_layer(model, p.extract.layer, meta.image_size, p.extract.pooling, p.extract.allow_degenerate)
+    layer = importance_layer(model, meta.arch, p.extract.layer)  # auto: the architecture's layer
+    LayerCapture(model, layer)  # unknown layer: fail before any work, listing valid ones
+    verdict = check_layer(model, layer, meta.image_size, p.extract.pooling, p.extract.allow_degenerate)
     if verdict.degenerate:
         print(f"[extract] warning (extract.allow_degenerate: true): {explain(verdict)}", flush=True)
     partial = out.parent / (out.name + ".partial")
@@ -131,9 +133,9 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
         shutil.rmtree(stale, ignore_errors=True)
     stamp.write_text(key)
     order = np.argsort(splits.image_id, kind="stable")
-    file_meta = (("layer", p.extract.layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
+    file_meta = (("layer", layer), ("pooling", p.extract.pooling), ("target", p.extract.target),
                  ("arch", meta.arch), ("extraction_key", key[:16]))
-    spec = ExtractSpec.from_params(p.extract, rt)
+    spec = ExtractSpec.from_params(p.extract, rt, layer)
     jobs = []
     for index, start in enumerate(range(0, len(order), rt.shard_size)):
         sel = order[start:start + rt.shard_size]

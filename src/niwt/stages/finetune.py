@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from niwt.data.cache import open_cache
-from niwt.data.features import feature_width
+from niwt.data.features import feature_width, features_digest
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
@@ -36,6 +36,7 @@ def _run_key(p: Params, data: Path) -> str:
     blob = json.dumps([p.base.seed, section_dict(p.model), section_dict(p.finetune)], sort_keys=True)
     digest = hashlib.sha256(blob.encode())
     digest.update((data / "splits.parquet").read_bytes())
+    digest.update(features_digest(data).encode())  # feature rows: the table alone does not say which features
     return digest.hexdigest()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from niwt.data.cache import open_cache
-from niwt.data.features import feature_width
+from niwt.data.features import feature_width, features_digest
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
 from niwt.models.checkpoint import CheckpointMeta, read_class_names, save_checkpoint
@@ -97,4 +97,5 @@ def _run_key(p: Params, data: Path, held: np.ndarray, epochs: int) -> str:
                       sort_keys=True)
     digest = hashlib.sha256(blob.encode())
     digest.update((data / "splits.parquet").read_bytes())
+    digest.update(features_digest(data).encode())  # feature rows: the table alone does not say which features
     return digest.hexdigest()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from niwt.data.cache import open_cache
+from niwt.data.features import is_feature_table
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
 from niwt.injection.context import Context, Partition
@@ -46,7 +47,7 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     if needs_images(p.inject.methods):
         train = splits.select("train")
         check_images_exist(train.path, train.image_id, data / "splits.parquet")
-    check_pool(p.inject.methods, p.inject)
+    check_pool(p.inject.methods, p.inject, features=is_feature_table(splits.path))
     checkpoint, mapping_path = Path(model), Path(mapping)
     model, meta = load_checkpoint(checkpoint, device)
     check_classes(meta, classes.names[: classes.n_seen], checkpoint, exact=True, what="seen classes")

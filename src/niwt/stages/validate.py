@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from niwt.data.cache import open_cache
+from niwt.data.features import is_feature_table
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
 from niwt.evaluation.gzsl import validation_numbers
@@ -38,7 +39,7 @@ from niwt.io.choices import write_choices
 from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates, peak_of
 from niwt.mapping.store import Provenance, StoredMap
 from niwt.models.checkpoint import CheckpointMeta, load_checkpoint
-from niwt.models.networks import ModelError
+from niwt.models.networks import ModelError, importance_layer
 from niwt.models.training import predict, resolve_device
 from niwt.params import MappingParams, Params, Runtime
 from niwt.stages import StageResult
@@ -50,7 +51,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     classes, splits = read_tables(data)
     used = splits.select("train", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
-    check_pool(p.inject.methods, p.inject)
+    check_pool(p.inject.methods, p.inject, features=is_feature_table(splits.path))
     model, meta = load_checkpoint(backbone, device)
     held, fit = _classes(meta, classes, Path(backbone))
     if not meta.class_disjoint:
@@ -58,13 +59,13 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
               "classifier as trained), so these choices are as biased as the held-out-seen rule", flush=True)
     sub_classes, sub_splits = subproblem(classes, splits, fit, held)
     n_fit = len(fit)
-    layer, pooling = p.extract.layer, p.extract.pooling
+    layer, pooling = importance_layer(model, meta.arch, p.extract.layer), p.extract.pooling  # auto: the arch's
     image_size = meta.image_size
     images = open_cache(cache, data / "splits.parquet", image_size)
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
     model = prepare_for_extraction(model, rt.channels_last)
     values, targets = importances_for(model, pairs.path, pairs.class_id, image_size,
-                                      ExtractSpec.from_params(p.extract, rt), images)
+                                      ExtractSpec.from_params(p.extract, rt, layer), images)
     traces, map_grid, map_rule = _map_traces(sub_classes.domain, targets, values, pairs.class_id, p)
     snapshots = {hyper: fit_snapshots(sub_classes.domain, targets, values, p.mapping, seed=p.base.seed,
                                       epochs=map_grid.candidate_epochs, hyper=hyper)

@@ -71,9 +71,13 @@ def needs_images(names: tuple[str, ...] | list[str]) -> bool:
     return any(method(n).needs_images for n in names)
 
 
-def check_pool(names: tuple[str, ...] | list[str], cfg: InjectParams) -> None:
-    """A folder ``inject.pool`` read by any of ``names`` must hold images (checked before any work)."""
+def check_pool(names: tuple[str, ...] | list[str], cfg: InjectParams, features: bool = False) -> None:
+    """A folder ``inject.pool`` read by any of ``names`` must hold images, and the network must read images
+    (``features``: the data are precomputed feature vectors); checked before any work."""
     if cfg.pool not in ("train", "noise") and any(method(n).needs_pool for n in names):
+        if features:
+            raise InputError(f"inject.pool: {cfg.pool!r} is a folder of images, but the network reads precomputed "
+                             "features (data.name: xlsa17); use train or noise")
         pool_folder_images(cfg.pool)
 
 
