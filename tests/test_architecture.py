@@ -169,10 +169,11 @@ def test_every_params_section_has_one_owner_and_execution_settings_have_none() -
     shared = {k: v for k, v in owners.items() if len(v) > 1}
     assert set(shared) == {"base.seed"}, shared
     # a single key inside another stage's section counts too; the allowed ones: the fingerprint stats
-    # the raw data where prepare reads it (prepare owns `data`), and the cache is decoded at the size
-    # the network takes (finetune owns `model`)
+    # the raw data where prepare reads it (prepare owns `data`: name, root and the xlsa17 dataset), and
+    # the cache is decoded at the size the network takes (finetune owns `model`)
     inside = sorted((k, s) for k in owners for s in owners if k != s and k.startswith(s + "."))
-    assert inside == [("data.name", "data"), ("data.root", "data"), ("model.image_size", "model")], inside
+    assert inside == [("data.dataset", "data"), ("data.name", "data"), ("data.root", "data"),
+                      ("model.image_size", "model")], inside
     assert [f.name for f in dataclasses.fields(Params().base)] == ["seed"]
     replayed = {k: owners[k] for s in replay for k in s.params if k != "base.seed" and not k.startswith("validate")}
     assert sorted({o for v in replayed.values() for o in v}) == ["extract", "finetune", "fit_mapping", "inject"]
