@@ -223,8 +223,26 @@ def _stop_when_dvc_dies(stage: str) -> None:
     threading.Thread(target=watch, name="niwt-dvc-parent", daemon=True).start()
 
 
+# Third-party warnings a user of niwt cannot act on (they name code inside torch and MLflow, not theirs):
+# silenced in the ``niwt`` commands, so the warnings that remain are worth reading.
+THIRD_PARTY_NOISE = (
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),  # torch's own modules script themselves
+    (UserWarning, r"There is a performance drop because we have not yet implemented the batching rule"),  # vmap
+    (UserWarning, r"Add type hints to the `predict` method"),  # MLflow, about niwt's pyfunc (a signature is given)
+)
+
+
+def quiet_third_party_warnings() -> None:
+    """Install the filters of :data:`THIRD_PARTY_NOISE` (message regexes, any module)."""
+    import warnings
+
+    for category, message in THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``niwt`` console script; returns the exit status."""
+    quiet_third_party_warnings()
     args = build_parser().parse_args(argv)
     if args.stage in COMMANDS:
         return _command(args.stage).command(args)

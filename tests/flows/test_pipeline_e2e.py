@@ -83,6 +83,8 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     (parent,) = [r for r in runs if r.data.tags.get("niwt.stage") == "pipeline"]
     assert parent.data.params["inject.lambda"] == "0.001"  # the tiny config fixes it (one candidate)
     assert parent.data.params["extract.layer"] == "auto"
+    # and every method's headline: the run to compare across experiments (params and metrics together)
+    assert parent.data.metrics["niwt/H"] == pytest.approx(metrics["niwt"]["H"])
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == set(TRACKED)
     # one run per method, same metric names, tagged ``method``: the compare view puts them side by side
@@ -114,7 +116,7 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     assert {w for w in status.split() if w.endswith(":") and w[:-1] in STAGES} - {"fingerprint:"} == importers, status
     assert not {"prepare:", "finetune:", "finetune_validation:", "extract:"} & set(status.split()), status
     # the importance layer belongs to extract: changing it reruns extract and after, never finetune
-    params = (project / "params.yaml").read_text().replace("layer: body.block4", "layer: body.block3")
+    params = (project / "params.yaml").read_text().replace("layer: auto", "layer: body.block3")
     (project / "params.yaml").write_text(params)
     third = dvc(["repro"], project).stdout
     ran = [s for s in STAGES if f"Running stage '{s}'" in third]

@@ -35,3 +35,19 @@ def test_predict_explain_into_a_file_is_one_line_and_touches_it(tmp_path: Path,
     rc, err = _run(capsys, "predict", tmp_path / "a.jpg", "--model", tmp_path / "m.pt", "--explain", target)
     assert rc == 2 and err == f"niwt predict: error: --explain {target}: exists and is not a directory\n"
     assert target.read_text() == "root:x:0:0\n"
+
+
+def test_third_party_noise_is_silenced_and_other_warnings_stay():
+    import warnings
+
+    from niwt.cli import quiet_third_party_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()
+        warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`", FutureWarning,
+                      stacklevel=1)
+        warnings.warn("There is a performance drop because we have not yet implemented the batching rule for "
+                      "aten::as_strided_", UserWarning, stacklevel=1)
+        warnings.warn("a warning about your data", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning about your data"]

@@ -177,7 +177,10 @@ def test_execution_settings_come_from_the_environment_and_flags() -> None:
     from niwt.config.runtime import load_runtime
     from niwt.params import Runtime
 
-    assert load_runtime({}) == Runtime()
+    assert load_runtime({}, terminal=True) == Runtime()
+    # bars only on a terminal, unless NIWT_PROGRESS says otherwise (pipes, log files, Prefect logs)
+    assert not load_runtime({}, terminal=False).progress
+    assert load_runtime({"NIWT_PROGRESS": "1"}, terminal=False).progress
     rt = load_runtime({"NIWT_DEVICE": "cpu", "NIWT_WORKERS": "3", "NIWT_RUNNER": "dask",
                        "NIWT_DASK_ADDRESS": "tcp://h:8786", "NIWT_DASK_WORKERS": "4", "NIWT_PROGRESS": "0"})
     assert rt == Runtime("cpu", 3, "dask", "tcp://h:8786", 4, False)

@@ -35,14 +35,19 @@ def _from_env(text: str, hint: Any, where: str) -> Any:
     return text
 
 
-def load_runtime(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> Runtime:
+def load_runtime(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None,
+                 terminal: bool | None = None) -> Runtime:
     """The execution settings from ``NIWT_*`` environment variables, then ``overrides`` (CLI flags;
-    None values are ignored)."""
+    None values are ignored). Progress bars default to whether stderr is a terminal (``terminal``):
+    in a pipe, a log file or a Prefect log a bar is hundreds of carriage-return fragments, and the
+    stages print their own one-line progress (epochs, shards) anyway; ``NIWT_PROGRESS`` decides
+    when set."""
     import os
+    import sys
 
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(Runtime)
-    raw: dict[str, Any] = {}
+    raw: dict[str, Any] = {"progress": sys.stderr.isatty() if terminal is None else terminal}
     for key, var in RUNTIME_ENV.items():
         if environ.get(var, "") != "":
             raw[key] = _from_env(environ[var], hints[key], var)

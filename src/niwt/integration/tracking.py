@@ -141,6 +141,8 @@ class StageRun:
             self.mlflow.log_metrics(metrics)
             log_steps(self.mlflow, steps or {})
             log_children(self.mlflow, children or {}, self.params)
+            if self.parent and children:  # the headline per method on the parent: one run per experiment to compare
+                log_headline(self.mlflow.MlflowClient(), self.parent, children)
             for artifact in artifacts:
                 self.mlflow.log_artifact(str(artifact), artifact_path=(artifact_dirs or {}).get(artifact))
             self.mlflow.end_run("FINISHED")
@@ -280,6 +282,21 @@ def log_children(mlflow, runs: dict[str, dict[str, float]], params: dict[str, An
         for key, value in metrics.items():
             client.log_metric(child.info.run_id, key, value)
         client.set_terminated(child.info.run_id)
+
+
+def log_headline(client, run_id: str, runs: dict[str, dict[str, float]]) -> None:
+    """Every method's metrics on one run, as ``<method>/<metric>`` (``niwt/H``): the pipeline's parent run
+    then holds its params and every method's numbers, so MLflow's compare view puts a sweep's points (one
+    parent run each) side by side; the per-method child runs stay as the detail."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(f"{method}/{key}", float(value), now, 0) for method, metrics in runs.items()
+             for key, value in metrics.items()]
+    for start in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[start:start + 1000])
 
 
 def log_steps(mlflow, steps: dict[str, list[tuple[int, float]]]) -> None:
