@@ -228,7 +228,7 @@ def _stop_when_dvc_dies(stage: str) -> None:
 THIRD_PARTY_NOISE = (
     (FutureWarning, r"`torch\.jit\.script` is deprecated"),  # torch's own modules script themselves
     (UserWarning, r"There is a performance drop because we have not yet implemented the batching rule"),  # vmap
-    (UserWarning, r"Add type hints to the `predict` method"),  # MLflow, about niwt's pyfunc (a signature is given)
+    (UserWarning, r".*Add type hints to the `predict` method"),  # MLflow (colour codes first), about niwt's pyfunc
 )
 
 
@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if _parent_gone.is_set():
             return 3
-        raise
+        # Ctrl-C: one line, not a traceback. Outputs are written atomically, so they are as they were; the
+        # resume state (finetune's <out>.resume, extract's finished shards) is kept for the rerun.
+        print(f"niwt {args.stage}: interrupted; its outputs are as they were, and a rerun continues from what "
+              "was saved", file=sys.stderr, flush=True)
+        return 130
     except OSError as err:  # out of space anywhere (a shard, a plot): one line naming the file and free space
         full = disk_error(err.filename or Path.cwd(), err)
         if full is None:

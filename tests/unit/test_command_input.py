@@ -51,3 +51,27 @@ def test_third_party_noise_is_silenced_and_other_warnings_stay():
                       "aten::as_strided_", UserWarning, stacklevel=1)
         warnings.warn("a warning about your data", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning about your data"]
+
+
+@pytest.mark.parametrize("name", ["bad/name with spaces", "a:b", "", "x" * 200])
+def test_register_refuses_a_bad_model_name_before_mlflow(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.delenv("NIWT_TRACKING", raising=False)
+    rc, err = _run(capsys, "register", "--model", tmp_path / "m.pt", "--name", name)
+    assert rc == 2 and err.startswith(f"niwt register: error: --name {name!r}: a registered model name is")
+    assert err.count("\n") == 1 and not (tmp_path / "m.db").exists()
+
+
+def test_register_refuses_a_checkpoint_that_was_not_injected(tmp_path: Path, capsys, monkeypatch) -> None:
+    from niwt.models.checkpoint import CheckpointMeta, save_checkpoint
+    from niwt.models.networks import mlp
+
+    save_checkpoint(tmp_path / "finetuned.pt", mlp(3, 4, hidden=4), CheckpointMeta("mlp", ("a", "b", "c"), 3, 64,
+                                                                                   hidden=4, in_features=4))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.delenv("NIWT_TRACKING", raising=False)
+    repo = Path(__file__).resolve().parents[2]
+    rc, err = _run(capsys, "register", "--model", tmp_path / "finetuned.pt", "--params", repo / "params.yaml")
+    assert rc == 2 and err.splitlines()[-1] == (f"niwt register: error: {tmp_path / 'finetuned.pt'}: not an injected "
+                                                "checkpoint (it predicts only its 3 seen classes); register one of "
+                                                "models/injected/<method>.pt")

@@ -214,3 +214,13 @@ def test_speed_only_settings_are_execution_settings_not_params() -> None:
         == (64, 128, 512, True)
     with pytest.raises(ParamsError, match="NIWT_SHARD_SIZE"):
         load_runtime({"NIWT_SHARD_SIZE": "0"})
+
+
+@pytest.mark.parametrize("over", [{"data": {"name": "xlsa17"}}, {"model": {"arch": "mlp"}}])
+def test_features_and_the_network_over_them_come_together(over) -> None:
+    """Refused when params are read (before the first stage), not at finetune."""
+    from niwt.config.load import parse_params
+
+    with pytest.raises(ParamsError, match=r"precomputed features \(data\.name: xlsa17\) are read by model\.arch: mlp"):
+        parse_params(over)
+    assert parse_params({"data": {"name": "xlsa17"}, "model": {"arch": "mlp"}}).model.arch == "mlp"

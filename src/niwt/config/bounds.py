@@ -92,6 +92,9 @@ def check_bounds(p: Params, source: str) -> None:
     if p.finetune.mode == "none" and p.model.weights in WEIGHTS_CHOICES:
         problems.append("finetune.mode: none keeps a classifier you trained: set model.weights to its state_dict "
                         "file (and model.class_names to its class list)")
+    if (p.data.name == "xlsa17") != (p.model.arch == "mlp"):  # features need the network over features, and only it
+        problems.append(f"data.name: {p.data.name} with model.arch: {p.model.arch}: precomputed features "
+                        "(data.name: xlsa17) are read by model.arch: mlp, and mlp reads nothing else")
     if p.model.weights not in WEIGHTS_CHOICES and not p.model.class_names:
         problems.append("model.weights is a file: set model.class_names to a text file naming its classifier rows, "
                         "one class per line, in row order")

@@ -200,6 +200,11 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
     model, meta = load_checkpoint(checkpoint)  # fail here, not at serving time, on a bad checkpoint
+    if meta.method is None or meta.layer is None or len(meta.class_names) == meta.n_seen:
+        from niwt.models.networks import ModelError
+
+        raise ModelError(f"{checkpoint}: not an injected checkpoint (it predicts only its {meta.n_seen} seen "
+                         "classes); register one of models/injected/<method>.pt")
     n_seen = int(meta.n_seen)
     client = mlflow.MlflowClient()
     digest = weights_digest(model, meta.class_names, n_seen)

@@ -7,6 +7,7 @@ validation backbone, on the seen classes minus the validation classes): one loop
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from niwt.errors import InputError
 from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import load_state_dict_file, read_class_names, safe_load
-from niwt.models.networks import ModelError, NiwtNet, build_model
+from niwt.models.networks import WEIGHTS_CHOICES, ModelError, NiwtNet, build_model
 from niwt.models.training import evaluate, train_one_epoch
 from niwt.params import FinetuneParams, ModelParams
 
@@ -30,6 +31,19 @@ def phases(f: FinetuneParams, epochs: int | None = None) -> list[tuple[str, int,
     if f.mode == "fixed":
         return [("head", n, f.lr)]
     return [(name, k, lr) for name, k, lr in (("head", f.head_epochs, f.lr), ("full", n, f.lr_full)) if k > 0]
+
+
+def located(m: ModelParams, anchor: Path) -> ModelParams:
+    """``model.weights`` and ``model.class_names`` as absolute paths: a relative one is under the project
+    root of ``anchor`` (a stage output), as ``data.root`` is, so ``dvc exp run --temp/--queue`` (whose copy
+    lacks the user's untracked weights file) and ``niwt`` typed in another directory read the same file."""
+    from dataclasses import replace
+
+    from niwt.io.project import resolve_root
+
+    weights = m.weights if m.weights in WEIGHTS_CHOICES else str(resolve_root(m.weights, anchor))
+    names = str(resolve_root(m.class_names, anchor)) if m.class_names else ""
+    return replace(m, weights=weights, class_names=names)
 
 
 def initial_model(m: ModelParams, seen: list[str], allow_extra: bool = False,
@@ -92,6 +106,7 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
     augmentations as an unbroken run. ``finetune.mode: none`` trains nothing: the given classifier
     as it is, measured on val.
     """
+    check_finite_weights(model)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
     state = load_resume(resume, log) if resume is not None and f.mode != "none" else None
     history: list[dict] = state["history"] if state else []
@@ -111,6 +126,10 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
             stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=f.amp,
                                     channels_last=f.channels_last, scheduler=sched, progress=progress,
                                     frozen=model.body if phase == "head" else None)
+            if not math.isfinite(stats["loss"]):  # stop here: a NaN network would flow into every later stage
+                raise TrainingDiverged(f"finetune: the training loss is {stats['loss']} at {phase} epoch {epoch} "
+                                       f"(learning rate {lr:g}): the weights diverged; lower finetune."
+                                       f"{'lr' if phase == 'head' else 'lr_full'}; nothing was written")
             val_acc = evaluate(model, val_loader, device, amp=f.amp)["acc"]
             history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
                             "train_acc": stats["acc"], "val_acc": val_acc})
@@ -128,6 +147,19 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
         return evaluate(model, val_loader, device, amp=f.amp)["acc"], history
     model.load_state_dict(best_state)
     return best_acc, history
+
+
+class TrainingDiverged(InputError):
+    """The training loss became NaN or infinite: the stage stops before writing a broken network."""
+
+
+def check_finite_weights(model: NiwtNet) -> None:
+    """The start network (``model.weights``, or a fresh init) must hold only finite numbers: a NaN in a
+    classifier row would give NaN scores to every later stage while each of them exits 0."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(f"model.weights: NaN or infinite values in {bad[:5]}{' and more' if len(bad) > 5 else ''}; "
+                         "the network cannot be used")
 
 
 def load_resume(resume: Resume, log: Callable[[str], None]) -> dict | None:

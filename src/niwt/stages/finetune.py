@@ -25,7 +25,7 @@ from niwt.data.tables import read_tables
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import CheckpointMeta, save_checkpoint
-from niwt.models.finetuning import Resume, initial_model, train_phases
+from niwt.models.finetuning import Resume, initial_model, located, train_phases
 from niwt.models.training import evaluate, resolve_device, seed_everything
 from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
@@ -48,7 +48,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pat
     used = splits.select("train", "val", "test_seen")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
     width = feature_width(splits.path)  # precomputed features: the mlp's input width
-    model = initial_model(p.model, classes.names[: classes.n_seen], in_features=width)
+    model = initial_model(located(p.model, out), classes.names[: classes.n_seen], in_features=width)
     model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -23,7 +23,7 @@ from niwt.data.features import feature_width, features_digest
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
 from niwt.models.checkpoint import CheckpointMeta, read_class_names, save_checkpoint
-from niwt.models.finetuning import Resume, initial_model, train_phases
+from niwt.models.finetuning import Resume, initial_model, located, train_phases
 from niwt.models.training import resolve_device, seed_everything
 from niwt.params import Params, Runtime, section_dict
 from niwt.stages import StageResult
@@ -54,7 +54,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
           f"{[classes.names[i] for i in held]}", flush=True)
     seed_everything(p.base.seed)
     width = feature_width(splits.path)  # precomputed features: the mlp's input width
-    model = initial_model(p.model, sub.names[: sub.n_seen], allow_extra=True, in_features=width).to(device)
+    model = initial_model(located(p.model, out), sub.names[: sub.n_seen], allow_extra=True, in_features=width)
+    model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
     train, val = sub_splits.select("train"), sub_splits.select("val")
@@ -74,7 +75,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
     # for any user weights file whose classifier has rows of validation classes (its body was
     # trained on their images, whatever rows are dropped).
     held_names = [classes.names[i] for i in held]
-    user_rows = read_class_names(p.model.class_names) if p.model.weights not in ("none", "imagenet") else []
+    user_rows = (read_class_names(located(p.model, out).class_names)
+                 if p.model.weights not in ("none", "imagenet") else [])
     disjoint = p.finetune.mode != "none" and not set(held_names) & set(user_rows)
     if not disjoint:
         print("[finetune_validation] warning: this backbone has seen the validation classes (finetune.mode: none, "
