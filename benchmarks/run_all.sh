@@ -9,13 +9,13 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python
 OUT=${BENCH_OUT:-benchmarks/results}
 mkdir -p "$OUT"
-for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline; do
+for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline bench_families; do
     echo "== $name $*"
     "$PY" "benchmarks/$name.py" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
 done
 if [ "${BENCH_PROTOCOL:-0}" = 1 ]; then "$PY" benchmarks/bench_protocol.py --out "$OUT/bench_protocol.md" 2>&1 | tee "$OUT/bench_protocol.txt"; fi  # CUB-size protocol check, about 16 min on 2 CPUs: opt in
 echo "== tables"
-for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline; do
+for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline bench_families; do
     sed -n '/^### /,$p' "$OUT/$name.txt"
     echo
 done

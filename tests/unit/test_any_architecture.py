@@ -34,6 +34,9 @@ ARCHS = [
     ("mobilenet_v3_large", "body.features.15", None),
     ("efficientnet_b0", "body.features.7", "body.features.8"),
     ("convnext_tiny", "body.features.5", None),  # features.6 on: near-degenerate (test_default_layer.py)
+    ("swin_t", "body.features.5", "body.avgpool"),
+    ("swin_v2_t", "body.features.5.1", "body.avgpool"),
+    ("vit_b_16", "body.encoder.layers.encoder_layer_10", None),  # the last block: test_transformers.py
 ]
 
 
@@ -47,6 +50,8 @@ def _build(arch: str, monkeypatch: pytest.MonkeyPatch) -> NiwtNet:
     torch.manual_seed(0)
     model = build_model(arch, 5, width=4, hidden=8, image_size=SIZE)
     with torch.no_grad():  # non-trivial batch-norm statistics, so eval-mode BN is not the identity
+        if not model.classifier.weight.any():  # torchvision's ViT starts its classifier at zero
+            model.classifier.weight.uniform_(-0.1, 0.1)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
@@ -73,7 +78,7 @@ def test_split_is_exact_and_importance_matches_hooks(arch: str, layer: str, dege
         (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts)
         torch.testing.assert_close(pool(grad, "sum"), importance(model, name, x, targets), rtol=1e-5, atol=1e-6)
     if arch != "smallcnn":  # the plain torchvision network: same logits
-        tv = torchvision.models.get_model(arch, num_classes=5)
+        tv = torchvision.models.get_model(arch, num_classes=5, **({"image_size": SIZE} if "vit" in arch else {}))
         tv.load_state_dict(plain_state_dict(model, arch))
         with torch.no_grad():
             torch.testing.assert_close(tv.eval()(x), full, rtol=0, atol=1e-6)

@@ -25,6 +25,7 @@ EXPECTED = {
                                 "dense_bf16_bytes_ratio", "dense_bf16_relative_dW"],
     "bench_cache.py": ["read_speedup_cache_vs_jpeg", "loader_share_cache"],
     "bench_pipeline.py": ["pipeline_time_cache_vs_files", "stages_slower_with_cache"],
+    "bench_families.py": ["max_weight_row_cosine_of_defaults", "degenerate_defaults"],
 }
 RATIO = re.compile(r"^RATIO (\S+)(?: \([^)]*\))? = [-+0-9.e]+x?(?: \(target .*\))?$", re.M)
 

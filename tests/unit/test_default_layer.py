@@ -23,6 +23,9 @@ EXPECTED = {
     "efficientnet_b0": "body.features.7",
     "convnext_tiny": "body.features.5",  # stage 3's output: stage 4's residual blocks make anything above
     # them near-degenerate (importance ~ the weight row, mean cosine 0.999)
+    "swin_t": "body.features.5",  # the same rule and the same reason as ConvNeXt
+    "vit_b_16": "body.encoder.layers.encoder_layer_10",  # the block before the last (whose patch tokens feed
+    # nothing: the head reads the class token alone)
 }
 
 
@@ -30,6 +33,8 @@ EXPECTED = {
 def test_auto_picks_the_family_layer_and_it_is_usable(arch):
     torch.manual_seed(0)
     model = build_model(arch, 7, image_size=64).eval()
+    with torch.no_grad():  # torchvision starts a ViT's classifier at zero: every logit would be its bias
+        model.classifier.weight.normal_(0, 0.05)
     layer = importance_layer(model, arch, "auto")
     assert layer == EXPECTED[arch] == default_layer(model, arch)
     assert importance_layer(model, arch, "body.other") == "body.other"  # a name is taken as given
@@ -46,9 +51,9 @@ def test_the_network_over_features_takes_its_first_hidden_layer():
 
 
 def test_a_family_without_a_rule_asks_for_the_layer():
-    model = build_model("vit_b_16", 3, image_size=224)
-    with pytest.raises(ModelError, match="extract.layer: auto has no rule for 'vit_b_16'.*niwt layers"):
-        importance_layer(model, "vit_b_16", "auto")
+    model = build_model("regnet_x_400mf", 3, image_size=64)
+    with pytest.raises(ModelError, match="extract.layer: auto has no rule for 'regnet_x_400mf'.*niwt layers"):
+        importance_layer(model, "regnet_x_400mf", "auto")
 
 
 def test_near_degenerate_layers_are_refused_by_value_with_the_figure(capsys):

@@ -34,6 +34,7 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False, 
 
     from niwt.importance.degenerate import NEAR_DEGENERATE, by_value
     from niwt.models.graph import nonlinearity_after
+    from niwt.models.layout import layer_layout
     from niwt.models.networks import ModelError, default_layer, example_input, importance_layers, split_at
 
     try:
@@ -60,7 +61,8 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False, 
                "cosine": None}
         if len(shapes[name]) != 1:
             row["status"] = "not usable: runs more than once" if shapes[name] else "not usable: never runs"
-        elif len(row["shape"]) != (1 if getattr(model, "in_features", None) else 3):
+        elif len(row["shape"]) != (1 if getattr(model, "in_features", None) else 3) and \
+                layer_layout(model, name).kind != "tokens":
             row["status"] = "not usable: no spatial map"
         else:
             try:
@@ -71,8 +73,11 @@ def layer_table(model, image_size: int, depth: int = 2, show_all: bool = False, 
                 row["nonlinearity"] = nonlinearity_after(head)
                 row["status"] = "degenerate (linear path to the logits)" if row["nonlinearity"] is None else "ok"
                 if row["nonlinearity"] is not None:  # by value: importances all but equal to the weight rows?
-                    row["cosine"] = by_value(model, name, image_size)[3]
-                    if row["cosine"] is not None and row["cosine"] >= NEAR_DEGENERATE:
+                    measured = by_value(model, name, image_size)
+                    row["cosine"] = measured.cosine
+                    if measured.vanishes:
+                        row["status"] = "degenerate (no gradient reaches it)"
+                    elif row["cosine"] is not None and row["cosine"] >= NEAR_DEGENERATE:
                         row["status"] = f"degenerate (importance ~ weight row, cos {row['cosine']:.4f})"
         if name == default:
             row["status"] += " (default)"
@@ -108,14 +113,16 @@ def command(args: argparse.Namespace) -> int:
         return 2
     width = max([len(r["layer"]) for r in rows] + [5])
     shown = f"{model.in_features}-d features" if getattr(model, "in_features", None) else f"{size}x{size}"
-    print(f"{arch} at {shown}: candidate importance layers (extract.layer), output shape per input, "
-          "and the first nonlinearity between the layer and the classifier")
+    print(f"{arch} at {shown}: candidate importance layers (extract.layer), output shape per input (a "
+          "transformer's: tokens x channels or height x width x channels), mean cosine of importances to the "
+          "weight row, and the first nonlinearity between the layer and the classifier")
     for r in rows:
         shape = "x".join(map(str, r["shape"])) or "-"
         above = r["nonlinearity"] or "-"
-        print(f"{r['layer']:<{width}}  {shape:<14}  {r['status']:<40}  {above}")
-    print("degenerate: only pooling and linear layers above it (or, by value, importances with a mean cosine >= "
-          f"{NEAR_DEGENERATE} to their class's weight row), so every image's importance is its class's weight row "
-          "and NIWT reduces to weight regression; extract refuses it unless extract.allow_degenerate: true. "
-          "(default): the layer extract.layer: auto takes")
+        cos = "-" if r["cosine"] is None else f"{r['cosine']:.3f}"
+        print(f"{r['layer']:<{width}}  {shape:<14}  {cos:>6}  {r['status']:<48}  {above}")
+    print("degenerate: only pooling and linear layers above it, no gradient reaching it, or (by value) "
+          f"importances with a mean cosine >= {NEAR_DEGENERATE} to their class's weight row: every image's "
+          "importance would be its class's weight row and NIWT reduce to weight regression; extract refuses it "
+          "unless extract.allow_degenerate: true. (default): the layer extract.layer: auto takes")
     return 0

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from niwt.data.images import IMAGENET_MEAN, IMAGENET_STD
 from niwt.importance.capture import LayerCapture, Pooling, layer_gradient, pool
+from niwt.models.layout import grid
 
 
 @dataclass
@@ -64,17 +65,18 @@ def gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: torch.T
             targets = torch.full((len(images),), targets, dtype=torch.long)
         with LayerCapture(model, layer, detach=True) as cap:
             grad, logits, targets = layer_gradient(model, cap, images, targets)
-            act = cap.activation
+            act, layout = cap.activation, cap.layout
     finally:
         model.train(was_training)
     act = act.detach()
     if act.ndim == 2 and images.ndim == 2:  # a network over feature vectors: importances, no heat map
         empty = torch.zeros(len(images), 0, 0)
         return GradCam(empty, empty, pool(grad, pooling).float().cpu(), logits.detach().float().cpu(), targets.cpu())
-    if act.ndim != 4:
+    act_grid, grad_grid = grid(act, layout), grid(grad, layout)  # a ViT's patch tokens on the patch grid
+    if act_grid.ndim != 4:
         raise ValueError(f"Grad-CAM needs a spatial (B, K, h, w) layer; {layer!r} gives {tuple(act.shape)}")
-    weights = grad.mean((2, 3))  # Grad-CAM's global-average-pooled gradients
-    raw = F.relu((weights[:, :, None, None] * act).sum(1))
+    weights = grad_grid.mean((2, 3))  # Grad-CAM's global-average-pooled gradients (over the patches)
+    raw = F.relu((weights[:, :, None, None] * act_grid).sum(1))
     up = F.interpolate(raw[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = up.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
     cam = (up / peak).clamp(0, 1)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from niwt.models.networks import resolve_layer
+from niwt.models.layout import layer_layout, pack, unpack
+from niwt.models.networks import canonical_layer, resolve_layer
 
 Pooling = Literal["sum", "mean"]
 
@@ -32,18 +33,23 @@ class LayerCapture:
         layer: dotted module name (``body.block4``); unknown names list the valid ones.
         detach: hand downstream a new leaf (gradients stop at the layer). Set False to keep the
             graph to the input, e.g. for double backprop through the whole network.
+
+    ``activation`` is the output packed channels first (:mod:`niwt.models.layout`: a transformer's
+    tokens or channels-last map become (B, C, *positions)); the network above reads it unpacked.
     """
 
     def __init__(self, model: nn.Module, layer: str, detach: bool = True) -> None:
         self.module = resolve_layer(model, layer)
+        self.layout = layer_layout(model, canonical_layer(model, layer))
         self.detach = detach
         self.activation: torch.Tensor | None = None
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        act = output.detach().requires_grad_(True) if self.detach else output
+        packed = pack(output, self.layout)
+        act = packed.detach().requires_grad_(True) if self.detach else packed
         self.activation = act
-        return act.clone()  # in-place ops downstream must not touch the stored tensor
+        return unpack(act.clone(), self.layout)  # in-place ops downstream must not touch the stored tensor
 
     def __enter__(self) -> LayerCapture:
         self._handle = self.module.register_forward_hook(self._hook)

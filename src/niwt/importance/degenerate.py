@@ -22,6 +22,7 @@ import torch
 from niwt.errors import InputError
 from niwt.importance.capture import LayerCapture, batch_importance
 from niwt.models.graph import nonlinearity_after
+from niwt.models.layout import MAP, Layout, layer_layout
 from niwt.models.networks import ModelError, NiwtNet, canonical_layer, example_input, split_at, takes_features
 
 
@@ -42,9 +43,11 @@ class LayerVerdict:
     nonlinearity: str | None  # the first nonlinear op above the layer (None: a linear path to the logits)
     varies: bool | None  # importances of one class differ between inputs (None: not measured); a report only
     equals_weight_row: bool = False  # every importance is its class's classifier row (up to a scale)
-    shape: tuple[int, ...] = ()  # the layer's output shape for one image
+    shape: tuple[int, ...] = ()  # the layer's output shape for one image, packed channels first
     # mean cosine between each image's importance and its class's classifier row (None: other widths)
     weight_row_cosine: float | None = None
+    vanishes: bool = False  # every importance is zero: no gradient reaches the layer (a ViT's last block)
+    layout: Layout = MAP
 
     @property
     def near_degenerate(self) -> bool:
@@ -53,17 +56,29 @@ class LayerVerdict:
 
     @property
     def degenerate(self) -> bool:
-        return self.nonlinearity is None or self.equals_weight_row or self.near_degenerate
+        return self.nonlinearity is None or self.equals_weight_row or self.near_degenerate or self.vanishes
+
+
+@dataclass(frozen=True)
+class ValueCheck:
+    """What the importances of a few random inputs show (:func:`by_value`)."""
+
+    varies: bool  # importances of one target differ between inputs
+    equals_rows: bool  # every importance is its target's classifier row up to a positive scale
+    shape: tuple[int, ...]  # the layer's output per input, packed channels first
+    cosine: float | None  # mean cosine between importances and their targets' rows (None: other widths)
+    vanishes: bool  # every importance is exactly zero
+    # mean cosine between the importances of one target on different inputs (1: the image does not matter);
+    # defined at any width, a report only
+    same_class_cosine: float = float("nan")
 
 
 def by_value(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
-             n_images: int = 4, seed: int = 0) -> tuple[bool, bool, tuple[int, ...], float | None]:
+             n_images: int = 4, seed: int = 0) -> ValueCheck:
     """Measure the importances of ``n_images`` random inputs (targets cycling over the classes).
 
-    Returns:
-        (the importances differ between inputs of the same target, every importance equals its
-        target's classifier row up to a positive scale, the layer's output shape per image, the mean
-        cosine between importances and their targets' rows, or None where the widths differ).
+    A classifier that is all zeros (torchvision initialises a ViT's head so) would make every gradient
+    zero whatever the layer: it is measured with a random classifier instead (restored afterwards).
     """
     was_training = model.training
     model.eval()
@@ -73,38 +88,54 @@ def by_value(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
     n_classes = model.classifier.out_features
     same = torch.zeros(n_images, dtype=torch.long, device=device)
     cycled = torch.arange(n_images, device=device) % n_classes
+    weight = model.classifier.weight
+    saved = None if bool(weight.detach().any()) else weight.detach().clone()
     try:
+        if saved is not None:
+            with torch.no_grad():
+                weight.copy_(torch.randn(weight.shape, generator=gen).mul_(0.02).to(weight))
+        rows = weight.detach().double().cpu()[cycled.cpu()]
         with LayerCapture(model, layer) as cap:
             alpha, _ = batch_importance(model, cap, x, same, pooling)  # type: ignore[arg-type]
             shape = tuple(cap.activation.shape[1:])
             alpha_cycled, _ = batch_importance(model, cap, x, cycled, pooling)  # type: ignore[arg-type]
     finally:
+        if saved is not None:
+            with torch.no_grad():
+                weight.copy_(saved)
         model.train(was_training)
     alpha = alpha.double()
     scale = alpha.abs().max().clamp_min(1e-30)
     varies = bool(((alpha - alpha[:1]).abs().max() / scale) > 1e-5)
-    rows = model.classifier.weight.detach().double().cpu()[cycled.cpu()]
+    vanishes = not bool(alpha_cycled.any())
     equals_rows, mean_cos = False, None
     if rows.shape == alpha_cycled.shape:
         cos = torch.nn.functional.cosine_similarity(alpha_cycled.double(), rows, dim=1)
         equals_rows, mean_cos = bool((cos > 1 - 1e-6).all()), float(cos.mean())
-    return varies, equals_rows, shape, mean_cos
+    unit = torch.nn.functional.normalize(alpha, dim=1)
+    pairs = unit @ unit.T
+    same = float(pairs[~torch.eye(len(unit), dtype=torch.bool)].mean()) if len(unit) > 1 else float("nan")
+    return ValueCheck(varies, equals_rows, shape, mean_cos, vanishes, same)
 
 
 def inspect_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum",
                   measure: bool = True) -> LayerVerdict:
     """Both checks of one layer (the value check only when ``measure``)."""
     layer = canonical_layer(model, layer)
+    layout = layer_layout(model, layer)
     _, head = split_at(model, layer)
     nonlinearity = nonlinearity_after(head)
     if not measure:
-        return LayerVerdict(layer, nonlinearity, None)
-    varies, equals_row, shape, cosine = by_value(model, layer, image_size, pooling)
-    return LayerVerdict(layer, nonlinearity, varies, equals_row, shape, cosine)
+        return LayerVerdict(layer, nonlinearity, None, layout=layout)
+    v = by_value(model, layer, image_size, pooling)
+    return LayerVerdict(layer, nonlinearity, v.varies, v.equals_rows, v.shape, v.cosine, v.vanishes, layout)
 
 
 def explain(verdict: LayerVerdict) -> str:
     how = []
+    if verdict.vanishes:
+        how.append("no gradient of the logits reaches it (the network reads only its class token above it: its "
+                   "patch tokens, where importance is measured, do not feed the classifier)")
     if verdict.nonlinearity is None:
         how.append("only pooling and linear layers stand between it and the logits")
     if verdict.equals_weight_row:
@@ -129,7 +160,10 @@ def check_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum
     if takes_features(model) and len(verdict.shape) != 1:
         raise ModelError(f"importance layer {verdict.layer!r} outputs shape {list(verdict.shape)} per input; in a "
                          "network over feature vectors it must be a hidden layer (a vector of neurons)")
-    if not takes_features(model) and len(verdict.shape) != 3:
+    if verdict.layout.kind == "tokens" and len(verdict.shape) != 2:
+        raise ModelError(f"importance layer {verdict.layer!r} outputs shape {list(verdict.shape)} per image; a "
+                         "transformer's importance layer must output tokens x channels (a block's output)")
+    if not takes_features(model) and verdict.layout.kind != "tokens" and len(verdict.shape) != 3:
         raise ModelError(f"importance layer {verdict.layer!r} outputs shape {list(verdict.shape)} per image; an "
                          "importance layer must output channels x height x width (a convolutional feature map)")
     if verdict.degenerate and not allow:

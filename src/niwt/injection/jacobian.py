@@ -20,6 +20,8 @@ to hold ``M`` for an image pool:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +64,29 @@ def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batc
     c = acts.shape[1]
     scale = 1.0 if pooling == "sum" else 1.0 / acts[0, 0].numel()
     out = []
+    with plain_attention():
+        _jvp_columns(head, acts, c, scale, batch, max_elements, out)
+    return torch.cat(out).contiguous()
+
+
+@contextmanager
+def plain_attention() -> Iterator[None]:
+    """Attention without fused kernels, which have neither forward-mode AD nor double backward (a
+    transformer's head): no nn.MultiheadAttention inference fast path, scaled_dot_product_attention's
+    math backend (plain matmul and softmax, differentiable any number of times)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+def _jvp_columns(head: nn.Module, acts: torch.Tensor, c: int, scale: float, batch: int, max_elements: int,
+                 out: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for part in acts.split(batch):
             # (C, B, C, H, W) one-hot channel tangents as an expanded view: no copy until used
@@ -71,7 +96,6 @@ def channel_jacobian(head: nn.Module, acts: torch.Tensor, pooling: Pooling, batc
             cols = torch.func.vmap(lambda t, p=part: torch.func.jvp(head, (p,), (t,))[1],
                                    chunk_size=chunk)(tangents)  # (C, B, D)
             out.append(cols.permute(1, 0, 2))
-    return torch.cat(out).contiguous()
 
 
 @dataclass(frozen=True)

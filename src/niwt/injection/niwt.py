@@ -32,6 +32,7 @@ from niwt.injection.jacobian import (
     PooledJacobian,
     channel_jacobian,
     head_jacobian,
+    plain_attention,
 )
 from niwt.params import InjectParams
 
@@ -101,8 +102,9 @@ def observed_importance(head: nn.Module, acts: torch.Tensor, w_rows: torch.Tenso
         (B, C)
     """
     acts = acts.detach().requires_grad_(True)
-    logit = (head(acts) * w_rows).sum()
-    (grad,) = torch.autograd.grad(logit, acts, create_graph=create_graph)
+    with plain_attention():  # a transformer's fused attention kernels have no double backward
+        logit = (head(acts) * w_rows).sum()
+        (grad,) = torch.autograd.grad(logit, acts, create_graph=create_graph)
     return pool(grad, pooling)
 
 

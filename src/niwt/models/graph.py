@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 
 from niwt.errors import InputError
+from niwt.models.layout import MAP, Layout, pack_hwc, pack_tokens, unpack_hwc, unpack_tokens
 
 
 class SplitError(InputError):
@@ -65,11 +66,14 @@ def _trace(body: nn.Module, key: str) -> tuple[fx.GraphModule, fx.Node, fx.Node,
     return gm, placeholder, outs["layer"], outs["out"]
 
 
-def fx_split(body: nn.Module, layer: str, prefix: str = "body") -> tuple[fx.GraphModule, fx.GraphModule]:
+def fx_split(body: nn.Module, layer: str, prefix: str = "body",
+             layout: Layout = MAP) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Cut ``body`` after module ``layer``: ``head(trunk(x)) == body(x)``.
 
     Args:
         layer: dotted module name, optionally starting with ``prefix`` (``body.layer4.0``).
+        layout: the layer's layout: the trunk returns its output packed channels first
+            (:func:`niwt.models.layout.pack`), the head unpacks it.
 
     Raises:
         SplitError: unknown or shared module, untraceable network, or a skip connection around the
@@ -79,6 +83,9 @@ def fx_split(body: nn.Module, layer: str, prefix: str = "body") -> tuple[fx.Grap
     gm, _, node, _ = _trace(body, key)
     graph = gm.graph
     output = next(n for n in graph.nodes if n.op == "output")
+    if layout.kind != "map":
+        with graph.inserting_before(output):
+            node = graph.call_function(pack_hwc if layout.kind == "hwc" else pack_tokens, (node,))
     output.args = (node,)
     graph.eliminate_dead_code()
     trunk = fx.GraphModule(gm, graph, class_name="Trunk")
@@ -90,9 +97,15 @@ def fx_split(body: nn.Module, layer: str, prefix: str = "body") -> tuple[fx.Grap
     with graph.inserting_after(activation):
         # in-place ops right after the layer (ReLU(inplace=True)) must not touch the caller's tensor
         fresh = graph.call_method("clone", (activation,))
+    if layout.kind != "map":
+        with graph.inserting_after(fresh):
+            fresh = (graph.call_function(unpack_hwc, (fresh,)) if layout.kind == "hwc"
+                     else graph.call_function(unpack_tokens, (fresh, layout.prefix)))
     node.replace_all_uses_with(fresh)
     output = next(n for n in graph.nodes if n.op == "output")
     output.args = (fresh if final is node else final,)
+    for check in [n for n in graph.nodes if n.op == "call_function" and n.target is torch._assert]:
+        graph.erase_node(check)  # the input checks of the trunk (ViT's image size): kept only by their side effect
     graph.eliminate_dead_code()
     if placeholder.users:
         raise SplitError(f"layer {layer!r} is not a cut point: the network reads earlier activations after it "
@@ -110,7 +123,8 @@ _AFFINE_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpos
                      torch.squeeze, torch.unsqueeze, torch.nn.functional.adaptive_avg_pool2d,
                      torch.nn.functional.avg_pool2d, torch.nn.functional.dropout, torch.nn.functional.linear,
                      torch.nn.functional.conv2d, torch.nn.functional.pad, operator.add, operator.iadd, operator.sub,
-                     operator.isub, operator.neg, operator.getitem, torch.add, torch.sub, getattr}
+                     operator.isub, operator.neg, operator.getitem, torch.add, torch.sub, getattr,
+                     pack_hwc, unpack_hwc, pack_tokens, unpack_tokens}
 _AFFINE_METHODS = {"clone", "view", "reshape", "flatten", "permute", "transpose", "contiguous", "mean", "sum",
                    "size", "dim", "squeeze", "unsqueeze", "expand", "repeat", "add", "add_", "sub", "neg", "float",
                    "to", "type_as"}

@@ -212,16 +212,33 @@ def wrap_torchvision(arch: str, tv: nn.Module, num_classes: int) -> NiwtNet:
     return net
 
 
-def _torchvision_model(arch: str, num_classes: int, weights: str) -> nn.Module:
+def _size_kwargs(arch: str, image_size: int) -> dict[str, int]:
+    """A ViT is built for one image size (its position embedding has one entry per patch)."""
+    if not arch.startswith("vit_"):
+        return {}
+    patch = int(arch.split("_")[2])  # vit_b_16, vit_h_14
+    if image_size % patch:
+        raise ModelError(f"{arch} cuts images into {patch}x{patch} patches: model.image_size must be a multiple of "
+                         f"{patch}, got {image_size}")
+    return {"image_size": image_size}
+
+
+def _torchvision_model(arch: str, num_classes: int, weights: str, image_size: int = 224) -> nn.Module:
     import torchvision
 
     if arch not in torchvision_archs():
         raise ModelError(f"unknown model.arch {arch!r}; valid: smallcnn, mlp (over xlsa17 features), or a torchvision "
                          f"classification model: {', '.join(torchvision_archs())}")
+    size = _size_kwargs(arch, image_size)
     if weights != "imagenet":
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    tv = torchvision.models.get_model(arch, weights=None)
-    tv.load_state_dict(_imagenet_state_dict(arch))
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **size)
+    tv = torchvision.models.get_model(arch, weights=None, **size)
+    state = _imagenet_state_dict(arch)
+    if size and image_size != 224:  # torchvision's own resampling of the position embedding to the new grid
+        from torchvision.models.vision_transformer import interpolate_embeddings
+
+        state = interpolate_embeddings(image_size, tv.patch_size, state)
+    tv.load_state_dict(state)
     name = _final_linear(tv, 1000, arch)
     old = tv.get_submodule(name)
     _set_module(tv, name, nn.Linear(old.in_features, num_classes))
@@ -256,7 +273,7 @@ def build_model(arch: str, num_classes: int, *, weights: str = "none", width: in
         return net
     if arch in ARCHS and state_dict is None:
         return ARCHS[arch](num_classes, pretrained=weights == "imagenet")
-    tv = _torchvision_model(arch, num_classes, weights)
+    tv = _torchvision_model(arch, num_classes, weights, image_size)
     if state_dict is not None:
         _load_strict(tv, state_dict, arch, num_classes, source)
     return wrap_torchvision(arch, tv, num_classes)
@@ -281,7 +298,7 @@ def plain_state_dict(model: NiwtNet, arch: str) -> dict[str, torch.Tensor]:
         return own
     n = model.classifier.out_features
     with torch.device("meta"):  # no random init (no time, no draw from the global RNG): the weights are own
-        tv = _torchvision_model(arch, n, "none")
+        tv = _torchvision_model(arch, n, "none", getattr(model.body, "image_size", 224))
     view = wrap_torchvision(arch, tv, n)
     view.load_state_dict(own, assign=True)
     if arch not in ("vgg16", "resnet101"):
@@ -310,8 +327,12 @@ def importance_layers(model: NiwtNet, max_depth: int = 2) -> list[str]:
     (``body.layer4``, ``body.layer4.0``; any deeper module name is accepted too)."""
     if _is_chain(model):
         return list(_cut_points(model.body, "body"))
+    from torchvision.models.swin_transformer import SwinTransformerBlock
+    from torchvision.models.vision_transformer import EncoderBlock
+
     return [f"body.{n}" for n, m in model.body.named_modules()
-            if n and n.count(".") < max_depth and not isinstance(m, nn.Identity)]
+            if n and (n.count(".") < max_depth or isinstance(m, EncoderBlock | SwinTransformerBlock))
+            and not isinstance(m, nn.Identity)]
 
 
 AUTO_LAYER = "auto"
@@ -328,17 +349,24 @@ def default_layer(model: NiwtNet, arch: str) -> str:
     * a network with a ``layer4`` stage (torchvision's ResNets, ResNeXts, Wide ResNets): its first unit,
       ``body.layer4.0``, as the paper's ResNet-101 (the units above it keep ReLUs, so it is not degenerate);
     * a VGG (``vgg*``): the last ReLU of ``features``, conv5_3's (or conv5_4's) output;
-    * a ConvNeXt: the output of its third stage, ``body.features.<n-3>``, below the last downsampling (the
-      last stage's residual blocks pass their input through, so the importance of anything above is its
-      class's weight row up to a normalisation: mean cosine 0.999 on random weights);
+    * a ConvNeXt or a Swin: the output of its third stage, ``body.features.<n-3>``, below the last
+      downsampling (the last stage's residual blocks pass their input through, so the importance of
+      anything above is its class's weight row up to a normalisation: mean cosine 0.999 on random weights);
+    * a ViT: the block before the last, ``body.encoder.layers.encoder_layer_<L-2>``: its patch tokens reach
+      the class token through the last block's attention and MLP (the last block's patch tokens reach
+      nothing: the head reads the class token alone, so their importance is zero);
     * any other network whose body has a ``features`` chain (MobileNet, EfficientNet, DenseNet): the block
       before the last, ``body.features.<n-2>``, with the last block's nonlinearities above it.
 
-    Anything else (RegNet, the transformers) has no rule yet: a ModelError asks for ``extract.layer``.
+    Anything else (RegNet, MaxViT) has no rule yet: a ModelError asks for ``extract.layer``.
     """
     if arch in DEFAULT_LAYERS:
         return DEFAULT_LAYERS[arch]
+    from torchvision.models import SwinTransformer, VisionTransformer
+
     body = model.body
+    if isinstance(body, VisionTransformer) and len(body.encoder.layers) >= 2:
+        return f"body.encoder.layers.encoder_layer_{len(body.encoder.layers) - 2}"
     if isinstance(getattr(body, "layer4", None), nn.Sequential):
         return "body.layer4.0"
     features = getattr(body, "features", None)
@@ -347,7 +375,7 @@ def default_layer(model: NiwtNet, arch: str) -> str:
             relus = [i for i, m in enumerate(features) if isinstance(m, nn.ReLU)]
             if relus:
                 return f"body.features.{relus[-1]}"
-        if arch.startswith("convnext") and len(features) >= 3:
+        if (arch.startswith("convnext") or isinstance(body, SwinTransformer)) and len(features) >= 3:
             return f"body.features.{len(features) - 3}"
         return f"body.features.{len(features) - 2}"
     raise ModelError(f"extract.layer: auto has no rule for {arch!r} (no layer4 stage, no features chain); set "
@@ -405,8 +433,10 @@ def split_at(model: NiwtNet, layer: str) -> tuple[nn.Module, nn.Module]:
 
     if layer not in dict(model.named_modules()) or not layer.startswith("body."):
         raise _unknown(model, layer)
+    from niwt.models.layout import layer_layout
+
     try:
-        return fx_split(model.body, layer)
+        return fx_split(model.body, layer, layout=layer_layout(model, layer))
     except SplitError as err:
         raise ModelError(f"importance layer {layer!r}: {err}") from err
 
