@@ -170,10 +170,13 @@ def test_every_params_section_has_one_owner_and_execution_settings_have_none() -
     assert set(shared) == {"base.seed"}, shared
     # a single key inside another stage's section counts too; the allowed ones: the fingerprint stats
     # the raw data where prepare reads it (prepare owns `data`: name, root and the xlsa17 dataset), and
-    # the cache is decoded at the size the network takes (finetune owns `model`)
+    # the cache is decoded at the size the network takes (finetune owns `model`),
     inside = sorted((k, s) for k in owners for s in owners if k != s and k.startswith(s + "."))
+    # and the files params name (model.weights, model.class_names, inject.pool), fingerprinted by content
+    # so that editing one reruns its readers
     assert inside == [("data.dataset", "data"), ("data.name", "data"), ("data.root", "data"),
-                      ("model.image_size", "model")], inside
+                      ("inject.pool", "inject"), ("model.class_names", "model"), ("model.image_size", "model"),
+                      ("model.weights", "model")], inside
     assert [f.name for f in dataclasses.fields(Params().base)] == ["seed"]
     replayed = {k: owners[k] for s in replay for k in s.params if k != "base.seed" and not k.startswith("validate")}
     assert sorted({o for v in replayed.values() for o in v}) == ["extract", "finetune", "fit_mapping", "inject"]

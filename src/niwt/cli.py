@@ -35,9 +35,13 @@ CACHE = ("--cache", False, None, "decoded-image cache from the cache stage (defa
 # so dvc.yaml's cmd, deps and outs name the same files side by side; each flag's name is the
 # keyword argument of the stage's ``run``.
 PATHS: dict[str, list[tuple[str, bool, str | None, str]]] = {
-    "fingerprint": [("--out", True, None, "fingerprint JSON of the raw dataset (a dep of prepare)")],
+    "fingerprint": [("--out", True, None, "fingerprint JSON of the raw dataset (a dep of prepare and cache)"),
+                    ("--model-files", False, None, "content digests of model.weights / model.class_names (a dep of "
+                     "the fine-tuning stages)"),
+                    ("--pool-files", False, None, "digest of an inject.pool folder (a dep of validate and inject)")],
     "prepare": [("--out", True, None, "prepared data directory")],
-    "cache": [("--data", True, None, "prepared data"), ("--out", True, None, "decoded-image cache directory")],
+    "cache": [("--data", True, None, "prepared data"), ("--out", True, None, "decoded-image cache directory"),
+              ("--raw", False, None, "the raw files' fingerprint (a rewritten image rebuilds the cache)")],
     "finetune": [("--data", True, None, "prepared data"), ("--out", True, None, "finetuned checkpoint"),
                  ("--history", True, None, "per-epoch CSV (a DVC plot)"), CACHE],
     "finetune_validation": [("--data", True, None, "prepared data"),
@@ -112,7 +116,8 @@ COMMANDS = {"predict": "rank seen + unseen classes of images; --explain for Grad
             "sync": "upload MLflow metrics that stages kept when tracking failed",
             "layers": "list a network's candidate importance layers, their shapes and nonlinearities",
             "lineage": "write each stage's code deps (its import closure) into dvc.yaml; --check compares",
-            "seeds": "run the pipeline over several base.seed values (DVC experiments); mean ± std tables"}
+            "seeds": "run the pipeline over several base.seed values (DVC experiments); mean ± std tables",
+            "check": "read params.yaml as every stage will, before DVC does (aliases, bounds, size)"}
 
 
 def _command(name: str):

@@ -317,3 +317,36 @@ def test_daemonic_processes_load_in_process(prepared, tmp_path: Path) -> None:
                            str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().startswith("((4, 3, 32, 32), ")
+
+
+def test_raw_files_decide_partial_reuse_and_the_disabled_marker(prepared, tmp_path: Path) -> None:
+    """Images rewritten at the same paths (same split table) after a killed build: no shard of the old
+    pixels is reused. A disabled cache records the raw fingerprint, so the stages that decode the files
+    themselves rerun when they change; an enabled one does not (its pixels are its content)."""
+    root, p = prepared
+    splits_file = root / "data" / "splits.parquet"
+    written: list[str] = []
+
+    def killed_after_one(name: str) -> None:
+        written.append(name)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(splits_file, tmp_path / "cache", SIZE, workers=1, progress=False, shard_images=30,
+                    on_shard=killed_after_one, raw="old")
+    rebuilt: list[str] = []
+    stats = build_cache(splits_file, tmp_path / "cache", SIZE, workers=1, progress=False, shard_images=30,
+                        on_shard=rebuilt.append, raw="new")
+    assert stats["shards_reused"] == 0 and len(rebuilt) == stats["shards"] == 5
+    assert "raw_sha256" not in json.loads((tmp_path / "cache" / "index.json").read_text())
+
+    rt = load_runtime({"NIWT_PROGRESS": "0", "NIWT_WORKERS": "1"})
+    off = merge(yaml.safe_load((root / "params.yaml").read_text()), {"cache": {"enabled": False}})
+    (tmp_path / "off.yaml").write_text(yaml.safe_dump(off))
+    fingerprint = tmp_path / "raw_fingerprint.json"
+    indexes = []
+    for content in ('{"a": 1}', '{"a": 2}'):
+        fingerprint.write_text(content)
+        cache_stage.run(load_params(tmp_path / "off.yaml"), rt, root / "data", tmp_path / "off", raw=fingerprint)
+        indexes.append((tmp_path / "off" / "index.json").read_bytes())
+    assert indexes[0] != indexes[1]

@@ -60,3 +60,51 @@ def test_same_size_and_mtime_is_the_documented_blind_spot(tmp_path: Path) -> Non
 def test_missing_dataset_and_generated_default(tmp_path: Path) -> None:
     assert fingerprint("cub", tmp_path)["folders"]["cub"] == {"missing": True}
     assert fingerprint("synthetic", None) == fingerprint("synthetic", tmp_path)
+
+
+def test_link_loops_and_system_folders_are_one_line_errors(tmp_path: Path) -> None:
+    """A folder link back into the tree, or to /proc, would walk forever (or the whole machine): refused,
+    naming the link."""
+    import pytest
+
+    from niwt.errors import InputError
+
+    images = _tree(tmp_path)
+    (images / "loop").symlink_to(images.parent, target_is_directory=True)
+    with pytest.raises(InputError, match=r"loop\b.*a loop, or the same images twice; remove the link"):
+        fingerprint("cub", tmp_path)
+    (images / "loop").unlink()
+    (images / "proc").symlink_to("/proc", target_is_directory=True)
+    with pytest.raises(InputError, match=r"proc: links to /proc, a system folder, not data"):
+        fingerprint("cub", tmp_path)
+    (images / "proc").unlink()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "x.jpg").write_bytes(b"x")
+    (images / "more").symlink_to(other, target_is_directory=True)  # a link to data elsewhere is followed
+    assert fingerprint("cub", tmp_path)["folders"]["cub"]["files"] == 5
+
+
+def test_named_files_change_with_their_content_alone(tmp_path: Path) -> None:
+    """A classifier retrained and saved over the old file (same path, same size, even the same mtime)
+    changes the digest; keywords are recorded as themselves; a pool folder is a tree digest."""
+    from niwt.data.fingerprint import named_files
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # the project root that relative paths are under
+    weights = tmp_path / "models" / "my.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"A" * 100)
+    keywords = {"model.weights": ("none", "imagenet")}
+    named = {"model.weights": "models/my.pth", "model.class_names": ""}
+    first = named_files(named, keywords, tmp_path / "data")
+    assert first["model.weights"]["bytes"] == 100 and first["model.class_names"] == {"value": ""}
+    st = weights.stat()
+    weights.write_bytes(b"B" * 100)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert named_files(named, keywords, tmp_path / "data") != first
+    assert named_files({"model.weights": "imagenet"}, keywords, tmp_path) == {"model.weights": {"value": "imagenet"}}
+    assert named_files({"model.weights": "models/gone.pth"}, keywords, tmp_path)["model.weights"]["missing"]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "a.jpg").write_bytes(b"a")
+    assert named_files({"inject.pool": "pool"}, {}, tmp_path)["inject.pool"]["files"] == 1

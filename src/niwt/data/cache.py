@@ -204,12 +204,15 @@ def _stamp(path: Path) -> object:
 
 
 def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int = 0, progress: bool = True,
-                shard_images: int = SHARD_IMAGES, on_shard: Callable[[str], None] | None = None) -> dict:
+                shard_images: int = SHARD_IMAGES, on_shard: Callable[[str], None] | None = None,
+                raw: str = "") -> dict:
     """Build the cache of every image of ``splits_file`` into ``out``; returns its numbers.
 
     Args:
         workers: build processes (0: all cores; 1: in this process).
         on_shard: called with each shard's name once written (progress, tests).
+        raw: digest of the raw files' fingerprint: the shards of a killed build are reused only for the
+            same files (an image rewritten at the same path changes it, not the split table).
     """
     start = time.perf_counter()
     splits_file, out = Path(splits_file), Path(out)
@@ -219,12 +222,14 @@ def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int =
     partial = out.parent / (out.name + ".partial")
     stamp = partial / "_building.json"
     identity = {"version": VERSION, "image_size": image_size, "shard_images": shard_images, "splits_sha256": digest}
-    if partial.exists() and _stamp(stamp) != identity:
-        shutil.rmtree(partial)  # made for another table or size: nothing to reuse
+    if partial.exists() and _stamp(stamp) != {**identity, "raw_sha256": raw}:
+        shutil.rmtree(partial)  # made for another table, size or raw files: nothing to reuse
     partial.mkdir(parents=True, exist_ok=True)
     for stale in partial.glob(".*.tmp"):  # a shard write cut off by a kill
         shutil.rmtree(stale, ignore_errors=True)
-    write_json(stamp, identity)  # atomic: a kill never leaves half a stamp
+    # atomic: a kill never leaves half a stamp. The index below leaves the raw digest out: the shards'
+    # pixels are the output, so touching the files without changing them reruns nothing after the cache
+    write_json(stamp, {**identity, "raw_sha256": raw})
     jobs = [ShardJob(k, tuple(paths[s:s + shard_images]), image_size, str(partial))
             for k, s in enumerate(range(0, len(paths), shard_images))]
     todo = [j for j in jobs if not (partial / shard_file(j.index)).is_file()]
@@ -247,12 +252,15 @@ def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int =
             "shards": len(jobs), "shards_built": len(todo), "shards_reused": len(jobs) - len(todo)}
 
 
-def write_disabled(splits_file: Path, out: Path) -> dict:
-    """The output of a disabled cache: a directory with an index that says so."""
+def write_disabled(splits_file: Path, out: Path, raw: str = "") -> dict:
+    """The output of a disabled cache: a directory with an index that says so. It records ``raw`` (the
+    raw files' fingerprint digest): the stages then decode the files themselves, so a rewritten image
+    must change what they depend on."""
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        write_json(tmp / INDEX, {"version": VERSION, "enabled": False, "splits_sha256": splits_digest(splits_file)})
+        write_json(tmp / INDEX, {"version": VERSION, "enabled": False, "splits_sha256": splits_digest(splits_file),
+                                 "raw_sha256": raw})
     return {"enabled": False, "n_images": 0, "size_bytes": 0, "build_seconds": 0.0, "images_per_s": 0.0,
             "shards": 0, "shards_built": 0, "shards_reused": 0}
 

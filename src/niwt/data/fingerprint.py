@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from niwt.data.download import dataset_dir
+from niwt.errors import InputError
 
 XLSA17_FOLDERS = {"awa2": "AWA2", "cub": "CUB", "sun": "SUN"}
 
@@ -37,6 +38,27 @@ def raw_dirs(name: str, root: Path, dataset: str = "CUB") -> dict[str, Path]:
     return dirs
 
 
+SYSTEM_DIRS = ("/proc", "/sys", "/dev")
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _enter(path: str, seen: set[tuple[int, int]]) -> None:
+    """Refuse a folder (reached through a link) that was entered before (a loop) or that lies in a
+    system tree (``/proc``: endless and changing)."""
+    real = os.path.realpath(path)
+    if any(real == d or real.startswith(d + os.sep) for d in SYSTEM_DIRS):
+        raise InputError(f"{path}: links to {real}, a system folder, not data; remove the link")
+    ident = _identity(path)
+    if ident in seen:
+        raise InputError(f"{path}: a link to a folder already in the tree ({real}): a loop, or the same images "
+                         "twice; remove the link")
+    seen.add(ident)
+
+
 def tree_digest(folder: Path) -> dict:
     """``{"files", "bytes", "sha256"}`` over ``(relative path, size, mtime_ns)`` of every file under
     ``folder`` (links followed, hidden files included); ``{"missing": true}`` when it is absent."""
@@ -47,18 +69,54 @@ def tree_digest(folder: Path) -> dict:
     total = 0
     skip = len(str(folder)) + 1
     stack = [str(folder)]
-    while stack:  # one stat per file (scandir gives the type for free); no Path objects: 37k files
-        with os.scandir(stack.pop()) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=True):
-                    st = entry.stat(follow_symlinks=True)
-                    total += st.st_size
-                    entries.append(f"{entry.path[skip:].replace(os.sep, '/')}\t{st.st_size}\t{st.st_mtime_ns}")
+    seen = {_identity(str(folder))}
+    try:
+        while stack:  # one stat per file (scandir gives the type for free); no Path objects: 37k files
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=True):
+                        _enter(entry.path, seen)
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=True):
+                        st = entry.stat(follow_symlinks=True)
+                        total += st.st_size
+                        entries.append(f"{entry.path[skip:].replace(os.sep, '/')}\t{st.st_size}\t{st.st_mtime_ns}")
+    except OSError as err:  # unreadable folder, a file gone mid-walk, a link loop the OS reports itself
+        raise InputError(f"{err.filename or folder}: cannot be read ({err.strerror or err}); the raw data must "
+                         "be a tree of readable files") from err
     entries.sort()
     digest = hashlib.sha256("\n".join(entries).encode("utf-8", "surrogateescape"))
     return {"files": len(entries), "bytes": total, "sha256": digest.hexdigest()}
+
+
+def file_digest(path: Path) -> dict:
+    """``{"bytes", "sha256"}`` of one file's *content*, or ``{"missing": true}``. Used for the files params
+    name (a classifier's weights, its class list): a retrained model saved over the old one keeps its path
+    and often its size, so only the content tells."""
+    path = Path(path)
+    if not path.is_file():
+        return {"missing": True}
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def named_files(named: dict[str, str], keywords: dict[str, tuple[str, ...]], anchor: Path) -> dict:
+    """Fingerprints of the files and folders that params name (``{"model.weights": "models/my.pth"}``):
+    a file by content, a folder by :func:`tree_digest`; a keyword value (``none``, ``imagenet``, ``train``,
+    ``noise``, an empty path) as itself. A relative path is under the project root of ``anchor``."""
+    from niwt.io.project import resolve_root
+
+    out: dict[str, dict] = {}
+    for key, value in named.items():
+        if not value or value in keywords.get(key, ()):
+            out[key] = {"value": value}
+            continue
+        path = resolve_root(value, anchor)
+        out[key] = {"path": value, **(tree_digest(path) if path.is_dir() else file_digest(path))}
+    return out
 
 
 def fingerprint(name: str, root: Path | None, dataset: str = "CUB") -> dict:

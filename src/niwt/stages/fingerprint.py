@@ -1,9 +1,16 @@
-"""``fingerprint``: a digest of the raw dataset's file list, sizes and modification times.
+"""``fingerprint``: digests of everything the pipeline reads that DVC cannot track by itself.
 
-``dvc.yaml`` runs it on every ``dvc repro`` (``always_changed``) and ``prepare`` depends on its
-output, so an edit to the raw data reruns ``prepare`` (and, when the tables change, what follows),
-while an untouched tree reruns nothing. ``data.root`` is resolved against the project root, so
-``dvc exp run --temp/--queue`` fingerprint the workspace's data. See :mod:`niwt.data.fingerprint`.
+``dvc.yaml`` runs it on every ``dvc repro`` (``always_changed``); three small outputs, each a dep of the
+stages that read what it describes, change exactly when that changes:
+
+* ``--out``: the raw dataset's file list, sizes and modification times (``prepare`` and ``cache``: a
+  rewritten image reruns the cache even when the split table stays byte-identical);
+* ``--model-files``: the content of ``model.weights`` and ``model.class_names`` when they name files
+  (``finetune``, ``finetune_validation``: a retrained classifier saved over the old one reruns them);
+* ``--pool-files``: an ``inject.pool`` folder's file list (``validate``, ``inject``).
+
+Paths are resolved against the project root, so ``dvc exp run --temp/--queue`` fingerprint the
+workspace's files. See :mod:`niwt.data.fingerprint`.
 """
 
 from __future__ import annotations
@@ -11,18 +18,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from niwt.data.fingerprint import fingerprint
+from niwt.data.fingerprint import fingerprint, named_files
 from niwt.io.atomic import write_json
 from niwt.io.project import resolve_root
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
 
 
-def run(p: Params, rt: Runtime, out: Path) -> StageResult:
+def run(p: Params, rt: Runtime, out: Path, model_files: Path | None = None,
+        pool_files: Path | None = None) -> StageResult:
     start = time.perf_counter()
     name = p.data.name
-    root = None if name == "synthetic" else resolve_root(p.data.root, Path(out).absolute().parent)
+    anchor = Path(out).absolute().parent
+    root = None if name == "synthetic" else resolve_root(p.data.root, anchor)
     entry = fingerprint(name, root, p.data.dataset if name == "xlsa17" else "CUB")
+    if model_files is not None:
+        named = {"model.weights": p.model.weights, "model.class_names": p.model.class_names}
+        write_json(model_files, named_files(named, {"model.weights": ("none", "imagenet")}, anchor))
+    if pool_files is not None:
+        write_json(pool_files, named_files({"inject.pool": p.inject.pool}, {"inject.pool": ("train", "noise")}, anchor))
     write_json(out, entry)
     folders = entry.get("folders", {}).values()
     metrics = {"n_files": sum(f.get("files", 0) for f in folders), "bytes": sum(f.get("bytes", 0) for f in folders)}
