@@ -60,6 +60,9 @@ PARAM_CASES = {
     "epochs 1.0e30 (a float)": ({"finetune": {"epochs": 1.0e30}},
                                 r"params\.yaml\.finetune\.epochs: expected an integer, got float 1e\+30"),
     "negative head epochs": ({"finetune": {"head_epochs": -3}}, r"params\.yaml: finetune\.head_epochs must be >= 0"),
+    "inject lr 0 (nothing would learn)": ({"inject": {"lr": [0.0, 0.01]}},
+                                          r"params\.yaml: inject\.lr: candidates must be between 1e-12 and 1000\.0, "
+                                          r"got \[0\.0\]"),
     "num_workers in params (an execution setting: NIWT_WORKERS)": (
         {"finetune": {"num_workers": -1}}, r"params\.yaml\.finetune: unknown key 'num_workers'"),
 }
@@ -126,13 +129,22 @@ def test_unknown_layer_lists_valid_layers(proj: Project, tmp_path: Path, capsys:
                                    r".*body\.block4, body\.pool4", out)
 
 
-def test_too_many_held_out_classes_is_a_params_error(proj: Project, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                     untouched: None) -> None:
+def test_too_many_held_out_classes_adapts_with_a_note(proj: Project, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A limit that depends on the dataset's shape adapts to it, saying so, instead of failing after the
+    stages before it ran (the README's own-data example has three seen classes)."""
+    from niwt.cli import main
+    from niwt.mapping.store import load_map
+
     params = write_params(tmp_path / "params.yaml", {"mapping": {"n_val_classes": 9}})
     out = tmp_path / "out"
-    rc, err = cli(capsys, *stage_argv("fit_mapping", proj, out, params))
-    assert_failed_cleanly(rc, err, r"mapping\.n_val_classes must be between 1 and 8 \(the dataset has 9 seen "
-                                   r"classes\), got 9", out)
+    capsys.readouterr()
+    rc = main([str(a) for a in stage_argv("fit_mapping", proj, out, params)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert ("mapping.n_val_classes: 9 is more than the 9 seen classes allow (two stay to fit the map); "
+            "holding out 7") in printed.out
+    assert len(load_map(out / "mapping.pt").provenance.val_classes) == 7
 
 
 # ------------------------------------------------------------------------ execution settings

@@ -349,10 +349,13 @@ def test_mlflow_models_serve_takes_image_bytes_never_paths(project, explained, t
         code, body = post({"dataframe_split": {"columns": ["image"], "data": [[_b64(p)] for p in paths]}})
         assert code == 200, body
         assert [r["class"] for r in body["predictions"]] == _evaluate_top1(project, paths)
-        for payload in ({"dataframe_split": {"columns": ["image"], "data": [[paths[0]]]}},
-                        {"dataframe_split": {"columns": ["path"], "data": [[paths[0]]]}}):
+        for payload, reason in (({"dataframe_split": {"columns": ["image"], "data": [[paths[0]]]}},
+                                 "row 0: 'image' must be base64-encoded image bytes"),
+                                ({"dataframe_split": {"columns": ["path"], "data": [[paths[0]]]}},
+                                 "expected a DataFrame with an 'image' column")):
             code, body = post(payload)
-            assert code >= 400 and "predictions" not in body, body
+            assert code == 400 and "predictions" not in body, body
+            assert reason in body["message"] and "stack_trace" not in body, body  # niwt's line, no traceback
         assert not (tmp_path / "mlflow.db").exists()  # serving elsewhere creates no tracking store
     finally:
         if server.poll() is None:
@@ -413,3 +416,15 @@ def test_report_in_a_real_browser(explained, tmp_path) -> None:
     assert 2000 < height < 8000, height
     assert (page[:, 1180:] > 250).all()  # no overflow to the right edge
     assert (page < 100).sum() > 50_000  # text and figures were drawn
+
+
+def test_predict_top_k_beyond_the_classes_says_so(project, capsys) -> None:
+    n = len(read_classes(project / "data" / "classes.parquet").names)
+    path = _images(project, 1)[0]
+    model = str(project / "injected" / "niwt.pt")
+    assert cli.main(["predict", path, "--model", model, "--top-k", "100000"]) == 0
+    out = capsys.readouterr()
+    assert f"--top-k 100000: the classifier has {n} classes; listing all {n}" in out.err
+    assert len(re.findall(r"^\s+\d+\. \S+", out.out, flags=re.M)) == n
+    assert cli.main(["predict", path, "--model", model, "--top-k", "0"]) == 2
+    assert "--top-k must be at least 1, got 0" in capsys.readouterr().err

@@ -139,3 +139,28 @@ def test_image_with_alpha_palette_and_grey(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8, 8), np.uint8), "L").convert("P").save(root / "images" / "red_fox" / "p.png")
     raw = load_folder(root)
     assert any(p.endswith("p.png") for p in raw.image_paths)
+
+
+def test_decomposed_folder_names_match_and_skipped_files_are_counted(root: Path) -> None:
+    """macOS writes folder names in Unicode NFD; classes.csv has them composed (NFC): they look identical and
+    must match. Files of other formats (.gif, .tif) are skipped with a count, never silently."""
+    import unicodedata
+
+    composed = "café_bird"  # é as one code point
+    text = (root / "classes.csv").read_text(encoding="utf-8").replace("blue_jay", composed)
+    (root / "classes.csv").write_text(text, encoding="utf-8")
+    attrs = (root / "attributes.csv").read_text(encoding="utf-8").replace("blue_jay", composed)
+    (root / "attributes.csv").write_text(attrs, encoding="utf-8")
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    (root / "images" / "blue_jay").rename(root / "images" / decomposed)
+    Image.new("RGB", (16, 16)).save(root / "images" / "red_fox" / "extra.gif")
+    Image.new("RGB", (16, 16)).save(root / "images" / "red_fox" / "scan.tif")
+    (root / "images" / "red_fox" / ".DS_Store").write_bytes(b"\0")
+    raw = load_folder(root)
+    assert composed in raw.class_names
+    label = raw.class_names.index(composed)
+    assert sum(int(v == label) for v in raw.image_labels) == 6
+    assert all(Path(p).exists() for p in raw.image_paths)
+    assert raw.notes == (f"{root / 'images'}: 2 files skipped, not .jpg/.jpeg/.png/.webp (e.g. extra.gif, "
+                         "scan.tif); convert them to include them",)

@@ -95,7 +95,13 @@ def command(args: argparse.Namespace) -> int:
                 args.explain.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ModelError(f"--explain {args.explain}: cannot create it ({err.strerror or err})") from None
-        preds = predict_images(model, meta, args.images, top_k=args.top_k, explain_dir=args.explain,
+        if args.top_k < 1:
+            raise InputError(f"--top-k must be at least 1, got {args.top_k}")
+        n_classes = model.classifier.out_features
+        if args.top_k > n_classes:
+            print(f"niwt predict: note: --top-k {args.top_k}: the classifier has {n_classes} classes; listing "
+                  f"all {n_classes}", file=sys.stderr)
+        preds = predict_images(model, meta, args.images, top_k=min(args.top_k, n_classes), explain_dir=args.explain,
                                classes=classes, inverse=inverse, target=args.target)
     except (ModelError, DatasetError, FileNotFoundError, ValueError, InputError) as err:
         print(f"niwt predict: error: {err}", file=sys.stderr)

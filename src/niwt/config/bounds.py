@@ -121,7 +121,7 @@ def _grid_problems(p: Params) -> list[str]:
             problems.append(f"{name}: give at least one candidate (one value fixes it)")
         elif len(grid) > 64:
             problems.append(f"{name}: at most 64 candidates, got {len(grid)}")
-    for name, grid, low, high in (("inject.lr", p.inject.lr, 0.0, 1e3), ("inject.lambda", p.inject.lambda_, 0.0, 1e9),
+    for name, grid, low, high in (("inject.lr", p.inject.lr, 1e-12, 1e3), ("inject.lambda", p.inject.lambda_, 0.0, 1e9),
                                   ("inject.ridge_alpha", p.inject.ridge_alpha, 0.0, 1e12),
                                   ("inject.eszsl_exponents", p.inject.eszsl_exponents, -12, 12),
                                   ("inject.devise_lr", p.inject.devise_lr, 1e-12, 1e6),

@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -102,7 +103,7 @@ def read_classes_csv(path: Path) -> tuple[list[str], list[str], list[str] | None
     names: dict[str, int] = {}
     unseen, descriptions = [], []
     for lineno, fields in rows:
-        name, split = fields[0], fields[1]
+        name, split = _nfc(fields[0]), fields[1]
         _check_name(name, path, lineno)
         if name in names:
             raise DatasetError(f"{path}:{lineno}: duplicate class {name!r} (first on row {names[name]})")
@@ -140,7 +141,7 @@ def read_attributes_csv(path: Path, classes: list[str]) -> tuple[list[str], np.n
     known = set(classes)
     found: dict[str, tuple[int, list[float]]] = {}
     for lineno, fields in rows:
-        name = fields[0]
+        name = _nfc(fields[0])
         if name not in known:
             raise DatasetError(f"{path}:{lineno}: class {name!r} is not in {CLASSES}")
         if name in found:
@@ -171,26 +172,37 @@ def read_attributes_csv(path: Path, classes: list[str]) -> tuple[list[str], np.n
     return names, np.asarray([found[c][1] for c in classes], dtype=np.float32)
 
 
-def _list_images(images: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+def _nfc(name: str) -> str:
+    """A class name in Unicode NFC: macOS writes folder names decomposed (NFD), a CSV is usually composed;
+    the two look identical and must match."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _list_images(images: Path, classes: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """(image paths, labels, files skipped for their suffix) of ``images/<class>/``."""
     if not images.is_dir():
         raise DatasetError(f"{images}: image folder not found (expected {IMAGES}/<class>/<file> under data.root)")
     known = set(classes)
-    strays = sorted(e.name for e in os.scandir(images) if e.is_dir() and e.name not in known)
+    on_disk = {_nfc(e.name): e.name for e in os.scandir(images) if e.is_dir()}  # a class's folder, any form
+    strays = sorted(n for n in on_disk if n not in known)
     if strays:
         raise DatasetError(f"{images}: image folders not in {CLASSES}: {strays[:10]} (add them to {CLASSES} "
                            "or move them out)")
     paths: list[str] = []
     labels: list[int] = []
+    skipped: list[str] = []
     for index, name in enumerate(classes):
-        folder = images / name
+        folder = images / on_disk.get(name, name)
         if not folder.is_dir():
             raise DatasetError(f"{folder}: no image folder for class {name!r} of {CLASSES}")
-        files = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
+        entries = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
+        files = sorted(f for f in entries if f.lower().endswith(IMAGE_SUFFIXES))
+        skipped.extend(str(folder / f) for f in sorted(entries) if not f.lower().endswith(IMAGE_SUFFIXES))
         if not files:
             raise DatasetError(f"{folder}: class {name!r} has no image ({', '.join(IMAGE_SUFFIXES)})")
         paths.extend(str(folder / f) for f in files)
         labels.extend([index] * len(files))
-    return paths, np.asarray(labels, dtype=np.int64)
+    return paths, np.asarray(labels, dtype=np.int64), skipped
 
 
 def read_splits_csv(path: Path, root: Path, paths: list[str], labels: np.ndarray, classes: list[str],
@@ -246,10 +258,12 @@ def load_folder(root: Path, need_attributes: bool = True) -> RawDataset:
         attribute_names, attributes = read_attributes_csv(attributes_path, classes)
     else:
         attribute_names, attributes = [], np.zeros((len(classes), 0), dtype=np.float32)
-    paths, labels = _list_images(root / IMAGES, classes)
+    paths, labels, skipped = _list_images(root / IMAGES, classes)
+    notes = (f"{root / IMAGES}: {len(skipped)} files skipped, not {'/'.join(IMAGE_SUFFIXES)} "
+             f"(e.g. {', '.join(Path(f).name for f in skipped[:3])}); convert them to include them",) if skipped else ()
     splits_path = root / SPLITS_CSV
     image_splits = (read_splits_csv(splits_path, root, paths, labels, classes, unseen)
                     if splits_path.is_file() else None)
     return RawDataset(name="folder", class_names=classes, unseen=unseen, attribute_names=attribute_names,
                       attributes=attributes, image_paths=paths, image_labels=labels, image_splits=image_splits,
-                      descriptions=descriptions)
+                      descriptions=descriptions, notes=notes)

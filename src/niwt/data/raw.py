@@ -42,6 +42,7 @@ class RawDataset:
         sentences: optional (n_classes, d) class-level sentence embeddings (CUB ``sent_splits.mat``).
         validation: optional seen classes the benchmark sets aside for validation (the classes of
             xlsa17's ``val_loc`` images), which ``validate`` uses with ``validate.classes: auto``.
+        notes: lines for the user about what was read (files skipped for their suffix).
     """
 
     name: str
@@ -56,6 +57,7 @@ class RawDataset:
     descriptions: list[str] | None = None
     sentences: np.ndarray | None = field(default=None)
     validation: list[str] | None = None
+    notes: tuple[str, ...] = ()  # what reading it skipped or changed, for ``prepare`` to say
 
     def __post_init__(self) -> None:
         n_classes = len(self.class_names)

@@ -103,6 +103,13 @@ def held_out_classes(n_seen: int, n_val: int, seed: int, key: str = "mapping.n_v
     return np.sort(np.random.default_rng(seed).choice(n_seen, size=n_val, replace=False))
 
 
+def held_out_count(n_seen: int, requested: int) -> int:
+    """``mapping.n_val_classes`` as far as the dataset allows: all seen classes but two (two stay to fit the
+    map), at least one. A small dataset (the README's three seen classes) runs instead of failing after
+    the stages before it."""
+    return max(1, min(requested, n_seen - 2))
+
+
 def validation_count(n_seen: int, fraction: float, floor: int) -> int:
     """How many seen classes the class-disjoint validation protocol sets aside.
 

@@ -79,8 +79,15 @@ class NiwtPyfunc(PythonModel):
         import pandas as pd
         import torch
 
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+        try:
+            images = self._images(model_input)
+        except ValueError as err:  # niwt's one line is the response's message (HTTP 400), no stack trace
+            raise MlflowException(str(err), error_code=BAD_REQUEST) from None
         with torch.inference_mode():
-            logits = self.model(self._images(model_input)).float()
+            logits = self.model(images).float()
         probs = torch.softmax(logits, 1)
         top = probs.argmax(1)
         return pd.DataFrame({

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from niwt.data.tables import held_out_classes, read_classes
+from niwt.data.tables import held_out_classes, held_out_count, read_classes
 from niwt.evaluation.plots import draw_history
 from niwt.io.atomic import atomic_path
 from niwt.io.choices import read_choices
@@ -41,7 +41,11 @@ def run(p: Params, rt: Runtime, data: Path, importances: Path, validation: Path,
     if labels.max() >= classes.n_seen:
         raise ImportanceFileError(f"{importances}: class ids up to {labels.max()} but only "
                                   f"{classes.n_seen} seen classes in {data / 'classes.parquet'}")
-    val = held_out_classes(classes.n_seen, p.mapping.n_val_classes, p.base.seed)
+    n_val = held_out_count(classes.n_seen, p.mapping.n_val_classes)
+    if n_val != p.mapping.n_val_classes:
+        print(f"[fit_mapping] note: mapping.n_val_classes: {p.mapping.n_val_classes} is more than the "
+              f"{classes.n_seen} seen classes allow (two stay to fit the map); holding out {n_val}", flush=True)
+    val = held_out_classes(classes.n_seen, n_val, p.base.seed)
     true = imp.class_id.astype(np.int64)  # held out by true class, whatever logit an importance is of
     result = fit_mapping(classes.domain, labels, imp.values, val, p.mapping, seed=p.base.seed, true_labels=true,
                          epochs=epochs, hyper=hyper)

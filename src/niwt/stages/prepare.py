@@ -160,6 +160,8 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
     with atomic_path(out) as tmp:
         tmp.mkdir()
         raw = load_raw(p, tmp, out, rt.progress)
+        for note in raw.notes:
+            print(f"[prepare] note: {note}", flush=True)
         order = joint_order(raw)
         domain, dim_names = domain_vectors(raw, p.data.domain, order)
         if not np.isfinite(domain).all():

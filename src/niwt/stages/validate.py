@@ -27,7 +27,7 @@ import torch
 from niwt.data.cache import open_cache
 from niwt.data.features import is_feature_table
 from niwt.data.images import check_images_exist, make_loader
-from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem
+from niwt.data.tables import ClassTable, held_out_classes, held_out_count, read_tables, subproblem
 from niwt.evaluation.gzsl import validation_numbers
 from niwt.evaluation.selection import choose
 from niwt.importance.capture import prepare_for_extraction
@@ -139,7 +139,7 @@ def _map_traces(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, tru
     exists and the whole map grid is tuned jointly with the methods that use it. Returns (traces,
     grid, the rule that chose it)."""
     n_fit = len(domain)
-    held = held_out_classes(n_fit, min(p.mapping.n_val_classes, n_fit - 1), p.base.seed)
+    held = held_out_classes(n_fit, held_out_count(n_fit, p.mapping.n_val_classes), p.base.seed)
     traces = []
     for hyper in map_candidates(p.mapping):
         try:
