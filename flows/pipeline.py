@@ -60,6 +60,14 @@ def stage_flow(stage: str, workdir: str = ".", invocation: str | None = None, fo
         else outcome
 
 
+def check_params(workdir: Path) -> None:
+    """``niwt check``'s reading of ``params.yaml``: one line (InputError) for a file that would fail a stage
+    or hang DVC, before any stage runs."""
+    from niwt.config.load import load_params
+
+    load_params(workdir / "params.yaml")
+
+
 @flow(name="niwt-pipeline", log_prints=True)
 def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = False,
              register_as: str = "niwt-injected") -> str:
@@ -73,6 +81,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
             it runs only when the whole pipeline ran).
     """
     logger = get_run_logger()
+    check_params(Path(workdir))  # before DVC reads the file (it expands YAML aliases: an alias bomb hangs it)
     selected = list(stages or PIPELINE_STAGES)
     unknown = sorted(set(selected) - set(PIPELINE_STAGES))
     if unknown:

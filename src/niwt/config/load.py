@@ -151,6 +151,9 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
+MAX_PARAMS_BYTES = 1 << 20  # the shipped params.yaml is 8 KiB
+
+
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate a params file.
 
@@ -163,6 +166,10 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: {size / 2**20:.1f} MiB; a params file is a few KiB (limit "
+                          f"{MAX_PARAMS_BYTES // 2**20} MiB): not a params file")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader()) or {}
     except _DuplicateKey as err:
