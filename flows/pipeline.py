@@ -80,8 +80,8 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
         register_as: registered model name of the injected NIWT model ('' to skip the register step;
             it runs only when the whole pipeline ran).
     """
-    logger = get_run_logger()
     check_params(Path(workdir))  # before DVC reads the file (it expands YAML aliases: an alias bomb hangs it)
+    logger = get_run_logger()
     selected = list(stages or PIPELINE_STAGES)
     unknown = sorted(set(selected) - set(PIPELINE_STAGES))
     if unknown:

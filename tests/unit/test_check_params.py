@@ -15,7 +15,7 @@ from niwt.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+    f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}]\n" for a, b in zip("abcdefghi", "bcdefghij", strict=True))
 
 
 def test_check_refuses_an_alias_bomb_at_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -37,12 +37,16 @@ def test_check_refuses_a_huge_file_and_passes_the_shipped_params(tmp_path: Path,
     assert "ok" in capsys.readouterr().out
 
 
-def test_the_flow_checks_params_before_any_stage(tmp_path: Path) -> None:
+def test_the_flow_checks_params_before_any_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sys.path.insert(0, str(REPO))
-    from flows.pipeline import check_params
+    import flows.pipeline as flow_module
 
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran before params.yaml was checked")
+
+    monkeypatch.setattr(flow_module, "stage_flow", no_stage)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    check_params(tmp_path)
+    flow_module.check_params(tmp_path)
     (tmp_path / "params.yaml").write_text(BOMB)
     with pytest.raises(InputError, match="YAML alias"):
-        check_params(tmp_path)
+        flow_module.pipeline.fn(workdir=str(tmp_path))

@@ -140,3 +140,19 @@ def test_vit_injection_by_double_backprop_matches_the_jacobian() -> None:
                            seed=0, lr=1e-2, lambda_=1e-3) for solver in ("double_backprop", "jacobian")}
     assert rows["jacobian"].solver == "jacobian (dense)" and rows["double_backprop"].iterations == 4
     torch.testing.assert_close(rows["double_backprop"].weight, rows["jacobian"].weight, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_that_are_not_one_computed_tensor_are_one_line_errors() -> None:
+    """A ViT's ``heads`` (an identity once the classifier moved out) is the body's output itself: cut there
+    (an identity head), then refused as no map, not a KeyError; a block's attention returns (output,
+    weights): refused by name, never a traceback."""
+    from niwt.models.networks import ModelError
+
+    model = _niwt("vit_b_16", _plain("vit_b_16"))
+    _, head = split_at(model, "body.heads")
+    x = torch.randn(2, 768)
+    assert torch.equal(head(x), x)
+    with pytest.raises(ModelError, match=r"importance layer 'body.heads' outputs shape \[768\] per image"):
+        check_layer(model, "body.heads", SIZE)
+    with pytest.raises(ModelError, match="returns a tuple, not one tensor: choose the block around it"):
+        importance(model, f"body.{VIT_BLOCK}.self_attention", torch.randn(1, 3, SIZE, SIZE), torch.tensor([0]))

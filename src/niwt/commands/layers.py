@@ -99,6 +99,9 @@ def command(args: argparse.Namespace) -> int:
         if args.model is not None:
             model, meta = load_checkpoint(args.model)
             arch, size = meta.arch, args.image_size or meta.image_size
+            if size != meta.image_size and hasattr(model.body, "image_size"):  # a ViT's position embedding
+                raise InputError(f"--image-size {size}: {args.model} is a {arch} built for {meta.image_size}x"
+                                 f"{meta.image_size} images (one position per patch); leave --image-size out")
         else:
             from niwt.models.networks import build_model
 

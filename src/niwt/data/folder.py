@@ -183,7 +183,12 @@ def _list_images(images: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     if not images.is_dir():
         raise DatasetError(f"{images}: image folder not found (expected {IMAGES}/<class>/<file> under data.root)")
     known = set(classes)
-    on_disk = {_nfc(e.name): e.name for e in os.scandir(images) if e.is_dir()}  # a class's folder, any form
+    on_disk: dict[str, str] = {}  # a class's folder, whatever its Unicode form
+    for entry in sorted(e.name for e in os.scandir(images) if e.is_dir()):
+        if _nfc(entry) in on_disk:
+            raise DatasetError(f"{images}: folders {on_disk[_nfc(entry)]!r} and {entry!r} are the same name in "
+                               "different Unicode forms; merge them")
+        on_disk[_nfc(entry)] = entry
     strays = sorted(n for n in on_disk if n not in known)
     if strays:
         raise DatasetError(f"{images}: image folders not in {CLASSES}: {strays[:10]} (add them to {CLASSES} "
@@ -195,9 +200,10 @@ def _list_images(images: Path, classes: list[str]) -> tuple[list[str], np.ndarra
         folder = images / on_disk.get(name, name)
         if not folder.is_dir():
             raise DatasetError(f"{folder}: no image folder for class {name!r} of {CLASSES}")
-        entries = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
+        entries = [e.name for e in os.scandir(folder) if e.is_file()]
         files = sorted(f for f in entries if f.lower().endswith(IMAGE_SUFFIXES))
-        skipped.extend(str(folder / f) for f in sorted(entries) if not f.lower().endswith(IMAGE_SUFFIXES))
+        skipped.extend(str(folder / f) for f in sorted(entries)  # hidden files (.DS_Store) are no images: not noted
+                       if not f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
         if not files:
             raise DatasetError(f"{folder}: class {name!r} has no image ({', '.join(IMAGE_SUFFIXES)})")
         paths.extend(str(folder / f) for f in files)
@@ -209,7 +215,7 @@ def read_splits_csv(path: Path, root: Path, paths: list[str], labels: np.ndarray
                     unseen: list[str]) -> list[str]:
     """The fixed split of every image, in ``paths`` order."""
     _, rows = _read_csv(path, ("path", "split"))
-    index = {os.path.relpath(p, root).replace(os.sep, "/"): i for i, p in enumerate(paths)}
+    index = {_nfc(os.path.relpath(p, root).replace(os.sep, "/")): i for i, p in enumerate(paths)}
     unseen_set = set(unseen)
     split: list[str | None] = [None] * len(paths)
     first: dict[int, int] = {}
@@ -220,7 +226,7 @@ def read_splits_csv(path: Path, root: Path, paths: list[str], labels: np.ndarray
                                f"data.root, e.g. {IMAGES}/<class>/<file>)")
         if value not in SPLITS:
             raise DatasetError(f"{path}:{lineno}: split {value!r} is not one of {', '.join(SPLITS)}")
-        i = index.get(str(pure))
+        i = index.get(_nfc(str(pure)))
         if i is None:
             raise DatasetError(f"{path}:{lineno}: {rel!r} is not an image of the dataset (no such file in "
                                f"{IMAGES}/<class>/ with a {'/'.join(IMAGE_SUFFIXES)} suffix)")

@@ -105,8 +105,8 @@ def held_out_classes(n_seen: int, n_val: int, seed: int, key: str = "mapping.n_v
 
 def held_out_count(n_seen: int, requested: int) -> int:
     """``mapping.n_val_classes`` as far as the dataset allows: all seen classes but two (two stay to fit the
-    map), at least one. A small dataset (the README's three seen classes) runs instead of failing after
-    the stages before it."""
+    map), and at least one (with two seen classes, one stays to fit). A small dataset (the README's three
+    seen classes) runs instead of failing after the stages before it."""
     return max(1, min(requested, n_seen - 2))
 
 

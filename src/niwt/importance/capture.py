@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from niwt.models.layout import layer_layout, pack, unpack
-from niwt.models.networks import canonical_layer, resolve_layer
+from niwt.models.networks import ModelError, canonical_layer, resolve_layer
 
 Pooling = Literal["sum", "mean"]
 
@@ -35,7 +35,9 @@ class LayerCapture:
             graph to the input, e.g. for double backprop through the whole network.
 
     ``activation`` is the output packed channels first (:mod:`niwt.models.layout`: a transformer's
-    tokens or channels-last map become (B, C, *positions)); the network above reads it unpacked.
+    tokens or channels-last map become (B, C, *positions)); the network above reads it unpacked. A
+    ViT's class token reaches the network above through ``detach`` in both modes: with
+    ``detach=False`` gradients reach the input through the patch tokens only.
     """
 
     def __init__(self, model: nn.Module, layer: str, detach: bool = True) -> None:
@@ -46,6 +48,9 @@ class LayerCapture:
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):  # attention returning (output, weights), a dict, ...
+            raise ModelError(f"importance layer {type(module).__name__} returns a {type(output).__name__}, not one "
+                             "tensor: choose the block around it")
         packed = pack(output, self.layout)
         act = packed.detach().requires_grad_(True) if self.detach else packed
         self.activation = act

@@ -134,8 +134,9 @@ def inspect_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "s
 def explain(verdict: LayerVerdict) -> str:
     how = []
     if verdict.vanishes:
-        how.append("no gradient of the logits reaches it (the network reads only its class token above it: its "
-                   "patch tokens, where importance is measured, do not feed the classifier)")
+        how.append("no gradient of the logits reaches it" + (
+            " (the network reads only its class token above it: its patch tokens, where importance is measured, "
+            "do not feed the classifier)" if verdict.layout.kind == "tokens" else " (every unit above it is off)"))
     if verdict.nonlinearity is None:
         how.append("only pooling and linear layers stand between it and the logits")
     if verdict.equals_weight_row:

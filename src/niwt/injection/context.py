@@ -134,7 +134,9 @@ def pool_folder_images(pool: str) -> list[str]:
     """The images of an ``inject.pool`` folder (recursive, sorted); one clear error if there are none.
 
     Checked by ``validate`` and ``inject`` before any work."""
-    folder = Path(pool)
+    from niwt.io.project import resolve_root
+
+    folder = resolve_root(pool, Path.cwd())  # as the fingerprint stage digests it: under the project root
     if not folder.is_dir():
         raise InputError(f"inject.pool: {pool!r} is neither 'train', 'noise' nor a folder of images "
                          f"({'not a folder' if folder.exists() else 'no such folder'})")

@@ -78,7 +78,6 @@ class NiwtPyfunc(PythonModel):
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         import pandas as pd
         import torch
-
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import BAD_REQUEST
 

@@ -54,6 +54,9 @@ def _trace(body: nn.Module, key: str) -> tuple[fx.GraphModule, fx.Node, fx.Node,
         if any(n == f"{key}_1" or n.startswith(f"{key}_1.") for n in names):
             raise SplitError(f"module {key!r} runs more than once in a forward pass (a shared module, e.g. "
                              "ResNet's per-block ReLU): its output is not one activation. Choose its block instead")
+        if not any(n == key or n.startswith(f"{key}.") for n in names):
+            raise SplitError(f"module {key!r} is not on the network's path (it never runs, or only as an identity "
+                             "the tracer drops); choose a block that computes something")
         gm = create_feature_extractor(body, return_nodes={key: "layer", names[-1]: "out"},
                                       suppress_diff_warning=True)
     finally:
@@ -63,7 +66,8 @@ def _trace(body: nn.Module, key: str) -> tuple[fx.GraphModule, fx.Node, fx.Node,
     output = next(n for n in graph.nodes if n.op == "output")
     outs = output.args[0]
     placeholder = next(n for n in graph.nodes if n.op == "placeholder")
-    return gm, placeholder, outs["layer"], outs["out"]
+    # the layer may be the body's last node itself (a ViT's ``heads``): then it is also the output
+    return gm, placeholder, outs["layer"], outs.get("out", outs["layer"])
 
 
 def fx_split(body: nn.Module, layer: str, prefix: str = "body",

@@ -234,7 +234,8 @@ def _torchvision_model(arch: str, num_classes: int, weights: str, image_size: in
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **size)
     tv = torchvision.models.get_model(arch, weights=None, **size)
     state = _imagenet_state_dict(arch)
-    if size and image_size != 224:  # torchvision's own resampling of the position embedding to the new grid
+    if size:  # torchvision's own resampling of the position embedding to this grid (a no-op at the weights' own
+        # size: 224 px, or 518 for vit_h_14's)
         from torchvision.models.vision_transformer import interpolate_embeddings
 
         state = interpolate_embeddings(image_size, tv.patch_size, state)

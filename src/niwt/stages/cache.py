@@ -31,7 +31,8 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, raw: Path | None = None) 
     splits = read_splits(splits_file)
     if is_feature_table(splits.path):
         print("[cache] feature rows (data.name: xlsa17): nothing to decode", flush=True)
-        return StageResult(write_disabled(splits_file, Path(out), raw_digest))
+        # prepare copied the features: no stage reads the raw files again, so their fingerprint stays out
+        return StageResult(write_disabled(splits_file, Path(out)))
     check_images_exist(splits.path, splits.image_id, splits_file)  # before any work
     stats = build_cache(splits_file, Path(out), p.model.image_size, workers=rt.workers, progress=rt.progress,
                         raw=raw_digest)
