@@ -25,8 +25,9 @@ LAYERS = {"vit_b_16": "body.encoder.layers.encoder_layer_10", "swin_t": "body.fe
 @pytest.mark.parametrize("arch", sorted(LAYERS))
 def test_transformer_pipeline_end_to_end(tmp_path: Path, arch: str) -> None:
     overrides = {"model": {"arch": arch, "image_size": 32}, "finetune": {"epochs": 1},
-                 "validate": {"finetune_epochs": 1},
-                 "inject": {"methods": ["niwt", "regression"], "max_iters": 10, "pool_size": 8}}
+                 "validate": {"finetune_epochs": 1}, "mapping": {"epochs": 2, "candidate_epochs": [1, 2]},
+                 "inject": {"methods": ["niwt", "regression"], "max_iters": 10, "pool_size": 4, "lr": [0.01]},
+                 "explain": {"images_per_class": 1}}
     project = make_project(tmp_path / "p", overrides)
     assert "layer: auto" in (project / "params.yaml").read_text()
     dvc(["repro"], project)
