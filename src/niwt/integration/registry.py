@@ -81,10 +81,13 @@ class NiwtPyfunc(PythonModel):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
+        class BadPayload(MlflowException, ValueError):
+            """niwt's one line as the response's message (HTTP 400, no stack trace); still a ValueError."""
+
         try:
             images = self._images(model_input)
-        except ValueError as err:  # niwt's one line is the response's message (HTTP 400), no stack trace
-            raise MlflowException(str(err), error_code=BAD_REQUEST) from None
+        except ValueError as err:
+            raise BadPayload(str(err), error_code=BAD_REQUEST) from None
         with torch.inference_mode():
             logits = self.model(images).float()
         probs = torch.softmax(logits, 1)
