@@ -132,11 +132,12 @@ def load_model(device: torch.device, use_checkpoint: bool = True):
     """
     from niwt.config.load import load_params
     from niwt.models.checkpoint import load_checkpoint
-    from niwt.models.networks import small_cnn
+    from niwt.models.networks import importance_layer, small_cnn
 
     if use_checkpoint and CHECKPOINT.is_file():
         model, meta = load_checkpoint(CHECKPOINT, device)
-        layer = load_params(REPO / "params.yaml").extract.layer  # the finetuned checkpoint carries no layer
+        # the finetuned checkpoint carries no layer: the params' (auto: the architecture's default)
+        layer = importance_layer(model, meta.arch, load_params(REPO / "params.yaml").extract.layer)
         return model, layer, meta.image_size, f"{CHECKPOINT.relative_to(REPO)} ({meta.arch})"
     torch.manual_seed(0)
     model = small_cnn(40, width=32, hidden=256, image_size=64).to(device).eval()

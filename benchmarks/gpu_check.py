@@ -15,6 +15,7 @@ number and a markdown table for the README's performance table:
 
     bash benchmarks/gpu_check.sh --quick          # < 8 minutes on one GPU
     bash benchmarks/gpu_check.sh --device cpu --tiny   # seconds: the CI smoke test
+    bash benchmarks/gpu_check.sh --quick --nproc 0     # DDP scaling: 1 GPU vs every GPU of the machine
 """
 
 from __future__ import annotations
@@ -97,6 +98,47 @@ def niwt_step_fn(arch: str, data: list, device: torch.device, amp: bool) -> Call
     return run
 
 
+def _ddp_rank(rank: int, nproc: int, port: int, arch: str, n: int, batch: int, size: int, device_type: str,
+              repeats: int, out: str) -> None:
+    """One rank of the scaling check: the project's DDP training step (``niwt.distributed.ddp``) on its
+    own device, ``batch`` images per rank per step; rank 0 writes the global images/s to ``out``."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc)})
+    from niwt.distributed.ddp import launched_world, process_group, rank_device, wrap
+
+    world = launched_world()
+    device = rank_device(torch.device(device_type), world)
+    with process_group(world, device):
+        data = batches(n, batch, size, device)
+        model = build_model(arch, N_CLASSES).to(device, memory_format=torch.channels_last)
+        net = wrap(model, device, world)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def run() -> None:
+            train_one_epoch(net, nn.CrossEntropyLoss(), opt, data, device, 1, amp=True, channels_last=True,
+                            progress=False, world=world)
+        images_per_s = rate(run, n * batch * nproc, device, repeats)
+    if rank == 0:
+        Path(out).write_text(str(images_per_s))
+
+
+def ddp_rate(arch: str, nproc: int, n: int, batch: int, size: int, device: torch.device, repeats: int) -> float:
+    """Global training images/s of ``nproc`` DDP processes (one per GPU; gloo on CPU)."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "rate")
+        mp.start_processes(_ddp_rank, args=(nproc, port, arch, n, batch, size, device.type, repeats, out),
+                           nprocs=nproc, start_method="spawn", join=True)
+        return float(Path(out).read_text())
+
+
 def extraction_fns(arch: str, data: list, device: torch.device) -> tuple[Callable[[], None], Callable[[], None]]:
     model = prepare_for_extraction(build_model(arch, N_CLASSES).to(device), channels_last=True)
     plain = build_model(arch, N_CLASSES).to(device, memory_format=torch.channels_last).eval()
@@ -172,6 +214,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer batches and iterations (< 8 minutes on a GPU)")
     parser.add_argument("--tiny", action="store_true", help="32-px images, 2 batches of 2: a CPU smoke test")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--nproc", type=int, default=0,
+                        help="only the DDP scaling check: training images/s at 1 and at NPROC processes (one per GPU; "
+                             "0 = every GPU of the machine); ResNet-101, batch per process as for one GPU")
+    parser.add_argument("--arch", default="resnet101", help="--nproc's network (default: %(default)s)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -190,6 +236,8 @@ def main() -> int:
         shown = f"{value:.1f}" if isinstance(value, float) else value
         print(f"RESULT {key} = {shown} {unit}".rstrip(), flush=True)
 
+    if "--nproc" in sys.argv:
+        return scaling(args, device, name, size, batch, n, repeats)
     data = batches(n, batch, size, device)
     for arch in ARCHS:
         niwt_ips = rate(niwt_step_fn(arch, data, device, amp=True), n * batch, device, repeats)
@@ -218,6 +266,28 @@ def main() -> int:
         print(f"| {key} | {value:.1f} |" if isinstance(value, float) else f"| {key} | {value} |")
     if args.json:
         args.json.write_text(json.dumps({"device": name, **results}, indent=2))
+    return 0
+
+
+def scaling(args: argparse.Namespace, device: torch.device, name: str, size: int, batch: int, n: int,
+            repeats: int) -> int:
+    """``--nproc``: DDP training throughput at 1 process and at all of them, and the efficiency."""
+    nproc = args.nproc or (torch.cuda.device_count() if device.type == "cuda" else 2)
+    results = {}
+    arch = args.arch
+    for k in sorted({1, nproc}):
+        results[f"ddp_{arch}_images_per_s_{k}proc"] = ddp_rate(arch, k, n, batch, size, device, repeats)
+        print(f"RESULT ddp_{arch}_images_per_s_{k}proc = {results[f'ddp_{arch}_images_per_s_{k}proc']:.1f} "
+              f"images/s ({k} x {device.type}, batch {batch} per process)", flush=True)
+    if nproc > 1:
+        eff = results[f"ddp_{arch}_images_per_s_{nproc}proc"] / (nproc * results[f"ddp_{arch}_images_per_s_1proc"])
+        results["ddp_scaling_efficiency"] = eff
+        print(f"RESULT ddp_scaling_efficiency = {eff:.2f} ({nproc} processes vs {nproc} x one)", flush=True)
+    print("\n| check | value |\n|---|---|")
+    for key, value in results.items():
+        print(f"| {key} | {value:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "nproc": nproc, **results}, indent=2))
     return 0
 
 

@@ -22,7 +22,16 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed
-from tasks.dvc_stage import PIPELINE_STAGES, TRACKED_STAGES, dvc_status_clean, register_injected, run_dvc_stage
+from tasks.dvc_stage import (
+    PIPELINE_STAGES,
+    SIDE_BY_SIDE,
+    TRACKED_STAGES,
+    commit_stages,
+    dvc_status_clean,
+    register_injected,
+    run_dvc_stage,
+    run_stage_alongside,
+)
 from tasks.reporting import publish_summary
 
 
@@ -68,9 +77,22 @@ def check_params(workdir: Path) -> None:
     load_params(workdir / "params.yaml")
 
 
+@flow(name="niwt-stages-side-by-side", flow_run_name="{label}")
+def side_by_side_flow(stages: list[str], label: str, workdir: str = ".", invocation: str | None = None,
+                      force: bool = False) -> dict[str, str]:
+    """Stages that share no outputs, at the same time (each its own task, streaming its log), then
+    ``dvc commit`` for those that ran: ``"ran"`` or ``"skipped"`` per stage."""
+    futures = {s: run_stage_alongside.submit(s, workdir, invocation, invocation, force) for s in stages}
+    outcomes = {s: f.result() for s, f in futures.items()}  # raises the first stage's error
+    ran = [s for s, what in outcomes.items() if what == "ran"]
+    if ran:
+        commit_stages(ran, workdir)
+    return outcomes
+
+
 @flow(name="niwt-pipeline", log_prints=True)
 def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = False,
-             register_as: str = "niwt-injected") -> str:
+             register_as: str = "niwt-injected", parallel_training: bool = False) -> str:
     """Run the stages in DAG order through DVC, publish the comparison table, register the model.
 
     Args:
@@ -79,6 +101,8 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
         force: rerun stages even when DVC finds them up to date.
         register_as: registered model name of the injected NIWT model ('' to skip the register step;
             it runs only when the whole pipeline ran).
+        parallel_training: run ``finetune`` and ``finetune_validation`` at the same time (they share
+            no outputs): worth it when each gets its own devices (``NIWT_DEVICE``, or a GPU each).
     """
     check_params(Path(workdir))  # before DVC reads the file (it expands YAML aliases: an alias bomb hangs it)
     logger = get_run_logger()
@@ -90,10 +114,17 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
     ran: dict[str, str] = {}
     status = "FAILED"
     try:
+        pair = [s for s in SIDE_BY_SIDE if s in selected] if parallel_training else []
         for stage in [s for s in PIPELINE_STAGES if s in selected]:
-            outcome = stage_flow(stage, workdir, invocation, force)
-            ran[stage] = "skipped (up to date)" if outcome == "skipped" else "ran"
-            logger.info("stage %s: %s", stage, ran[stage])
+            if stage in pair[1:]:
+                continue  # ran beside the first of the pair
+            if stage in pair and len(pair) > 1:
+                outcomes = side_by_side_flow(pair, " + ".join(pair), workdir, invocation, force)
+            else:
+                outcomes = {stage: stage_flow(stage, workdir, invocation, force)}
+            for name, outcome in outcomes.items():
+                ran[name] = "skipped (up to date)" if outcome == "skipped" else "ran"
+                logger.info("stage %s: %s", name, ran[name])
         if not dvc_status_clean(workdir):
             raise RuntimeError("dvc status still reports changes after the run; see `dvc status`")
         summary = publish_summary(workdir, stages=ran) if "evaluate" in selected else ""
@@ -110,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run or serve the NIWT pipeline flow.")
     parser.add_argument("--workdir", default=".")
     parser.add_argument("--force", action="store_true", help="rerun stages DVC finds up to date")
+    parser.add_argument("--parallel-training", action="store_true",
+                        help="run finetune and finetune_validation at the same time")
     parser.add_argument("--serve", action="store_true", help="serve as a deployment (needs a Prefect server)")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule for --serve (default: %(default)s)")
     parser.add_argument("--name", default="niwt-nightly", help="deployment name for --serve")
@@ -118,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         pipeline.serve(name=args.name, cron=args.cron, parameters={"workdir": workdir})
         return 0
-    print(pipeline(workdir=workdir, force=args.force))
+    print(pipeline(workdir=workdir, force=args.force, parallel_training=args.parallel_training))
     return 0
 
 

@@ -3,7 +3,9 @@
 DVC is the only cache authority (it knows when code, params or data changed), so the task has
 no Prefect cache (``NO_CACHE``): it always asks ``dvc repro --single-item <stage>``, which is a
 no-op when the stage is up to date; such a run ends in a ``Completed`` state named ``Skipped``.
-Stages run one at a time in one workspace (concurrent ``dvc repro`` calls fight over DVC's lock).
+Stages run one at a time in one workspace (concurrent ``dvc repro`` calls fight over DVC's lock), except
+the fine-tuning pair with the flow's ``parallel_training``: they run their own commands side by side
+(:func:`run_stage_alongside`) and are then recorded with ``dvc commit``.
 The stage's output is streamed to the Prefect log line by line while it runs.
 """
 
@@ -73,6 +75,62 @@ def run_dvc_stage(stage: str, workdir: str = ".", invocation: str | None = None,
     if skipped(stage, output):
         return Completed(name="Skipped", message=f"{stage}: up to date, DVC ran nothing", data="skipped")
     return Completed(message=f"{stage}: ran", data="ran")
+
+
+# Stages that share no outputs and may train at the same time (the flow's ``parallel_training``).
+SIDE_BY_SIDE = ("finetune", "finetune_validation")
+
+
+def stage_command(stage: str, workdir: str) -> list[str]:
+    """The stage's ``cmd`` in ``dvc.yaml`` as an argument list, accepted only in the form this project
+    writes (``niwt <stage> --flag value ...``, no shell syntax, no interpolation): it is run without a
+    shell, so nothing else written in the file is ever executed."""
+    import shlex
+
+    import yaml
+
+    spec = (yaml.safe_load((Path(workdir) / "dvc.yaml").read_text()) or {}).get("stages", {}).get(stage, {})
+    cmd = spec.get("cmd") if isinstance(spec, dict) else None
+    argv = shlex.split(cmd) if isinstance(cmd, str) and not set(cmd) & set("$;&|<>`\\") else []
+    if argv[:2] != ["niwt", stage]:
+        raise ValueError(f"dvc.yaml: stage {stage}'s cmd is not a plain `niwt {stage} ...` command; "
+                         "run the flow without parallel_training")
+    return [str(Path(sys.executable).parent / "niwt"), *argv[1:]]
+
+
+def stage_is_current(stage: str, workdir: str) -> bool:
+    """DVC finds ``stage`` itself up to date (its upstream stages ran before it in the flow)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", stage], cwd=workdir,
+                          env=stage_env(None, None), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc status {stage} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return stage not in json.loads(proc.stdout or "{}")
+
+
+@task(cache_policy=NO_CACHE, retries=0, task_run_name="{stage}")
+def run_stage_alongside(stage: str, workdir: str = ".", invocation: str | None = None,
+                        pipeline_id: str | None = None, force: bool = False) -> str:
+    """The stage's own command, run outside ``dvc repro`` (whose repository lock admits one ``dvc repro``
+    at a time) so that another stage can run beside it; ``dvc commit`` records its outputs after.
+    Returns ``"ran"`` or ``"skipped"`` (DVC finds it up to date)."""
+    if not force and stage_is_current(stage, workdir):
+        return "skipped"
+    code, lines = _stream(stage_command(stage, workdir), workdir, stage_env(invocation, pipeline_id))
+    if code != 0:
+        raise RuntimeError(f"{stage} failed (exit {code}):\n" + "\n".join(lines)[-8000:])
+    return "ran"
+
+
+@task(cache_policy=NO_CACHE, retries=0)
+def commit_stages(stages: list[str], workdir: str = ".") -> None:
+    """``dvc commit`` the stages run beside each other: dvc.lock and the cache record their outputs,
+    as ``dvc repro`` would have."""
+    cmd = [sys.executable, "-m", "dvc", "commit", "--force", *stages]
+    code, lines = _stream(cmd, workdir, stage_env(None, None))
+    if code != 0:
+        raise RuntimeError(f"dvc commit {' '.join(stages)} failed (exit {code}):\n" + "\n".join(lines)[-4000:])
 
 
 @task(cache_policy=NO_CACHE)

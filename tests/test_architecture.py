@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PKG = SRC / "niwt"
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-CORE = ("data", "models", "importance", "mapping", "injection", "peers", "evaluation", "explain", "io")
+CORE = ("data", "models", "importance", "mapping", "injection", "peers", "evaluation", "explain", "io", "distributed")
 ORCHESTRATION = ("prefect", "prefect_dask", "mlflow", "dvc", "flows", "tasks")
 
 

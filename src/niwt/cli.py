@@ -23,6 +23,8 @@ from typing import Any
 from niwt.config.load import load_params
 from niwt.config.runtime import load_runtime
 from niwt.config.view import declared_view
+from niwt.distributed import launch
+from niwt.distributed.ddp import launched_world
 from niwt.errors import InputError
 from niwt.io.project import project_root
 from niwt.params import Params, section_dict
@@ -80,7 +82,8 @@ def _add_runtime(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("execution settings (not params: never make DVC rerun; default from NIWT_*)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="NIWT_DEVICE (default: auto)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes, NIWT_WORKERS (default: 0)")
-    g.add_argument("--runner", choices=["local", "dask"], help="where extraction shards run, NIWT_RUNNER")
+    g.add_argument("--runner", choices=["local", "dask"],
+                   help="where extraction shards, validation settings and injection methods run, NIWT_RUNNER")
     g.add_argument("--dask-address", help="Dask scheduler address, NIWT_DASK_ADDRESS (default: a LocalCluster)")
     g.add_argument("--dask-workers", type=int, help="LocalCluster processes, NIWT_DASK_WORKERS (default: 2)")
     g.add_argument("--batch-size", type=int, help="images per forward pass in inference, NIWT_BATCH_SIZE "
@@ -88,6 +91,8 @@ def _add_runtime(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--shard-size", type=int, help="images per importance shard, NIWT_SHARD_SIZE (default: 512)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="extraction's memory format, NIWT_CHANNELS_LAST (default: on)")
+    g.add_argument("--nproc", type=int, help="processes of finetune / finetune_validation (data-parallel, one per "
+                   "GPU, gloo on CPU), NIWT_NPROC (default: 1; other stages ignore it)")
     g.add_argument("--quiet", dest="progress", action="store_const", const=False,
                    help="no progress bars (NIWT_PROGRESS=0)")
 
@@ -200,13 +205,15 @@ def _dvc_ancestors() -> list[tuple[int, int]]:
     return watched
 
 
-def _stop_when_dvc_dies(stage: str) -> None:
+def _stop_with_parent(stage: str) -> None:
     """Under ``dvc repro`` (``DVC_STAGE`` set), stop this stage when the dvc process that started it
     is gone (killed alone, e.g. ``kill -9 <dvc pid>``): a stage left running would later overwrite
-    outputs that the next ``dvc`` command restored. Checked every second; the main thread gets a
-    KeyboardInterrupt (temporaries are cleaned, nothing is committed), then a hard exit after a grace
-    period."""
-    if not os.environ.get("DVC_STAGE") or not Path("/proc/self/stat").exists():
+    outputs that the next ``dvc`` command restored. A rank of a data-parallel stage
+    (``TORCHELASTIC_RUN_ID`` set) likewise stops when its launcher is gone: no orphan keeps training.
+    Checked every second; the main thread gets a KeyboardInterrupt (temporaries are cleaned, nothing
+    is committed), then a hard exit after a grace period."""
+    launched = os.environ.get("DVC_STAGE") or os.environ.get("TORCHELASTIC_RUN_ID")
+    if not launched or not Path("/proc/self/stat").exists():
         return
     watched, parent = _dvc_ancestors(), os.getppid()
     if not watched:
@@ -218,7 +225,8 @@ def _stop_when_dvc_dies(stage: str) -> None:
             gone = [pid for pid, start in watched if (_proc_stat(pid) or ("", 0, -1))[2] != start]
             if gone or os.getppid() != parent:
                 _parent_gone.set()
-                print(f"niwt {stage}: error: the dvc process that started this stage (pid {(gone or [parent])[-1]}) "
+                print(f"niwt {stage}: error: the process that started this stage (dvc, or the launcher of its ranks; "
+                      f"pid {(gone or [parent])[-1]}) "
                       "is gone; stopping without writing outputs, so nothing overwrites what DVC restores",
                       file=sys.stderr, flush=True)
                 _thread.interrupt_main()
@@ -256,22 +264,29 @@ def main(argv: list[str] | None = None) -> int:
 
     tracking.quiet_telemetry()
     stage = next(s for s in STAGES if s.name == args.stage)
-    _stop_when_dvc_dies(stage.name)
+    _stop_with_parent(stage.name)
+    world = launched_world()
     try:
         params = load_params(args.params)
         runtime = load_runtime(overrides={k: getattr(args, k) for k in
                                           ("device", "workers", "runner", "dask_address", "dask_workers", "progress",
-                                           "batch_size", "shard_size", "channels_last")})
+                                           "batch_size", "shard_size", "channels_last", "nproc")})
+        if runtime.nproc > 1 and stage.name in launch.DISTRIBUTED_STAGES and not world.distributed:
+            launch.check_devices(runtime)
+            launch.run_ranks(list(sys.argv[1:] if argv is None else argv), runtime.nproc)
+            return 0  # rank 0 said "done"
         # The project is where the params file is (not the working directory): mlflow.db, artifacts.
         root = project_root(Path(args.params).absolute().parent, default=Path.cwd())
         logged = _logged_params(params, stage.params)
         everything = _logged_params(params, tuple(s for s in vars(params) if s != "tracking"))
         run_ctx = (tracking.stage_run(stage.name, params.tracking.experiment, logged, everything, root=root)
-                   if stage.tracked else contextlib.nullcontext())
+                   if stage.tracked and world.main else contextlib.nullcontext())  # rank 0 alone tracks
         with run_ctx as ml:
             paths = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
                      for flag, *_ in PATHS[stage.name]}
             result = _stage_module(stage.name).run(declared_view(params, stage.name, stage.params), runtime, **paths)
+            if not world.main:  # rank 0 alone writes (stats, MLflow) and drops the resume state
+                return 0
             if args.stats:
                 write_json(args.stats, result.metrics)
             if ml is not None:  # never raises: a tracking failure warns and keeps the metrics for `niwt sync`
@@ -281,24 +296,38 @@ def main(argv: list[str] | None = None) -> int:
             # (finetune's resume file): a failure above leaves it, and the rerun costs nothing.
             for leftover in result.cleanup:
                 Path(leftover).unlink(missing_ok=True)
+    except launch.LaunchFailed as err:
+        if str(err):
+            print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
+        return err.exitcode
     except (InputError, FileNotFoundError) as err:
-        print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
+        if world.main:  # every rank reads the same input: rank 0 says it once
+            print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if _parent_gone.is_set():
             return 3
+        if not world.main:
+            return 130
         # Ctrl-C: one line, not a traceback. Outputs are written atomically, so they are as they were; the
         # resume state (finetune's <out>.resume, extract's finished shards) is kept for the rerun.
         print(f"niwt {args.stage}: interrupted; its outputs are as they were, and a rerun continues from what "
               "was saved", file=sys.stderr, flush=True)
         return 130
+    except RuntimeError as err:
+        if not (world.distributed and launch.peer_lost(err)):
+            raise
+        # not the cause: the rank that failed first has its own message; the launcher names it
+        print(f"niwt {args.stage} [rank {world.rank}]: stopped: another rank of this run is gone "
+              f"({(str(err).splitlines() or [''])[0][:200]})", file=sys.stderr, flush=True)
+        return launch.PEER_LOST
     except OSError as err:  # out of space anywhere (a shard, a plot): one line naming the file and free space
         full = disk_error(err.filename or Path.cwd(), err)
         if full is None:
             raise
         print(f"niwt {args.stage}: error: {full}", file=sys.stderr)
         return 2
-    print(f"niwt {args.stage}: done", flush=True)
+    print(f"niwt {args.stage}: done" + (f" ({world.size} processes)" if world.distributed else ""), flush=True)
     return 0
 
 

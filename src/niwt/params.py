@@ -181,6 +181,8 @@ class Runtime:
     batch_size: int = 0
     shard_size: int = 512  # images per importance shard (what a killed extraction resumes by)
     channels_last: bool = True  # extraction's memory format: ~2x faster on CPU, same values to ~1e-7
+    # Processes of the fine-tuning stages (data-parallel under torch.distributed.run; one per GPU).
+    nproc: int = 1
 
     def inference_batch(self, kind: Literal["importances", "features"]) -> int:
         """Images per forward pass: ``batch_size``, or the default of ``kind``."""

@@ -130,13 +130,16 @@ def test_prefect_flow_runs_pipeline_with_mlflow_parent(tmp_path: Path, monkeypat
         monkeypatch.setenv(key, value)
     from flows.pipeline import pipeline
 
-    summary = pipeline(workdir=str(project))
+    # the two fine-tuning stages side by side (they share no outputs), then recorded with dvc commit
+    summary = pipeline(workdir=str(project), parallel_training=True)
     assert "| NIWT |" in summary and "zsl_top1" in summary
     runs = _mlflow_runs(project)
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     assert parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted([*TRACKED, "register"])
+    a, b = (next(r.info for r in children if r.info.run_name == s) for s in ("finetune", "finetune_validation"))
+    assert a.start_time < b.end_time and b.start_time < a.end_time, "the fine-tuning stages did not overlap"
     assert _clean(project)
     # the register step, not a stage, put the model into the registry: one version
     from mlflow import MlflowClient
@@ -147,7 +150,7 @@ def test_prefect_flow_runs_pipeline_with_mlflow_parent(tmp_path: Path, monkeypat
     assert client.get_model_version_by_alias("niwt-injected", "champion").version == versions[0].version
     # a second flow run: DVC skips every stage, each is marked so, and no MLflow run or version appears
     n_runs = len(_mlflow_runs(project))
-    again = pipeline(workdir=str(project))
+    again = pipeline(workdir=str(project), parallel_training=True)
     assert all(f"| {stage} | skipped (up to date) |" in again for stage in TRACKED), again
     assert "| fingerprint | ran |" in again  # the raw-data fingerprint runs every time (0.2 s at 37k files)
     assert len(_mlflow_runs(project)) == n_runs

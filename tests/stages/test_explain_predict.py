@@ -422,9 +422,10 @@ def test_predict_top_k_beyond_the_classes_says_so(project, capsys) -> None:
     n = len(read_classes(project / "data" / "classes.parquet").names)
     path = _images(project, 1)[0]
     model = str(project / "injected" / "niwt.pt")
-    assert cli.main(["predict", path, "--model", model, "--top-k", "100000"]) == 0
+    data = str(project / "data")  # this project's classes, not those of a data/prepared in the working directory
+    assert cli.main(["predict", path, "--model", model, "--data", data, "--top-k", "100000"]) == 0
     out = capsys.readouterr()
     assert f"--top-k 100000: the classifier has {n} classes; listing all {n}" in out.err
     assert len(re.findall(r"^\s+\d+\. \S+", out.out, flags=re.M)) == n
-    assert cli.main(["predict", path, "--model", model, "--top-k", "0"]) == 2
+    assert cli.main(["predict", path, "--model", model, "--data", data, "--top-k", "0"]) == 2
     assert "--top-k must be at least 1, got 0" in capsys.readouterr().err

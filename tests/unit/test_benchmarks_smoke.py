@@ -141,3 +141,18 @@ def test_cub_shaped_folder_dataset_loads_and_images_follow_attributes(tmp_path: 
     e = expected - expected.mean(1, keepdims=True)
     nearest = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (e / np.linalg.norm(e, axis=1, keepdims=True)).T
     assert (nearest.argmax(1) == raw.image_labels).mean() > 0.2
+
+
+@pytest.mark.slow
+def test_gpu_check_scaling_mode_runs_two_gloo_processes(tmp_path: Path) -> None:
+    """``gpu_check.sh --nproc 2`` on the CPU (gloo): the DDP training step at 1 and 2 processes, and
+    the efficiency, so the first multi-GPU run can fill in the scaling row."""
+    out_json = tmp_path / "ddp.json"
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--tiny", "--nproc", "2",
+                           "--arch", "resnet18", "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=600, env={**_env(), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    values = json.loads(out_json.read_text())
+    assert values["nproc"] == 2
+    assert values["ddp_resnet18_images_per_s_1proc"] > 0 and values["ddp_resnet18_images_per_s_2proc"] > 0
+    assert values["ddp_scaling_efficiency"] > 0

@@ -16,9 +16,11 @@ from niwt.params import Runtime
 
 RUNTIME_ENV = {"device": "NIWT_DEVICE", "workers": "NIWT_WORKERS", "runner": "NIWT_RUNNER",
                "dask_address": "NIWT_DASK_ADDRESS", "dask_workers": "NIWT_DASK_WORKERS", "progress": "NIWT_PROGRESS",
-               "batch_size": "NIWT_BATCH_SIZE", "shard_size": "NIWT_SHARD_SIZE", "channels_last": "NIWT_CHANNELS_LAST"}
+               "batch_size": "NIWT_BATCH_SIZE", "shard_size": "NIWT_SHARD_SIZE", "channels_last": "NIWT_CHANNELS_LAST",
+               "nproc": "NIWT_NPROC"}
 RUNTIME_BOUNDS = {"workers": ("NIWT_WORKERS", 0, 512), "dask_workers": ("NIWT_DASK_WORKERS", 1, 4096),
-                  "batch_size": ("NIWT_BATCH_SIZE", 0, 65_536), "shard_size": ("NIWT_SHARD_SIZE", 1, 10_000_000)}
+                  "batch_size": ("NIWT_BATCH_SIZE", 0, 65_536), "shard_size": ("NIWT_SHARD_SIZE", 1, 10_000_000),
+                  "nproc": ("NIWT_NPROC", 1, 4096)}
 
 
 def _from_env(text: str, hint: Any, where: str) -> Any:

@@ -13,12 +13,13 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from niwt.data.features import feature_store, input_files, is_feature_table
 from niwt.data.raw import DatasetError
+from niwt.distributed.ddp import SINGLE, RankSlices, World, worker_init
 
 
 class ImageSource(Protocol):
@@ -122,7 +123,7 @@ def _readable(path: str):
 
 def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, train: bool,
                 batch_size: int, num_workers: int = 0, seed: int = 0, pin_memory: bool | None = None,
-                cache: ImageSource | None = None) -> DataLoader:
+                cache: ImageSource | None = None, world: World = SINGLE) -> DataLoader:
     """A deterministic DataLoader (seeded shuffling; no shuffling for evaluation).
 
     With ``cache`` (:func:`niwt.data.cache.open_cache`) the images come from the decoded-image cache
@@ -130,7 +131,13 @@ def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, tr
     (:mod:`niwt.data.features`) come from their memory map, untransformed. Pinned memory
     when CUDA is there (``pin_memory`` None), and with worker processes, persistent workers that
     each prefetch 4 batches.
+
+    ``world`` (data-parallel training, :mod:`niwt.distributed.ddp`): a training loader yields this
+    rank's slice of the global batches the single-process loader yields (``batch_size`` is the global
+    batch); an evaluation loader reads every ``world.size``-th image from ``world.rank`` on.
     """
+    if world.distributed and not train:
+        paths, labels = list(paths)[world.rank::world.size], np.asarray(labels)[world.rank::world.size]
     gen = torch.Generator().manual_seed(seed)
     transform = make_transform(image_size, train)
     num_workers = num_workers if can_fork_workers() else 0
@@ -143,6 +150,10 @@ def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, tr
         dataset, collate = ImageTable(paths, labels, transform), None
     else:
         dataset, collate = cache.dataset(paths, labels, transform, image_size, train), batched
+    if world.distributed and train:  # the single-process batches, drawn from the same generator, sliced
+        slices = RankSlices(BatchSampler(RandomSampler(dataset, generator=gen), batch_size, False), world)
+        return DataLoader(dataset, batch_sampler=slices, generator=gen, num_workers=num_workers,
+                          pin_memory=pin_memory, collate_fn=collate, worker_init_fn=worker_init(world), **extra)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=gen, num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=collate, **extra)
 

@@ -247,6 +247,23 @@ def invocation_key() -> str | None:
     return f"{socket.gethostname()}:{os.getppid()}"
 
 
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """One process at a time of this project looks up / creates a parent run (an advisory file lock
+    in DVC's ignored ``.dvc/tmp``); without it two stages started together could each create one."""
+    import fcntl
+    import tempfile
+
+    folder = root / ".dvc" / "tmp"
+    lock = folder / "niwt-parent-run.lock" if folder.is_dir() else Path(tempfile.gettempdir()) / "niwt-parent-run.lock"
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _parent_run(client, exp_id: str, key: str, pipeline_params: dict[str, Any], tags: dict[str, str]) -> str:
     """The parent run of invocation ``key``: found by its tag, or created (with every pipeline param)."""
     found = client.search_runs([exp_id], filter_string=f"tags.`niwt.invocation` = '{key}'", max_results=1)
@@ -356,8 +373,9 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any], pipeline_para
         parent = os.environ.get(PARENT_ENV) or None
         key = None if parent else invocation_key()
         if key is not None:
-            parent = _parent_run(client, exp_id, key, pipeline_params or params,
-                                 {k: v for k, v in tags.items() if k != "niwt.stage"})
+            with _exclusive(root):  # stages run side by side (the flow's parallel training) find one parent
+                parent = _parent_run(client, exp_id, key, pipeline_params or params,
+                                     {k: v for k, v in tags.items() if k != "niwt.stage"})
         if parent:
             tags["mlflow.parentRunId"] = parent
         created = client.create_run(exp_id, run_name=stage, tags=tags)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from niwt.distributed.ddp import SINGLE, World, gather_objects, sync_buffers, wrap
 from niwt.errors import InputError
 from niwt.io.atomic import atomic_path
 from niwt.models.checkpoint import load_state_dict_file, read_class_names, safe_load
@@ -96,7 +97,7 @@ class Resume:
 
 def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, device: torch.device, *,
                  epochs: int | None = None, resume: Resume | None = None, progress: bool = False,
-                 log: Callable[[str], None] = print) -> tuple[float, list[dict]]:
+                 log: Callable[[str], None] = print, world: World = SINGLE) -> tuple[float, list[dict]]:
     """The one training loop of both fine-tuning stages: the phases of :func:`phases` (head only,
     then the whole network), the weights of the best epoch by val accuracy loaded into ``model``;
     returns (best val accuracy, per-epoch history).
@@ -105,6 +106,11 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
     saved after every epoch and a matching saved state is continued, with the same shuffles and
     augmentations as an unbroken run. ``finetune.mode: none`` trains nothing: the given classifier
     as it is, measured on val.
+
+    ``world``: one of several data-parallel processes (:mod:`niwt.distributed.ddp`): the loaders are
+    this rank's (slices of the global batches, a share of val), the model is wrapped in DDP per phase
+    (after the phase froze what it freezes), buffers are synchronised before every evaluation, and
+    only rank 0 saves the resume state, which holds every rank's random state.
     """
     check_finite_weights(model)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
@@ -118,19 +124,22 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-            set_rng(state["rng"], train_loader.generator)  # same shuffles and augmentations as unbroken
+            rng = state["rng_ranks"][world.rank] if world.distributed else state["rng"]
+            set_rng(rng, train_loader.generator)  # same shuffles and augmentations as unbroken
             start = state["epoch"] + 1
         elif state and state["phase_idx"] > phase_idx:
             continue
+        net = wrap(model, device, world)
         for epoch in range(start, n + 1):
-            stats = train_one_epoch(model, criterion, opt, train_loader, device, epoch, amp=f.amp,
+            stats = train_one_epoch(net, criterion, opt, train_loader, device, epoch, amp=f.amp,
                                     channels_last=f.channels_last, scheduler=sched, progress=progress,
-                                    frozen=model.body if phase == "head" else None)
+                                    frozen=model.body if phase == "head" else None, world=world)
             if not math.isfinite(stats["loss"]):  # stop here: a NaN network would flow into every later stage
                 raise TrainingDiverged(f"finetune: the training loss is {stats['loss']} at {phase} epoch {epoch} "
                                        f"(learning rate {lr:g}): the weights diverged; lower finetune."
                                        f"{'lr' if phase == 'head' else 'lr_full'}; nothing was written")
-            val_acc = evaluate(model, val_loader, device, amp=f.amp)["acc"]
+            sync_buffers(model, world)
+            val_acc = evaluate(model, val_loader, device, amp=f.amp, world=world)["acc"]
             history.append({"epoch": len(history) + 1, "phase": phase, "train_loss": stats["loss"],
                             "train_acc": stats["acc"], "val_acc": val_acc})
             log(f"{phase} epoch {epoch}/{n}: loss {stats['loss']:.4f} train acc {stats['acc']:.3f} "
@@ -139,12 +148,14 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
                 best_acc = val_acc
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if resume is not None:
-                save_resume(resume, {"phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
-                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                     "history": history, "best_acc": best_acc, "best_state": best_state,
-                                     "rng": get_rng(train_loader.generator)}, log)
+                rngs = gather_objects(get_rng(train_loader.generator), world)
+                if world.main:
+                    save_resume(resume, {"phase_idx": phase_idx, "epoch": epoch, "model": model.state_dict(),
+                                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                         "history": history, "best_acc": best_acc, "best_state": best_state,
+                                         "rng": rngs[0], "rng_ranks": rngs}, log)
     if f.mode == "none":  # the given classifier exactly as it is: its own head is the seen head
-        return evaluate(model, val_loader, device, amp=f.amp)["acc"], history
+        return evaluate(model, val_loader, device, amp=f.amp, world=world)["acc"], history
     model.load_state_dict(best_state)
     return best_acc, history
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from niwt.distributed.ddp import SINGLE, World, gather_arrays, global_mean, reduce_sums
 from niwt.evaluation.metrics import mean_per_class_accuracy
 
 
@@ -69,16 +70,18 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, device: torch.device, epoch: int, *, amp: bool = False,
                     channels_last: bool = False, scheduler=None, progress: bool = True,
-                    frozen: nn.Module | None = None) -> dict[str, float]:
+                    frozen: nn.Module | None = None, world: World = SINGLE) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss and (sample) accuracy.
 
     ``frozen``: a part of ``model`` that stays in eval mode (a backbone trained only through its head:
-    its batch-norm running statistics and dropout must not move either).
+    its batch-norm running statistics and dropout must not move either). ``world``: data-parallel
+    training (``model`` in DDP, ``loader`` yielding this rank's slices): each rank's loss is scaled so
+    the averaged gradient is the global batch's mean, and the returned numbers cover every rank.
     """
     model.train()
     if frozen is not None:
         frozen.eval()
-    total, correct, loss_sum = 0, 0, 0.0
+    total, correct, loss_sum, step = 0, 0, 0.0, 0
     bar = _bar(loader, progress, desc=f"epoch {epoch}")
     for images, labels, _ in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -88,7 +91,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             logits = model(images)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if world.distributed:
+            sizes = getattr(getattr(loader, "batch_sampler", None), "sizes", None)  # RankSlices: the real sizes
+            global_mean(loss, len(labels), sizes[step] if sizes else len(labels) * world.size, world).backward()
+            step += 1
+        else:
+            loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -96,6 +104,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         correct += (logits.argmax(1) == labels).sum().item()
         loss_sum += loss.item() * len(labels)
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    if world.distributed:
+        loss_sum, correct, total = reduce_sums([loss_sum, correct, total], device, world)
     return {"loss": loss_sum / total, "acc": correct / total}
 
 
@@ -113,8 +123,10 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: 
     return torch.cat(outs).numpy(), torch.cat(labels).numpy()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False) -> dict[str, float]:
-    """Per-class mean top-1 (the ZSL literature's accuracy) and plain top-1 over ``loader``."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
+             world: World = SINGLE) -> dict[str, float]:
+    """Per-class mean top-1 (the ZSL literature's accuracy) and plain top-1 over ``loader``
+    (``world``: over every rank's share, each rank's ``loader`` holding its own)."""
     logits, labels = predict(model, loader, device, amp=amp)
-    pred = logits.argmax(1)
+    pred, labels = gather_arrays((logits.argmax(1), labels), world)
     return {"acc": mean_per_class_accuracy(labels, pred), "top1": float((pred == labels).mean())}

@@ -7,21 +7,20 @@ extraction key (checkpoint bytes + params) matches. When all shards exist the di
 onto ``<out>`` in one step, so DVC never sees a partial output.
 
 Shards are plain function calls (:func:`compute_shard`), so they can run in-process or on any
-``concurrent.futures`` executor (``NIWT_RUNNER=dask``: a Dask cluster, see :func:`dask_executor`).
-Where shards run is an execution setting, not a param: it never changes a number beyond the last
-float bits, so it never makes DVC rerun the stage.
+``concurrent.futures`` executor (``NIWT_RUNNER=dask``: a Dask cluster, see
+:func:`niwt.distributed.dask.dask_executor`). Where shards run is an execution setting, not a
+param: it never changes a number beyond the last float bits, so it never makes DVC rerun the stage.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
+from niwt.distributed.dask import dask_executor
 from niwt.importance.capture import LayerCapture, prepare_for_extraction
 from niwt.importance.degenerate import check_layer, explain
 from niwt.importance.extraction import ExtractSpec, importances_for
@@ -141,8 +141,8 @@ def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
         sel = order[start:start + rt.shard_size]
         jobs.append(ShardJob(index, tuple(int(i) for i in splits.image_id[sel]),
                              tuple(splits.path[i] for i in sel), tuple(int(c) for c in splits.class_id[sel]),
-                             tuple(str(s) for s in splits.split[sel]), str(checkpoint), str(partial), spec,
-                             rt.device, file_meta,
+                             tuple(str(s) for s in splits.split[sel]), str(Path(checkpoint).absolute()),
+                             str(partial.absolute()), spec, rt.device, file_meta,  # absolute: a worker's cwd is its own
                              str(Path(cache).absolute()) if images is not None else "",
                              str((data / "splits.parquet").absolute())))
     return jobs, partial
@@ -190,20 +190,6 @@ def executor_runner(executor: concurrent.futures.Executor, progress: bool = True
                 bar.update()
         return len(todo)
     return run
-
-
-@contextlib.contextmanager
-def dask_executor(address: str = "", workers: int = 2) -> Iterator[concurrent.futures.Executor]:
-    """A ``concurrent.futures`` executor on Dask: the scheduler at ``address``, or a LocalCluster of
-    ``workers`` single-threaded processes. Workers must see the same filesystem (checkpoint,
-    images, the ``.partial`` directory), as on a shared-disk cluster."""
-    from distributed import Client, LocalCluster
-
-    with contextlib.ExitStack() as stack:
-        target = address or stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
-                                                             processes=True, dashboard_address=None))
-        client = stack.enter_context(Client(target))
-        yield client.get_executor()
 
 
 def run(p: Params, rt: Runtime, data: Path, model: Path, out: Path,

@@ -22,6 +22,7 @@ from niwt.data.cache import open_cache
 from niwt.data.features import feature_width, features_digest
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
+from niwt.distributed.ddp import World, launched_world, process_group, rank_device, rank_log, seed_rank
 from niwt.models.checkpoint import CheckpointMeta, read_class_names, save_checkpoint
 from niwt.models.finetuning import Resume, initial_model, located, train_phases
 from niwt.models.training import resolve_device, seed_everything
@@ -43,33 +44,43 @@ def validation_classes(classes: ClassTable, p: Params) -> tuple[np.ndarray, str]
 
 
 def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None) -> StageResult:
-    device = resolve_device(rt.device)
+    """Train on the fitting classes, then (rank 0 of a data-parallel run alone) write the backbone."""
+    world = launched_world()
+    device = rank_device(resolve_device(rt.device), world)
+    with process_group(world, device):
+        return _run(p, rt, data, out, cache, world, device)
+
+
+def _run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None, world: World,
+         device: torch.device) -> StageResult:
+    log = rank_log("finetune_validation", world)
     classes, splits = read_tables(data)
     used = splits.select("train", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
     held, source = validation_classes(classes, p)
     fit = np.setdiff1d(np.arange(classes.n_seen), held)
     sub, sub_splits = subproblem(classes, splits, fit, held)
-    print(f"[finetune_validation] {len(held)} validation classes ({source}): "
-          f"{[classes.names[i] for i in held]}", flush=True)
+    log(f"{len(held)} validation classes ({source}): {[classes.names[i] for i in held]}")
     seed_everything(p.base.seed)
     width = feature_width(splits.path)  # precomputed features: the mlp's input width
     model = initial_model(located(p.model, out), sub.names[: sub.n_seen], allow_extra=True, in_features=width)
     model.to(device)
     if p.finetune.channels_last:
         model.to(memory_format=torch.channels_last)
+    seed_rank(p.base.seed, world)
     train, val = sub_splits.select("train"), sub_splits.select("val")
     size, bs, pin = p.model.image_size, p.finetune.batch_size, device.type == "cuda"
     images = open_cache(cache, data / "splits.parquet", size)
     train_loader = make_loader(train.path, train.class_id, size, train=True, batch_size=bs, num_workers=rt.workers,
-                               seed=p.base.seed, pin_memory=pin, cache=images)
+                               seed=p.base.seed, pin_memory=pin, cache=images, world=world)
     val_loader = make_loader(val.path, val.class_id, size, train=False, batch_size=bs, num_workers=rt.workers,
-                             pin_memory=pin, cache=images)
+                             pin_memory=pin, cache=images, world=world)
     epochs = p.validate.finetune_epochs or p.finetune.epochs
-    resume = Resume(out.parent / (out.name + ".resume"), _run_key(p, data, held, epochs))
+    resume = Resume(out.parent / (out.name + ".resume"), _run_key(p, data, held, epochs, world))
     val_acc, history = train_phases(model, p.finetune, train_loader, val_loader, device, epochs=epochs, resume=resume,
-                                    progress=rt.progress,
-                                    log=lambda m: print(f"[finetune_validation] {m}", flush=True))
+                                    progress=rt.progress and world.main, log=log, world=world)
+    if not world.main:
+        return StageResult({})
     # A network that saw the validation classes makes the protocol as biased as the old one: say so
     # in the file. That is the case for finetune.mode: none (the user's classifier as trained), and
     # for any user weights file whose classifier has rows of validation classes (its body was
@@ -79,11 +90,11 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
                  if p.model.weights not in ("none", "imagenet") else [])
     disjoint = p.finetune.mode != "none" and not set(held_names) & set(user_rows)
     if not disjoint:
-        print("[finetune_validation] warning: this backbone has seen the validation classes (finetune.mode: none, "
+        log("warning: this backbone has seen the validation classes (finetune.mode: none, "
               "or model.weights trained on them): validate's choices will be biased like the held-out-seen "
-              "rule; validation.json records class_disjoint: false", flush=True)
+              "rule; validation.json records class_disjoint: false")
     metrics = {"val_acc": val_acc, "epochs_trained": len(history), "n_classes": len(held),
-               "n_fit_classes": len(fit), "class_disjoint": int(disjoint)}
+               "n_fit_classes": len(fit), "class_disjoint": int(disjoint), "world_size": world.size}
     meta = CheckpointMeta(p.model.arch, tuple(sub.names[: sub.n_seen]), sub.n_seen, size, p.model.width,
                           p.model.hidden, metrics, validation_classes=tuple(held_names), validation_source=source,
                           class_disjoint=disjoint, in_features=width)
@@ -92,11 +103,11 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
                        cleanup=[resume.path])
 
 
-def _run_key(p: Params, data: Path, held: np.ndarray, epochs: int) -> str:
+def _run_key(p: Params, data: Path, held: np.ndarray, epochs: int, world: World) -> str:
     """Identity of the training run: resume only a state made by the same params, data, validation
-    classes and epochs."""
-    blob = json.dumps([p.base.seed, section_dict(p.model), section_dict(p.finetune), held.tolist(), epochs],
-                      sort_keys=True)
+    classes, epochs and number of processes."""
+    blob = json.dumps([p.base.seed, section_dict(p.model), section_dict(p.finetune), held.tolist(), epochs]
+                      + ([world.size] if world.distributed else []), sort_keys=True)
     digest = hashlib.sha256(blob.encode())
     digest.update((data / "splits.parquet").read_bytes())
     digest.update(features_digest(data).encode())  # feature rows: the table alone does not say which features

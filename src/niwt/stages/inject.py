@@ -7,11 +7,16 @@ NIWT, ICIS and regression keep the seen rows bit-identical and only append rows;
 compatibility model, so its checkpoint carries rows ``V s_c`` for every class (seen included) on
 the same penultimate features. The importance layer and pooling come from the mapping (which
 read them from the importances), and go into each checkpoint.
+
+With ``NIWT_RUNNER=dask`` each method (both partitions) is one task on a Dask worker
+(:func:`_build_on_dask`); this process still writes every checkpoint.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,7 @@ from niwt.data.cache import open_cache
 from niwt.data.features import is_feature_table
 from niwt.data.images import check_images_exist
 from niwt.data.tables import read_tables
+from niwt.distributed.dask import absolute, absolute_pool, dask_client, map_jobs, run_cache
 from niwt.injection.context import Context, Partition
 from niwt.injection.methods import build_classifier, check_pool, needs_images, setting_names
 from niwt.io.atomic import atomic_path
@@ -55,21 +61,21 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     choices.require(p.inject.methods, {m: setting_names(m, p.inject) for m in p.inject.methods})
     stored = load_map(mapping_path)
     _check_mapping(stored, mapping_path, classes, data)
-    images = open_cache(cache, data / "splits.parquet", meta.image_size)
+    images = open_cache(absolute(cache), data / "splits.parquet", meta.image_size)  # read by Dask workers too
     ctx = Context(model, p.inject, p.base.seed, classes, splits, stored, meta.image_size, device, images,
                   hyper=choices.hyper, batch_size=rt.inference_batch("features"))
     seen, unseen = np.arange(classes.n_seen), np.arange(classes.n_seen, len(classes.names))
     held = stored.provenance.val_classes
     main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
 
+    if rt.runner == "dask":
+        built = _build_on_dask(ctx, p.inject.methods, main, heldout, rt)
+    else:
+        built = (_build(ctx, method, main, heldout) for method in p.inject.methods)
     metrics: dict[str, float | int | str] = {}
     with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
-        for method in p.inject.methods:
-            start = time.perf_counter()
-            weight, bias, stats = build_classifier(ctx, method, main)
-            stats["seconds"] = time.perf_counter() - start
-            cal_w, cal_b, _ = build_classifier(ctx, method, heldout)
+        for method, (weight, bias, stats, cal_w, cal_b) in zip(p.inject.methods, built, strict=True):
             metrics.update({f"{method}/{k}": v for k, v in {**choices.hyper[method], **stats}.items()})
             new = NiwtNet(model.body, torch.nn.Linear(weight.shape[1], weight.shape[0])).cpu()
             with torch.no_grad():
@@ -83,6 +89,48 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
             # usable without niwt: torchvision's get_model(arch, num_classes=N).load_state_dict(...)
             export_plain(tmp / f"{method}.pth", new, meta.arch, classes.names)
     return StageResult(metrics)
+
+
+_Built = tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, torch.Tensor]
+
+
+def _build(ctx: Context, method: str, main: Partition, heldout: Partition) -> _Built:
+    """One method's (weight, bias, stats) on the real partition, then its (weight, bias) on the
+    held-out one (the biased calibration), sharing the caches of ``ctx``."""
+    start = time.perf_counter()
+    weight, bias, stats = build_classifier(ctx, method, main)
+    stats["seconds"] = time.perf_counter() - start
+    cal_w, cal_b, _ = build_classifier(ctx, method, heldout)
+    return weight, bias, stats, cal_w, cal_b
+
+
+@dataclass(frozen=True)
+class _MethodJob:
+    """One method, both partitions: a Dask task (``token``: the run, keying the worker's caches)."""
+
+    method: str
+    token: str
+
+
+def _method_rows(job: _MethodJob, ctx: Context, main: Partition, heldout: Partition) -> _Built:
+    """:func:`_build` on a Dask worker: the pool activations, head Jacobian and features are
+    computed once per worker process and run (:func:`~niwt.distributed.dask.run_cache`); CPU tensors back."""
+    weight, bias, stats, cal_w, cal_b = _build(replace(ctx, _cache=run_cache(job.token)), job.method, main, heldout)
+    return weight.cpu(), bias.cpu(), stats, cal_w.cpu(), cal_b.cpu()
+
+
+def _build_on_dask(ctx: Context, names: tuple[str, ...] | list[str], main: Partition, heldout: Partition,
+                   rt: Runtime) -> list[_Built]:
+    """Every method's rows built on Dask workers (``rt.runner: dask``), one task per method, the
+    context (network, tables, map) sent to each worker once; in the order of ``names``.
+
+    A method is the smallest job: NIWT optimises all unseen classes in one batched problem (one
+    seeded pair shuffle, minibatches that mix classes, one stopping rule on the joint loss), so a
+    share of its classes would not give the same rows."""
+    token = uuid.uuid4().hex
+    with dask_client(rt.dask_address, rt.dask_workers) as client:
+        return map_jobs(client, _method_rows, [_MethodJob(m, token) for m in names],
+                        (replace(ctx, cfg=absolute_pool(ctx.cfg)), main, heldout), rt.progress, "inject methods")
 
 
 def _check_mapping(mapping, path: Path, classes, data: Path) -> None:

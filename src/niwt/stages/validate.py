@@ -13,12 +13,17 @@ train+val images of the validation classes: never a test image) by each method's
 flat-criterion fallback of :func:`niwt.evaluation.selection.choose`); then, for the best setting of
 each method, the calibration gamma that maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and
 ``evaluate``, with the whole grid and every map trace.
+
+With ``NIWT_RUNNER=dask`` the rows of every setting are built on Dask workers (:func:`_rows_on_dask`)
+and scored here, in grid order: the same grid and choices as a local run.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +31,9 @@ import torch
 
 from niwt.data.cache import open_cache
 from niwt.data.features import is_feature_table
-from niwt.data.images import check_images_exist, make_loader
-from niwt.data.tables import ClassTable, held_out_classes, held_out_count, read_tables, subproblem
+from niwt.data.images import ImageSource, check_images_exist, make_loader
+from niwt.data.tables import ClassTable, SplitTable, held_out_classes, held_out_count, read_tables, subproblem
+from niwt.distributed.dask import absolute, absolute_pool, dask_client, map_jobs, run_cache
 from niwt.evaluation.gzsl import validation_numbers
 from niwt.evaluation.selection import choose
 from niwt.importance.capture import prepare_for_extraction
@@ -39,9 +45,9 @@ from niwt.io.choices import write_choices
 from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates, peak_of
 from niwt.mapping.store import Provenance, StoredMap
 from niwt.models.checkpoint import CheckpointMeta, load_checkpoint
-from niwt.models.networks import ModelError, importance_layer
+from niwt.models.networks import ModelError, NiwtNet, importance_layer
 from niwt.models.training import predict, resolve_device
-from niwt.params import MappingParams, Params, Runtime
+from niwt.params import InjectParams, MappingParams, Params, Runtime
 from niwt.stages import StageResult
 
 
@@ -61,7 +67,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     n_fit = len(fit)
     layer, pooling = importance_layer(model, meta.arch, p.extract.layer), p.extract.pooling  # auto: the arch's
     image_size = meta.image_size
-    images = open_cache(cache, data / "splits.parquet", image_size)
+    images = open_cache(absolute(cache), data / "splits.parquet", image_size)  # read by Dask workers too
     pairs = sub_splits.select("train", "val")  # the fitting classes' images, as extract takes the seen ones
     model = prepare_for_extraction(model, rt.channels_last)
     values, targets = importances_for(model, pairs.path, pairs.class_id, image_size,
@@ -77,20 +83,17 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
                                           batch_size=rt.inference_batch("features"), cache=images), device,
                        features=True)
     part = Partition(np.arange(n_fit), np.arange(n_fit, n_fit + len(held)))
+    builder = _Builder(model, p.inject, p.base.seed, sub_classes, sub_splits, snapshots, map_grid, layer, pooling,
+                       classes.domain_kind, image_size, device, images, rt.inference_batch("features"), part)
+    settings = {method: candidates(method, p.inject, map_grid) for method in p.inject.methods}
+    built = _rows_on_dask(builder, settings, rt) if rt.runner == "dask" else None
     shared: dict = {}  # pool activations, head Jacobian, features: computed once for every setting
     grid, choices, summary, chosen_by = [], {}, {}, {}
     for method in p.inject.methods:
-
-        def context(setting: dict[str, float], method: str = method) -> Context:
-            hyper = MapHyper(setting.get("mapping_lr", map_grid.lr[0]),
-                             setting.get("mapping_weight_decay", map_grid.weight_decay[0]))
-            epochs = int(setting.get("mapping_epochs", map_grid.candidate_epochs[0]))
-            weight, bias = snapshots[hyper][epochs]
-            stored = StoredMap(weight, bias, epochs, Provenance(layer, pooling, classes.domain_kind, np.array([])))
-            return Context(model, p.inject, p.base.seed, sub_classes, sub_splits, stored, image_size, device, images,
-                           hyper={method: setting}, _cache=shared, batch_size=rt.inference_batch("features"))
-
-        rows = _score_settings(method, candidates(method, p.inject, map_grid), context, part, feats, y, rt.progress)
+        local = (build_classifier(builder.context(method, setting, shared), method, part)[:2]
+                 for setting in settings[method])
+        rows = _score_settings(method, settings[method], built[method] if built else local, part, feats, y,
+                               rt.progress and not built)
         choice = choose(rows, _criterion(method, p.validate.criterion))
         best = choice.row
         choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
@@ -156,21 +159,86 @@ def _map_traces(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, tru
     return traces, grid, f"heldout {p.mapping.selection}"
 
 
-def _score_settings(method: str, settings: list[dict[str, float]], context, part: Partition, feats: np.ndarray,
-                    y: np.ndarray, progress: bool) -> list[dict]:
-    """Every setting of ``method`` scored on the validation problem: its rows for the validation
-    classes, then S, U, H, AUSUC and the calibrated numbers on the problem's features."""
+def _score_settings(method: str, settings: list[dict[str, float]], built: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    part: Partition, feats: np.ndarray, y: np.ndarray, progress: bool) -> list[dict]:
+    """Every setting of ``method`` scored on the validation problem: ``built`` holds its rows for
+    the validation classes (weight, bias; in the order of ``settings``, built as they are read on
+    a local run), then S, U, H, AUSUC and the calibrated numbers on the problem's features."""
     from tqdm.auto import tqdm
 
     rows = []
-    for setting in tqdm(settings, desc=f"validate {method}", unit="setting", disable=not progress, leave=False):
-        w, b, _ = build_classifier(context(setting), method, part)
+    for setting, (w, b) in tqdm(zip(settings, built, strict=True), desc=f"validate {method}", unit="setting",
+                                total=len(settings), disable=not progress, leave=False):
         with torch.no_grad():
             scores = (torch.as_tensor(feats) @ w.T + b).numpy()
         numbers = validation_numbers(scores, y, len(part.seen))
         numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
         rows.append({"method": method, "setting": setting, **numbers})
     return rows
+
+
+@dataclass(frozen=True)
+class _Builder:
+    """What every candidate setting's rows are built from: the validation backbone and problem,
+    the forward map's snapshots (one per map candidate and epoch). Picklable, so a Dask run sends it
+    to each worker once."""
+
+    model: NiwtNet
+    inject: InjectParams
+    seed: int
+    classes: ClassTable
+    splits: SplitTable
+    snapshots: dict[MapHyper, dict]
+    map_grid: MappingParams
+    layer: str
+    pooling: str
+    domain_kind: str
+    image_size: int
+    device: torch.device
+    images: ImageSource | None
+    batch_size: int
+    part: Partition
+
+    def context(self, method: str, setting: dict[str, float], shared: dict) -> Context:
+        """The context ``method`` builds its rows in under ``setting`` (the map snapshot it names),
+        sharing the run's caches ``shared``."""
+        first = self.map_grid
+        hyper = MapHyper(setting.get("mapping_lr", first.lr[0]),
+                         setting.get("mapping_weight_decay", first.weight_decay[0]))
+        epochs = int(setting.get("mapping_epochs", first.candidate_epochs[0]))
+        weight, bias = self.snapshots[hyper][epochs]
+        stored = StoredMap(weight, bias, epochs, Provenance(self.layer, self.pooling, self.domain_kind, np.array([])))
+        return Context(self.model, self.inject, self.seed, self.classes, self.splits, stored, self.image_size,
+                       self.device, self.images, hyper={method: setting}, _cache=shared, batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class _SettingJob:
+    """One candidate setting of one method: a Dask task (``token``: the run, keying the worker's caches)."""
+
+    method: str
+    setting: dict[str, float]
+    token: str
+
+
+def _setting_rows(job: _SettingJob, builder: _Builder) -> tuple[torch.Tensor, torch.Tensor]:
+    """One setting's (weight, bias) rows, on a Dask worker; the pool activations, head Jacobian and
+    features are computed once per worker process and run (:func:`~niwt.distributed.dask.run_cache`)."""
+    ctx = builder.context(job.method, job.setting, run_cache(job.token))
+    w, b, _ = build_classifier(ctx, job.method, builder.part)
+    return w.cpu(), b.cpu()
+
+
+def _rows_on_dask(builder: _Builder, settings: dict[str, list[dict[str, float]]],
+                  rt: Runtime) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Every method's rows for each of its settings, built on Dask workers (``rt.runner: dask``):
+    all settings of all methods at once, ``builder`` sent to each worker once; in the order of ``settings``."""
+    token = uuid.uuid4().hex
+    jobs = [_SettingJob(method, setting, token) for method, todo in settings.items() for setting in todo]
+    with dask_client(rt.dask_address, rt.dask_workers) as client:
+        built = iter(map_jobs(client, _setting_rows, jobs, (replace(builder, inject=absolute_pool(builder.inject)),),
+                              rt.progress, "validate settings"))
+    return {method: [next(built) for _ in todo] for method, todo in settings.items()}
 
 
 def _classes(meta: CheckpointMeta, classes: ClassTable, path: Path) -> tuple[np.ndarray, np.ndarray]:

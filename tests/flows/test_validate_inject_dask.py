@@ -1,0 +1,140 @@
+"""``validate`` settings and ``inject`` methods on a 2-worker Dask LocalCluster (``NIWT_RUNNER=dask``)
+give exactly the local result; :func:`niwt.distributed.dask.map_jobs` keeps job order, the
+parent's torch thread count and the worker's exception."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_project import env, make_project, run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+DASK = ("--runner", "dask", "--dask-workers", "2")
+
+
+def _niwt(project: Path, *args: str) -> None:
+    run([str(Path(sys.executable).parent / "niwt"), *args], project,
+        env_={**env(project), "NIWT_TRACKING": "off"})  # MLflow is not what these runs check
+
+
+def _validate(project: Path, out: str, *runtime: str) -> None:
+    _niwt(project, "validate", "--data", "data/prepared", "--backbone", "models/validation_backbone.pt",
+          "--out", out, "--cache", "data/cache", *runtime)
+
+
+def _inject(project: Path, out: str, *runtime: str) -> None:
+    _niwt(project, "inject", "--data", "data/prepared", "--model", "models/finetuned.pt", "--mapping",
+          "models/mapping.pt", "--validation", "models/validation.json", "--out", out, "--cache", "data/cache",
+          *runtime)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project up to the local ``validate`` (with the decoded-image cache, which workers reopen)."""
+    project = make_project(tmp_path_factory.mktemp("dask") / "proj")
+    _niwt(project, "prepare", "--out", "data/prepared")
+    _niwt(project, "cache", "--data", "data/prepared", "--out", "data/cache")
+    _niwt(project, "finetune", "--data", "data/prepared", "--out", "models/finetuned.pt", "--history", "h.csv",
+          "--cache", "data/cache")
+    _niwt(project, "finetune_validation", "--data", "data/prepared", "--out", "models/validation_backbone.pt",
+          "--cache", "data/cache")
+    _validate(project, "models/validation.json")
+    return project
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """The address of a running 2-process Dask cluster (``--dask-address``: a cluster the stage does
+    not start), shared by the tests below to save a cluster start each."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_validate_on_dask_matches_local(project: Path) -> None:
+    """Every grid row and choice, bit for bit: the workers build the rows with the parent's thread
+    count, and the parent scores them in grid order."""
+    _validate(project, "models/validation_dask.json", *DASK)
+    local = json.loads((project / "models/validation.json").read_text())
+    dask = json.loads((project / "models/validation_dask.json").read_text())
+    assert len(local["grid"]) > len(local["choices"]) > 1
+    assert dask == local
+
+
+def test_inject_on_dask_matches_local(project: Path, scheduler: str) -> None:
+    """Each method's checkpoint holds the same classifier rows and calibration rows, bit for bit
+    (here on a running cluster, ``--dask-address``)."""
+    from niwt.models.checkpoint import load_checkpoint
+
+    _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out",
+          "data/importances", "--cache", "data/cache")
+    _niwt(project, "fit_mapping", "--data", "data/prepared", "--importances", "data/importances", "--validation",
+          "models/validation.json", "--out", "models/mapping.pt", "--inverse-out", "models/inverse_map.pt",
+          "--history", "mapping.csv")
+    _inject(project, "models/injected")
+    _inject(project, "models/injected_dask", "--runner", "dask", "--dask-address", scheduler)
+    names = sorted(p.name for p in (project / "models/injected").glob("*.pt"))
+    assert len(names) > 1
+    assert names == sorted(p.name for p in (project / "models/injected_dask").glob("*.pt"))
+    for name in names:
+        (a, meta_a), (b, meta_b) = (load_checkpoint(project / d / name) for d in ("models/injected",
+                                                                                    "models/injected_dask"))
+        assert torch.equal(a.classifier.weight, b.classifier.weight), name
+        assert torch.equal(a.classifier.bias, b.classifier.bias), name
+        assert meta_a.calibration.keys() == meta_b.calibration.keys()
+        for key, value in meta_a.calibration.items():
+            assert torch.equal(value, meta_b.calibration[key]), (name, key)
+
+
+def _add(job: int, offset: int) -> tuple[int, int]:
+    if job < 0:
+        raise KeyError(f"job {job}")
+    return job + offset, torch.get_num_threads()
+
+
+def test_map_jobs_keeps_order_threads_and_errors(scheduler: str) -> None:
+    from niwt.distributed.dask import dask_client, map_jobs
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a worker starts with 1 (OMP_NUM_THREADS=1): the job must get this count
+    try:
+        with dask_client(scheduler) as client:
+            assert map_jobs(client, _add, list(range(6)), (10,)) == [(j + 10, 3) for j in range(6)]
+            with pytest.raises(KeyError, match="job -1"):  # the worker's exception, as its own type
+                map_jobs(client, _add, [1, -1, 2], (0,))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_run_cache_keeps_the_last_runs() -> None:
+    from niwt.distributed.dask import run_cache
+
+    first = run_cache("run-a")
+    first["pool"] = 1
+    assert run_cache("run-a") is first
+    run_cache("run-b")
+    run_cache("run-c")  # keeps two: run-a goes
+    assert run_cache("run-a") == {}
+
+
+def test_worker_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker runs in its own working directory: a relative pool folder or cache would name other files."""
+    from niwt.distributed.dask import absolute, absolute_pool
+    from niwt.params import InjectParams
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert absolute_pool(InjectParams(pool="pools/natural")).pool == str(tmp_path.resolve() / "pools/natural")
+    assert absolute_pool(InjectParams(pool="train")).pool == "train"
+    assert absolute(Path("data/cache")) == tmp_path / "sub/data/cache"
+    assert absolute(None) is None
