@@ -72,12 +72,18 @@ def run_stages(root: Path, env: dict[str, str], stages: list[str]) -> dict[str, 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", help="only these stages, each after the ones it needs (default: all)")
     args = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     if args.quick:
         params = merge(params, TINY)
     params["base"]["seed"] = args.seed
     stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    if args.stages:  # in pipeline order; the caller names the upstream stages they need
+        unknown = sorted(set(args.stages) - set(stages))
+        if unknown:
+            raise SystemExit(f"--stages: unknown {unknown}; valid: {stages}")
+        stages = [s for s in stages if s in args.stages]
     report = Report(f"bench_pipeline ({'quick' if args.quick else 'default'}, per stage, 2 arms)")
     with tempfile.TemporaryDirectory(prefix="niwt-bench-pipeline-") as tmp:
         root = Path(tmp)

@@ -11,7 +11,8 @@ and the decoded-image cache once, then for each seed runs ``niwt finetune`` with
 * how far the 2-process numbers are from the 1-process ones: final validation and test-seen
   accuracy (percentage points) and the per-epoch training loss (relative), the largest over seeds,
   next to the spread of the 1-process numbers over seeds (the noise they must be compared with);
-* ``validate`` wall time on Dask (2 single-threaded workers) vs local, and whether the choices agree.
+* ``validate`` wall time on Dask (a 2-worker LocalCluster; each task runs with the parent's torch
+  threads, for bit-identical results) vs local, and whether the choices agree.
 
 ``--quick`` runs the tests' tiny configuration (seconds); the default runs the embedded default
 (about 12 minutes on 2 CPUs with 3 seeds). Run it on an idle machine.
@@ -29,7 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Report, base_parser  # noqa: E402
+from _common import Report, base_parser, setup  # noqa: E402
 from bench_pipeline import TINY, merge, project  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=0, help="seeds to compare over (default: 3; 1 with --quick)")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
+    setup(args)  # names the machine
     report = Report(f"2-process DDP and Dask validate vs one process ({'tiny' if args.quick else 'embedded default'}"
                     f", {seeds} seed{'s' if seeds > 1 else ''})")
     base = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -82,6 +84,8 @@ def main() -> int:
                 acc[nproc].append((stats["val_acc"], stats["test_seen_acc"]))
                 print(f"  seed {seed}, {nproc} process(es): {seconds:.1f} s, val acc {stats['val_acc']:.4f}, "
                       f"test seen acc {stats['test_seen_acc']:.4f}", flush=True)
+            print(f"  seed {seed} training loss per epoch, 1 / 2 processes: "
+                  + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(losses[1], losses[2], strict=True)), flush=True)
             loss_gap = max(loss_gap, max(abs(a - b) / a for a, b in zip(losses[1], losses[2], strict=True)))
         report.ratio("ddp_time_2proc_vs_1proc", sum(times[2]) / sum(times[1]), suffix="x",
                      note="whole finetune stage, 1 thread per rank vs 2 threads")
@@ -101,7 +105,7 @@ def main() -> int:
         local = niwt(root, env, *common, "--out", "local.json")
         dask = niwt(root, env, *common, "--out", "dask.json", "--runner", "dask", "--dask-workers", "2")
         report.ratio("validate_time_dask_vs_local", dask / local, suffix="x",
-                     note="2 single-threaded workers, cluster start included")
+                     note="2 workers, each task with the parent's threads; cluster start included")
         same = (json.loads((root / "local.json").read_text())["choices"]
                 == json.loads((root / "dask.json").read_text())["choices"])
         report.info("validate choices identical (Dask vs local)", str(same))

@@ -214,7 +214,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer batches and iterations (< 8 minutes on a GPU)")
     parser.add_argument("--tiny", action="store_true", help="32-px images, 2 batches of 2: a CPU smoke test")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
-    parser.add_argument("--nproc", type=int, default=0,
+    parser.add_argument("--nproc", type=int, default=None,
                         help="only the DDP scaling check: training images/s at 1 and at NPROC processes (one per GPU; "
                              "0 = every GPU of the machine); ResNet-101, batch per process as for one GPU")
     parser.add_argument("--arch", default="resnet101", help="--nproc's network (default: %(default)s)")
@@ -236,7 +236,7 @@ def main() -> int:
         shown = f"{value:.1f}" if isinstance(value, float) else value
         print(f"RESULT {key} = {shown} {unit}".rstrip(), flush=True)
 
-    if "--nproc" in sys.argv:
+    if args.nproc is not None:
         return scaling(args, device, name, size, batch, n, repeats)
     data = batches(n, batch, size, device)
     for arch in ARCHS:

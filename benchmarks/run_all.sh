@@ -13,6 +13,7 @@ for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_c
     echo "== $name $*"
     "$PY" "benchmarks/$name.py" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
 done
+if [ "${BENCH_SCALING:-0}" = 1 ]; then "$PY" benchmarks/bench_scaling.py "$@" --json "$OUT/bench_scaling.json" 2>&1 | tee "$OUT/bench_scaling.txt"; fi  # 2-process DDP and Dask validate vs one process, about 30 min on 2 CPUs with 3 seeds: opt in
 if [ "${BENCH_PROTOCOL:-0}" = 1 ]; then "$PY" benchmarks/bench_protocol.py --out "$OUT/bench_protocol.md" 2>&1 | tee "$OUT/bench_protocol.txt"; fi  # CUB-size protocol check, about 16 min on 2 CPUs: opt in
 echo "== tables"
 for name in bench_extract bench_inject bench_inject_scaling bench_memory bench_cache bench_pipeline bench_families; do

@@ -27,6 +27,7 @@ from tasks.dvc_stage import (
     SIDE_BY_SIDE,
     TRACKED_STAGES,
     commit_stages,
+    current_stages,
     dvc_status_clean,
     register_injected,
     run_dvc_stage,
@@ -81,13 +82,19 @@ def check_params(workdir: Path) -> None:
 def side_by_side_flow(stages: list[str], label: str, workdir: str = ".", invocation: str | None = None,
                       force: bool = False) -> dict[str, str]:
     """Stages that share no outputs, at the same time (each its own task, streaming its log), then
-    ``dvc commit`` for those that ran: ``"ran"`` or ``"skipped"`` per stage."""
-    futures = {s: run_stage_alongside.submit(s, workdir, invocation, invocation, force) for s in stages}
-    outcomes = {s: f.result() for s, f in futures.items()}  # raises the first stage's error
-    ran = [s for s, what in outcomes.items() if what == "ran"]
-    if ran:
-        commit_stages(ran, workdir)
-    return outcomes
+    ``dvc commit`` for those that finished, even when another failed (its work is kept, not redone);
+    ``"ran"`` or ``"skipped"`` per stage, or the first failure raised."""
+    skip = set() if force else current_stages(stages, workdir)
+    todo = [s for s in stages if s not in skip]
+    futures = {s: run_stage_alongside.submit(s, workdir, invocation, invocation) for s in todo}
+    states = {s: f.wait() or f.state for s, f in futures.items()}  # both end before anything is decided
+    done = [s for s, state in states.items() if state.is_completed()]
+    if done:
+        commit_stages(done, workdir)
+    for state in states.values():
+        if not state.is_completed():
+            state.result()  # raises the stage's error
+    return {s: "skipped" if s in skip else "ran" for s in stages}
 
 
 @flow(name="niwt-pipeline", log_prints=True)
@@ -102,7 +109,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None, force: bool = 
         register_as: registered model name of the injected NIWT model ('' to skip the register step;
             it runs only when the whole pipeline ran).
         parallel_training: run ``finetune`` and ``finetune_validation`` at the same time (they share
-            no outputs): worth it when each gets its own devices (``NIWT_DEVICE``, or a GPU each).
+            no outputs, but the same devices: it pays when they leave each other room, e.g. a large GPU).
     """
     check_params(Path(workdir))  # before DVC reads the file (it expands YAML aliases: an alias bomb hangs it)
     logger = get_run_logger()

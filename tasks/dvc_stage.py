@@ -12,6 +12,7 @@ The stage's output is streamed to the Prefect log line by line while it runs.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
+from niwt.cli import WATCH_ENV
 from niwt.integration.tracking import INVOCATION_ENV, PIPELINE_ENV
 from niwt.pipeline import STAGE_NAMES, STAGES
 
@@ -81,43 +83,48 @@ def run_dvc_stage(stage: str, workdir: str = ".", invocation: str | None = None,
 SIDE_BY_SIDE = ("finetune", "finetune_validation")
 
 
+SAFE_TOKEN = re.compile(r"[A-Za-z0-9_./=:,+-]+")
+
+
 def stage_command(stage: str, workdir: str) -> list[str]:
     """The stage's ``cmd`` in ``dvc.yaml`` as an argument list, accepted only in the form this project
-    writes (``niwt <stage> --flag value ...``, no shell syntax, no interpolation): it is run without a
-    shell, so nothing else written in the file is ever executed."""
+    writes (``niwt <stage> --flag path ...``: plain tokens, no shell syntax, no interpolation, no
+    ``wdir``/``foreach``/``matrix``), so that it is what ``dvc repro`` would run; it is run without a
+    shell, and nothing else written in the file is ever executed."""
     import shlex
 
     import yaml
 
     spec = (yaml.safe_load((Path(workdir) / "dvc.yaml").read_text()) or {}).get("stages", {}).get(stage, {})
-    cmd = spec.get("cmd") if isinstance(spec, dict) else None
-    argv = shlex.split(cmd) if isinstance(cmd, str) and not set(cmd) & set("$;&|<>`\\") else []
-    if argv[:2] != ["niwt", stage]:
-        raise ValueError(f"dvc.yaml: stage {stage}'s cmd is not a plain `niwt {stage} ...` command; "
+    cmd = spec.get("cmd") if isinstance(spec, dict) and not {"wdir", "foreach", "matrix", "do"} & set(spec) else None
+    argv = shlex.split(cmd) if isinstance(cmd, str) else []
+    if argv[:2] != ["niwt", stage] or not all(SAFE_TOKEN.fullmatch(a) for a in argv):
+        raise ValueError(f"dvc.yaml: stage {stage}'s cmd is not a plain `niwt {stage} --flag path ...` command; "
                          "run the flow without parallel_training")
     return [str(Path(sys.executable).parent / "niwt"), *argv[1:]]
 
 
-def stage_is_current(stage: str, workdir: str) -> bool:
-    """DVC finds ``stage`` itself up to date (its upstream stages ran before it in the flow)."""
+def current_stages(stages: list[str], workdir: str) -> set[str]:
+    """Which of ``stages`` DVC finds up to date themselves (their upstream stages ran before them in the
+    flow): one ``dvc status`` for all, before they start (it takes DVC's repository lock)."""
     import json
 
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", stage], cwd=workdir,
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=workdir,
                           env=stage_env(None, None), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc status {stage} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return stage not in json.loads(proc.stdout or "{}")
+        raise RuntimeError(f"dvc status {' '.join(stages)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    changed = json.loads(proc.stdout or "{}")
+    return {s for s in stages if s not in changed}
 
 
 @task(cache_policy=NO_CACHE, retries=0, task_run_name="{stage}")
 def run_stage_alongside(stage: str, workdir: str = ".", invocation: str | None = None,
-                        pipeline_id: str | None = None, force: bool = False) -> str:
+                        pipeline_id: str | None = None) -> str:
     """The stage's own command, run outside ``dvc repro`` (whose repository lock admits one ``dvc repro``
-    at a time) so that another stage can run beside it; ``dvc commit`` records its outputs after.
-    Returns ``"ran"`` or ``"skipped"`` (DVC finds it up to date)."""
-    if not force and stage_is_current(stage, workdir):
-        return "skipped"
-    code, lines = _stream(stage_command(stage, workdir), workdir, stage_env(invocation, pipeline_id))
+    at a time) so that another stage can run beside it; ``dvc commit`` records its outputs after. The
+    stage stops if this process dies (``NIWT_WATCH_PARENT``), as under ``dvc repro``."""
+    env = {**stage_env(invocation, pipeline_id), WATCH_ENV: "1"}
+    code, lines = _stream(stage_command(stage, workdir), workdir, env)
     if code != 0:
         raise RuntimeError(f"{stage} failed (exit {code}):\n" + "\n".join(lines)[-8000:])
     return "ran"

@@ -173,10 +173,14 @@ def test_every_params_section_has_one_owner_and_execution_settings_have_none() -
     # the cache is decoded at the size the network takes (finetune owns `model`),
     inside = sorted((k, s) for k in owners for s in owners if k != s and k.startswith(s + "."))
     # and the files params name (model.weights, model.class_names, inject.pool), fingerprinted by content
-    # so that editing one reruns its readers
+    # so that editing one reruns its readers; and the importance layer against the architecture (extract.layer
+    # on model.arch at model.width/hidden), which fingerprint checks before any training (fingerprint always
+    # runs, and its outputs do not change with these keys: nothing downstream reruns for them)
     assert inside == [("data.dataset", "data"), ("data.name", "data"), ("data.root", "data"),
-                      ("inject.pool", "inject"), ("model.class_names", "model"), ("model.image_size", "model"),
-                      ("model.weights", "model")], inside
+                      ("extract.allow_degenerate", "extract"), ("extract.layer", "extract"),
+                      ("inject.pool", "inject"), ("model.arch", "model"), ("model.class_names", "model"),
+                      ("model.hidden", "model"), ("model.image_size", "model"), ("model.weights", "model"),
+                      ("model.width", "model")], inside
     assert [f.name for f in dataclasses.fields(Params().base)] == ["seed"]
     replayed = {k: owners[k] for s in replay for k in s.params if k != "base.seed" and not k.startswith("validate")}
     assert sorted({o for v in replayed.values() for o in v}) == ["extract", "finetune", "fit_mapping", "inject"]

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from niwt.config.load import load_params
 from niwt.config.runtime import load_runtime
 from niwt.config.view import declared_view
 from niwt.distributed import launch
-from niwt.distributed.ddp import launched_world
+from niwt.distributed.ddp import SINGLE, launched_world
 from niwt.errors import InputError
 from niwt.io.project import project_root
 from niwt.params import Params, section_dict
@@ -172,6 +173,8 @@ def _artifact_dir(artifact: Path, args: argparse.Namespace) -> str | None:
 
 
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "fish"}
+# Set by the Prefect flow for a stage it runs outside dvc (parallel training): stop with that process.
+WATCH_ENV = "NIWT_WATCH_PARENT"
 PARENT_POLL_S = 1.0
 PARENT_GRACE_S = 15.0
 _parent_gone = threading.Event()
@@ -209,10 +212,11 @@ def _stop_with_parent(stage: str) -> None:
     """Under ``dvc repro`` (``DVC_STAGE`` set), stop this stage when the dvc process that started it
     is gone (killed alone, e.g. ``kill -9 <dvc pid>``): a stage left running would later overwrite
     outputs that the next ``dvc`` command restored. A rank of a data-parallel stage
-    (``TORCHELASTIC_RUN_ID`` set) likewise stops when its launcher is gone: no orphan keeps training.
+    (``TORCHELASTIC_RUN_ID`` set) likewise stops when its launcher is gone, and a stage the Prefect flow
+    runs outside dvc (``NIWT_WATCH_PARENT``) when the flow is: no orphan keeps training.
     Checked every second; the main thread gets a KeyboardInterrupt (temporaries are cleaned, nothing
     is committed), then a hard exit after a grace period."""
-    launched = os.environ.get("DVC_STAGE") or os.environ.get("TORCHELASTIC_RUN_ID")
+    launched = any(os.environ.get(v) for v in ("DVC_STAGE", "TORCHELASTIC_RUN_ID", WATCH_ENV))
     if not launched or not Path("/proc/self/stat").exists():
         return
     watched, parent = _dvc_ancestors(), os.getppid()
@@ -225,7 +229,8 @@ def _stop_with_parent(stage: str) -> None:
             gone = [pid for pid, start in watched if (_proc_stat(pid) or ("", 0, -1))[2] != start]
             if gone or os.getppid() != parent:
                 _parent_gone.set()
-                print(f"niwt {stage}: error: the process that started this stage (dvc, or the launcher of its ranks; "
+                print(f"niwt {stage}: error: the process that started this stage (dvc, the Prefect flow or the "
+                      "launcher of its ranks; "
                       f"pid {(gone or [parent])[-1]}) "
                       "is gone; stopping without writing outputs, so nothing overwrites what DVC restores",
                       file=sys.stderr, flush=True)
@@ -260,12 +265,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in COMMANDS:
         return _command(args.stage).command(args)
     from niwt.integration import tracking
-    from niwt.io.atomic import disk_error, write_json
 
     tracking.quiet_telemetry()
     stage = next(s for s in STAGES if s.name == args.stage)
     _stop_with_parent(stage.name)
-    world = launched_world()
+    # Only the fine-tuning stages run as ranks: elsewhere a RANK/WORLD_SIZE exported for every process
+    # (a PyTorchJob pod) must not make a stage skip its outputs.
+    world = launched_world() if stage.name in launch.DISTRIBUTED_STAGES else SINGLE
+    if not world.distributed:
+        return _run_stage(args, argv, stage, world, tracking)
+    launch.stop_on_sigterm()  # the launcher stops ranks with SIGTERM: unwind (temporaries, MLflow FAILED)
+    try:
+        return _run_stage(args, argv, stage, world, tracking)
+    except launch.Terminated:  # stopped while reporting another error: that error was said
+        return 128 + int(signal.SIGTERM)
+    finally:  # exiting already: a late SIGTERM (the launcher stopping the others) ends the process quietly
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run_stage(args: argparse.Namespace, argv: list[str] | None, stage, world, tracking) -> int:
+    """Run one stage (or launch its ranks) and report; returns the exit status."""
+    from niwt.io.atomic import disk_error, write_json
+
     try:
         params = load_params(args.params)
         runtime = load_runtime(overrides={k: getattr(args, k) for k in
@@ -273,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "batch_size", "shard_size", "channels_last", "nproc")})
         if runtime.nproc > 1 and stage.name in launch.DISTRIBUTED_STAGES and not world.distributed:
             launch.check_devices(runtime)
+            launch.check_batch(params.finetune.batch_size, runtime.nproc)
             launch.run_ranks(list(sys.argv[1:] if argv is None else argv), runtime.nproc)
             return 0  # rank 0 said "done"
         # The project is where the params file is (not the working directory): mlflow.db, artifacts.
@@ -297,12 +319,15 @@ def main(argv: list[str] | None = None) -> int:
             for leftover in result.cleanup:
                 Path(leftover).unlink(missing_ok=True)
     except launch.LaunchFailed as err:
+        if _parent_gone.is_set():  # the dvc process is gone: its message is printed, every rank stopped
+            return 3
         if str(err):
             print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
         return err.exitcode
     except (InputError, FileNotFoundError) as err:
-        if world.main:  # every rank reads the same input: rank 0 says it once
-            print(f"niwt {args.stage}: error: {err}", file=sys.stderr)
+        # a rank may fail alone (an unreadable image in its slice): each says it, naming itself
+        where = f" [rank {world.rank}]" if world.distributed else ""
+        print(f"niwt {args.stage}{where}: error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         if _parent_gone.is_set():
@@ -318,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (world.distributed and launch.peer_lost(err)):
             raise
         # not the cause: the rank that failed first has its own message; the launcher names it
-        print(f"niwt {args.stage} [rank {world.rank}]: stopped: another rank of this run is gone "
-              f"({(str(err).splitlines() or [''])[0][:200]})", file=sys.stderr, flush=True)
+        first = (str(err).splitlines() or [""])[0].split(". This is typically")[0][:200]
+        print(f"niwt {args.stage} [rank {world.rank}]: stopped: another rank of this run is gone ({first})",
+              file=sys.stderr, flush=True)
         return launch.PEER_LOST
     except OSError as err:  # out of space anywhere (a shard, a plot): one line naming the file and free space
         full = disk_error(err.filename or Path.cwd(), err)

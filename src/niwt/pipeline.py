@@ -24,8 +24,10 @@ STAGES: tuple[Stage, ...] = (
     # Reads where the raw data is (data.name, data.root, data.dataset: owned by prepare) and the files the
     # user names (model.weights, model.class_names: finetune's; inject.pool: inject's) to fingerprint them.
     Stage("fingerprint", ("data.name", "data.root", "data.dataset", "model.weights", "model.class_names",
-                          "inject.pool"),
-          "fingerprint the raw dataset and the files params name, so that editing any of them reruns its readers",
+                          "inject.pool", "model.arch", "model.width", "model.hidden", "extract.layer",
+                          "extract.allow_degenerate"),
+          "fingerprint the raw dataset and the files params name, so that editing any of them reruns its "
+          "readers; check the importance layer against the architecture before any training",
           tracked=False),
     Stage("prepare", ("base.seed", "data"), "generate or read the dataset; write classes.parquet and splits.parquet"),
     Stage("cache", ("model.image_size", "cache"),

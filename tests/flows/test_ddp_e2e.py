@@ -30,17 +30,11 @@ pytestmark = pytest.mark.slow
 LOSS_RTOL = 0.1
 
 
-def _processes_in_session(sid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def _rank_pid(launcher: int, rank: int) -> int | None:
@@ -87,17 +81,17 @@ def test_two_process_finetuning_through_dvc_kill_and_resume(tmp_path: Path) -> N
     deadline = time.monotonic() + 120
     while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    victim = _rank_pid(proc.pid, 1)
-    assert victim is not None and proc.poll() is None, proc.communicate()
-    os.kill(victim, signal.SIGKILL)
+    ranks = [_rank_pid(proc.pid, r) for r in (0, 1)]
+    assert None not in ranks and proc.poll() is None, proc.communicate()
+    os.kill(ranks[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "niwt finetune: error: rank 1 of 2 failed (killed by SIGKILL); every rank was stopped" in err, err
     assert "Traceback" not in err, err
     deadline = time.monotonic() + 30
-    while _processes_in_session(proc.pid) and time.monotonic() < deadline:
+    while _alive(ranks[0]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_in_session(proc.pid) == [], "a rank outlived the stage"
+    assert not _alive(ranks[0]), "rank 0 outlived the stage"
     assert resume.exists() and not (project / "killed.pt").exists()
 
     # the rerun resumes from the saved epoch and ends with the unbroken run's network
@@ -107,3 +101,11 @@ def test_two_process_finetuning_through_dvc_kill_and_resume(tmp_path: Path) -> N
     for key, value in unbroken["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
     assert not resume.exists()
+
+    # a user's own torchrun runs the stage the same way (the world from torchrun's environment)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                "niwt.cli", "finetune_validation", "--data", "data/prepared", "--cache", "data/cache", "--out",
+                "backbone.pt", "--stats", "backbone.json"]
+    out = run(torchrun, project).stdout
+    assert out.count("niwt finetune_validation: done (2 processes)") == 1, out
+    assert json.loads((project / "backbone.json").read_text())["world_size"] == 2

@@ -1,6 +1,7 @@
-"""``validate`` settings and ``inject`` methods on a 2-worker Dask LocalCluster (``NIWT_RUNNER=dask``)
-give exactly the local result; :func:`niwt.distributed.dask.map_jobs` keeps job order, the
-parent's torch thread count and the worker's exception."""
+"""Extraction shards, ``validate`` settings and ``inject`` methods on a 2-worker Dask LocalCluster
+(``NIWT_RUNNER=dask``) give the local result (validate and inject bit for bit);
+:func:`niwt.distributed.dask.map_jobs` keeps job order, the parent's torch thread count and the
+worker's exception."""
 
 from __future__ import annotations
 
@@ -70,13 +71,42 @@ def test_validate_on_dask_matches_local(project: Path) -> None:
     assert dask == local
 
 
-def test_inject_on_dask_matches_local(project: Path, scheduler: str) -> None:
+def _extract(project: Path, out: str, *runtime: str) -> None:
+    _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out", out,
+          "--cache", "data/cache", *runtime)
+
+
+@pytest.fixture(scope="module")
+def importances(project: Path) -> Path:
+    """The local extraction (several shards: the tiny runtime's NIWT_SHARD_SIZE)."""
+    _extract(project, "data/importances")
+    return project / "data/importances"
+
+
+def test_extract_on_dask_matches_local(project: Path, importances: Path) -> None:
+    """Every shard computed on the stage's own 2-worker LocalCluster, the same importances."""
+    import numpy as np
+
+    from niwt.io.parquet import read_importances
+
+    _extract(project, "data/importances_dask", "--stats", "dask.json", *DASK)
+    metrics = json.loads((project / "dask.json").read_text())
+    assert metrics["shards_computed"] == metrics["n_shards"] > 1
+    dask = project / "data/importances_dask"
+    assert sorted(p.name for p in importances.glob("part-*")) == sorted(p.name for p in dask.glob("part-*"))
+    a, b = read_importances(importances), read_importances(dask)
+    assert a.meta == b.meta
+    np.testing.assert_array_equal(a.image_id, b.image_id)
+    np.testing.assert_array_equal(a.target_id, b.target_id)
+    # shards are not pinned to the parent's thread count: single-threaded sums, last-bit differences
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+
+
+def test_inject_on_dask_matches_local(project: Path, importances: Path, scheduler: str) -> None:
     """Each method's checkpoint holds the same classifier rows and calibration rows, bit for bit
     (here on a running cluster, ``--dask-address``)."""
     from niwt.models.checkpoint import load_checkpoint
 
-    _niwt(project, "extract", "--data", "data/prepared", "--model", "models/finetuned.pt", "--out",
-          "data/importances", "--cache", "data/cache")
     _niwt(project, "fit_mapping", "--data", "data/prepared", "--importances", "data/importances", "--validation",
           "models/validation.json", "--out", "models/mapping.pt", "--inverse-out", "models/inverse_map.pt",
           "--history", "mapping.csv")

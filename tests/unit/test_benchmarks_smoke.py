@@ -27,6 +27,8 @@ EXPECTED = {
     "bench_pipeline.py": ["pipeline_time_cache_vs_files", "stages_slower_with_cache"],
     "bench_families.py": ["max_weight_row_cosine_of_defaults", "degenerate_defaults"],
 }
+# Extra arguments that keep a smoke run short (the script's own --quick still measures every part).
+EXTRA = {"bench_pipeline.py": ["--stages", "fingerprint", "prepare", "cache", "finetune", "extract"]}
 RATIO = re.compile(r"^RATIO (\S+)(?: \([^)]*\))? = [-+0-9.e]+x?(?: \(target .*\))?$", re.M)
 
 
@@ -35,7 +37,7 @@ RATIO = re.compile(r"^RATIO (\S+)(?: \([^)]*\))? = [-+0-9.e]+x?(?: \(target .*\)
 def test_benchmark_quick(script: str, tmp_path: Path) -> None:
     out_json = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--device", "cpu",
-                           "--json", str(out_json)],
+                           "--json", str(out_json), *EXTRA.get(script, [])],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     printed = set(RATIO.findall(proc.stdout))

@@ -144,12 +144,40 @@ def test_eval_loader_shares_images_among_ranks() -> None:
     assert len(seen[0]) + len(seen[1]) == N and len(seen[0]) == (N + 1) // 2
 
 
+def _evaluate_two(world: World) -> dict[str, float]:
+    from niwt.models.training import evaluate
+
+    x, y = _data()
+    loader = make_loader(["0", "1"], y[:2], 8, train=False, batch_size=8, cache=VectorSource(x), world=world)
+    return evaluate(_model(), loader, torch.device("cpu"), world=world)
+
+
+def _rank_eval(rank: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": "3"})
+    world = launched_world()
+    with process_group(world, torch.device("cpu")):
+        torch.save(_evaluate_two(world), f"{out}.{rank}")
+
+
 @pytest.mark.slow
-def test_two_processes_train_the_single_process_network(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
+def test_evaluation_over_more_ranks_than_images_is_the_single_process_one(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank_eval, args=(port, str(tmp_path / "acc")), nprocs=3, start_method="spawn", join=True)
+    single = _evaluate_two(SINGLE)
+    # rank 2 of 3 has neither of the 2 images: it still joins the gather, and every rank gets the full numbers
+    assert [torch.load(tmp_path / f"acc.{r}", weights_only=False) for r in range(3)] == [single] * 3
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_single_process_network_and_resume_to_it(tmp_path: Path) -> None:
     single, history = _train(SINGLE)
-    ranks = _two_ranks(tmp_path)
-    for rank in ranks:  # every rank holds the same network, the one a single process trains
+    unbroken = _two_ranks(tmp_path / "a")
+    for rank in unbroken:  # every rank holds the same network, the one a single process trains
         for k, v in single.items():
             torch.testing.assert_close(rank["state"][k], v, rtol=1e-5, atol=1e-6)
         assert [h["phase"] for h in rank["history"]] == [h["phase"] for h in history]
@@ -157,11 +185,7 @@ def test_two_processes_train_the_single_process_network(tmp_path: Path) -> None:
                                    rtol=1e-5)
         assert [h["train_acc"] for h in rank["history"]] == [h["train_acc"] for h in history]
         assert [h["val_acc"] for h in rank["history"]] == [h["val_acc"] for h in history]
-
-
-@pytest.mark.slow
-def test_a_killed_two_process_run_resumes_to_the_unbroken_result(tmp_path: Path) -> None:
-    unbroken = _two_ranks(tmp_path / "a")
+    # killed after an epoch's log line, before its state was saved; the rerun resumes to the same network
     resume = tmp_path / "b" / "run.resume"
     assert _two_ranks(tmp_path / "b", resume, stop_at="full epoch 2/3") == []  # killed before saving epoch 2
     state = torch.load(resume, weights_only=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from niwt.data.fingerprint import fingerprint
 
 
@@ -108,3 +110,25 @@ def test_named_files_change_with_their_content_alone(tmp_path: Path) -> None:
     pool.mkdir()
     (pool / "a.jpg").write_bytes(b"a")
     assert named_files({"inject.pool": "pool"}, {}, tmp_path)["inject.pool"]["files"] == 1
+
+
+def test_a_layer_that_cannot_work_is_refused_by_fingerprint_before_any_training(tmp_path: Path, capsys) -> None:
+    """extract.layer body.layer4 on ResNet-101 (avgpool and fc above it: a linear path) is refused by the
+    first stage of every `dvc repro`, in seconds, before finetune; a typo lists the valid layers; nothing
+    is written. The checks that need trained weights stay in extract."""
+    from niwt.cli import main
+    from niwt.importance.degenerate import DegenerateLayerError, check_structure
+    from niwt.models.networks import ModelError
+
+    with pytest.raises(DegenerateLayerError, match="'body.layer4' is degenerate"):
+        check_structure("resnet101", "body.layer4", 224)
+    assert check_structure("resnet101", "body.layer4", 224, allow=True).nonlinearity is None
+    assert check_structure("resnet101", "auto", 224).layer == "body.layer4.0"
+    with pytest.raises(ModelError, match="unknown importance layer 'body.block9'.*body.block4"):
+        check_structure("smallcnn", "body.block9", 64)
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  arch: resnet101\n  image_size: 224\nextract:\n  layer: body.layer4\n")
+    out = tmp_path / "fp.json"
+    assert main(["fingerprint", "--params", str(params), "--out", str(out)]) == 2
+    assert "niwt fingerprint: error: importance layer 'body.layer4' is degenerate" in capsys.readouterr().err
+    assert not out.exists()

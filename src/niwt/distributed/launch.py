@@ -53,6 +53,29 @@ def check_devices(rt) -> None:
                           "GPU(s): one process per GPU; for more, use several nodes (torchrun --nnodes)")
 
 
+def check_batch(batch_size: int, nproc: int) -> None:
+    """Every rank needs at least one image of every global batch (``finetune.batch_size`` is the global
+    batch): one clear error before any process starts."""
+    from niwt.errors import ParamsError
+
+    if batch_size < nproc:
+        raise ParamsError(f"finetune.batch_size ({batch_size}) is the global batch, shared by NIWT_NPROC={nproc} "
+                          "processes: it must be at least the number of processes")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a rank (the launcher stopping it): unwinds like Ctrl-C, so temporaries are removed and
+    the MLflow run is marked FAILED."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this process (a rank)."""
+    def handler(signum, frame) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_ranks(argv: list[str], nproc: int) -> None:
     """Run ``niwt <argv>`` as ``nproc`` ranks of one process group on this node and wait for them all;
     raise :class:`LaunchFailed` when one fails (the others are stopped first)."""
@@ -91,8 +114,9 @@ def peer_lost(err: BaseException) -> bool:
     import torch.distributed as dist
 
     text = str(err)
-    return isinstance(err, dist.DistError) or any(
-        s in text for s in ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo"))
+    return isinstance(err, (dist.DistNetworkError, dist.DistStoreError)) or any(
+        s in text for s in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                            "Socket Timeout", "NCCL communicator was aborted"))
 
 
 def describe(exitcode: int) -> str:

@@ -170,3 +170,25 @@ def check_layer(model: NiwtNet, layer: str, image_size: int, pooling: str = "sum
     if verdict.degenerate and not allow:
         raise DegenerateLayerError(explain(verdict))
     return verdict
+
+
+def check_structure(arch: str, layer: str, image_size: int, *, width: int = 32, hidden: int = 256,
+                    allow: bool = False) -> LayerVerdict:
+    """What can be known of ``extract.layer`` from the architecture alone, before any training: the layer
+    exists in ``arch`` and a nonlinearity stands between it and the logits (weights do not change
+    either). Run by ``fingerprint``, the first stage of every ``dvc repro``, so that a refused layer costs
+    seconds rather than the fine-tuning and the validation grid that ``extract`` would otherwise follow.
+    The checks that need trained weights (the weight-row cosine, a vanishing gradient) stay in ``extract``.
+
+    Raises:
+        ModelError: no such layer in ``arch`` (the message lists the valid ones).
+        DegenerateLayerError: a linear path to the logits and not ``allow``.
+    """
+    from niwt.models.networks import build_model, importance_layer
+
+    model = build_model(arch, 2, width=width, hidden=hidden, image_size=image_size,
+                        in_features=8 if arch == "mlp" else None)  # the structure, not the sizes, matters here
+    verdict = inspect_layer(model, importance_layer(model, arch, layer), image_size, measure=False)
+    if verdict.nonlinearity is None and not allow:
+        raise DegenerateLayerError(explain(verdict))
+    return verdict

@@ -241,7 +241,7 @@ def invocation_key() -> str | None:
             stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return f"{socket.gethostname()}:{os.getppid()}"
-        if "dvc" in cmdline:
+        if _is_dvc(cmdline.split(" ")):
             return f"{socket.gethostname()}:{pid}:{stat[19]}"  # field 22: start time, in clock ticks
         pid = int(stat[1])  # field 4: the parent's pid
     return f"{socket.gethostname()}:{os.getppid()}"
@@ -249,19 +249,29 @@ def invocation_key() -> str | None:
 
 @contextlib.contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
-    """One process at a time of this project looks up / creates a parent run (an advisory file lock
-    in DVC's ignored ``.dvc/tmp``); without it two stages started together could each create one."""
+    """One process at a time of this project looks up / creates the experiment and a parent run (an
+    advisory file lock in DVC's ignored ``.dvc/tmp``); without it two stages started together could
+    each create one."""
     import fcntl
     import tempfile
 
     folder = root / ".dvc" / "tmp"
-    lock = folder / "niwt-parent-run.lock" if folder.is_dir() else Path(tempfile.gettempdir()) / "niwt-parent-run.lock"
+    name = f"niwt-parent-run-{os.getuid() if hasattr(os, 'getuid') else 0}.lock"  # per user: /tmp is shared
+    lock = folder / name if folder.is_dir() else Path(tempfile.gettempdir()) / name
     with lock.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _is_dvc(argv: list[str]) -> bool:
+    """A ``dvc`` process (``dvc ...``, ``python -m dvc ...``, ``python .../bin/dvc ...``), judged by its
+    program names, not by "dvc" anywhere in the command line (a venv under ``~/niwt-dvc/`` would make
+    the launcher of a data-parallel stage look like one)."""
+    head = argv[:3]
+    return any(Path(a).name == "dvc" for a in head) or (len(head) > 2 and head[1:3] == ["-m", "dvc"])
 
 
 def _parent_run(client, exp_id: str, key: str, pipeline_params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -364,7 +374,8 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any], pipeline_para
     try:
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
-        exp_id = experiment_id(client, experiment, root)
+        with _exclusive(root):  # stages started together (the flow's parallel training) make one experiment
+            exp_id = experiment_id(client, experiment, root)
         mlflow.set_experiment(experiment_id=exp_id)
         tags = {"niwt.stage": stage, "mlflow.source.git.commit": _git_commit(root)}
         for env, tag in ((PIPELINE_ENV, "niwt.pipeline_id"), ("DVC_EXP_NAME", "niwt.dvc_exp")):

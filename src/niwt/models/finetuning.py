@@ -115,6 +115,7 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
     check_finite_weights(model)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
     state = load_resume(resume, log) if resume is not None and f.mode != "none" else None
+    agree_on_resume(state, world)
     history: list[dict] = state["history"] if state else []
     best_acc, best_state = (state["best_acc"], state["best_state"]) if state else (-1.0, None)
     for phase_idx, (phase, n, lr) in enumerate(phases(f, epochs)):
@@ -158,6 +159,18 @@ def train_phases(model: NiwtNet, f: FinetuneParams, train_loader, val_loader, de
         return evaluate(model, val_loader, device, amp=f.amp, world=world)["acc"], history
     model.load_state_dict(best_state)
     return best_acc, history
+
+
+def agree_on_resume(state: dict | None, world: World) -> None:
+    """Every rank must continue from the same saved epoch (or all start over): a rank that read
+    another file, or none (a node-local output directory), would train other phases in lockstep
+    collectives. One clear error on every rank instead."""
+    if not world.distributed:
+        return
+    where = gather_objects(None if state is None else (state["phase_idx"], state["epoch"]), world)
+    if len(set(where)) > 1:
+        raise InputError(f"the ranks read different resume states {where} (phase, epoch per rank): the output "
+                         "directory must be the same shared directory for every rank")
 
 
 class TrainingDiverged(InputError):

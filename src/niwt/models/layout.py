@@ -103,11 +103,14 @@ def layer_layout(model: nn.Module, layer: str) -> Layout:
     body = getattr(model, "body", None)
     if body is None or not layer.startswith("body."):
         return MAP
-    from torchvision.models import SwinTransformer, VisionTransformer
+    import sys
 
-    if isinstance(body, VisionTransformer) and (layer == "body.encoder" or layer.startswith("body.encoder.")):
+    models = sys.modules.get("torchvision.models")
+    if models is None:  # no torchvision network can exist in this process: not imported (it costs seconds)
+        return MAP
+    if isinstance(body, models.VisionTransformer) and (layer == "body.encoder" or layer.startswith("body.encoder.")):
         return Layout("tokens", prefix=1)
-    if isinstance(body, SwinTransformer) and layer != "body.features.0.0" and (
+    if isinstance(body, models.SwinTransformer) and layer != "body.features.0.0" and (
             layer in ("body.features", "body.norm") or layer.startswith("body.features.")):
         return Layout("hwc")
     return MAP

@@ -127,6 +127,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp:
              world: World = SINGLE) -> dict[str, float]:
     """Per-class mean top-1 (the ZSL literature's accuracy) and plain top-1 over ``loader``
     (``world``: over every rank's share, each rank's ``loader`` holding its own)."""
-    logits, labels = predict(model, loader, device, amp=amp)
-    pred, labels = gather_arrays((logits.argmax(1), labels), world)
+    if len(loader.dataset) == 0:  # a rank's share of fewer images than ranks
+        pred, labels = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    else:
+        logits, labels = predict(model, loader, device, amp=amp)
+        pred = logits.argmax(1)
+    pred, labels = gather_arrays((pred, labels), world)
     return {"acc": mean_per_class_accuracy(labels, pred), "top1": float((pred == labels).mean())}

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from niwt.data.fingerprint import fingerprint, named_files
+from niwt.importance.degenerate import check_structure
 from niwt.io.atomic import write_json
 from niwt.io.project import resolve_root
 from niwt.params import Params, Runtime
@@ -27,6 +28,13 @@ from niwt.stages import StageResult
 
 def run(p: Params, rt: Runtime, out: Path, model_files: Path | None = None,
         pool_files: Path | None = None) -> StageResult:
+    # a layer that cannot work is refused here, in seconds, not by extract after hours of training; at
+    # 224 px, a size every architecture takes (the structure does not depend on it; model.image_size is cache's)
+    verdict = check_structure(p.model.arch, p.extract.layer, 224, width=p.model.width,
+                              hidden=p.model.hidden, allow=p.extract.allow_degenerate)
+    print(f"[fingerprint] importance layer {verdict.layer} of {p.model.arch}: "
+          + (f"first nonlinearity above it: {verdict.nonlinearity}" if verdict.nonlinearity
+             else "degenerate (extract.allow_degenerate: true)"), flush=True)
     start = time.perf_counter()
     name = p.data.name
     anchor = Path(out).absolute().parent
