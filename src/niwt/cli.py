@@ -208,6 +208,12 @@ def _dvc_ancestors() -> list[tuple[int, int]]:
     return watched
 
 
+def _interrupt_if_orphaned(signum: int, frame: object) -> None:
+    """SIGINT handler of a stage started with SIGINT ignored: a KeyboardInterrupt only once its parent is gone."""
+    if _parent_gone.is_set():
+        raise KeyboardInterrupt
+
+
 def _stop_with_parent(stage: str) -> None:
     """Under ``dvc repro`` (``DVC_STAGE`` set), stop this stage when the dvc process that started it
     is gone (killed alone, e.g. ``kill -9 <dvc pid>``): a stage left running would later overwrite
@@ -222,6 +228,11 @@ def _stop_with_parent(stage: str) -> None:
     watched, parent = _dvc_ancestors(), os.getppid()
     if not watched:
         return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A background job of a script inherits SIGINT ignored, and then the interrupt below does nothing
+        # (the stage trained on and wrote its outputs): a handler that interrupts only an orphan keeps the
+        # user's choice (Ctrl-C at the terminal still does not reach a background job).
+        signal.signal(signal.SIGINT, _interrupt_if_orphaned)
 
     def watch() -> None:
         while True:

@@ -5,7 +5,9 @@ Under `dvc repro`, with a folder dataset and the user's own classifier (``model.
 * the pixels of three images rewritten at the same paths (the split table stays byte-identical) rerun
   ``cache``, whose shards then hold the new pixels, and so everything that reads them;
 * a retrained classifier saved over ``model.weights`` reruns ``finetune``;
-* an untouched project reruns nothing.
+* an untouched project reruns nothing;
+* another ``data.domain`` (only the class vectors change) reruns ``prepare`` but neither ``cache`` nor
+  ``finetune``, which never read the vectors (issue 25, 9).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,3 +71,11 @@ def test_rewritten_pixels_and_a_retrained_classifier_rerun_their_readers(tmp_pat
     _save_classifier(project / "models" / "mine.pth", seen, seed=1)  # retrained, saved over the old file
     out = dvc(["repro", "finetune"], project).stdout
     assert _ran(out, "finetune") and not _ran(out, "cache")
+
+    domain = (project / "data" / "prepared" / "domain.parquet").read_bytes()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["domain"] = "text"  # the class descriptions, embedded: other vectors, same images and classes
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(["repro", "finetune"], project).stdout
+    assert _ran(out, "prepare") and not _ran(out, "cache") and not _ran(out, "finetune")
+    assert (project / "data" / "prepared" / "domain.parquet").read_bytes() != domain

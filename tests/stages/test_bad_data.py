@@ -237,6 +237,7 @@ def copy_tables(proj: Project, data: Path) -> Path:
     (its own paths are relative to the prepared directory, which holds the generated images)."""
     data.mkdir()
     shutil.copy(proj.data / "classes.parquet", data / "classes.parquet")
+    shutil.copy(proj.data / "domain.parquet", data / "domain.parquet")
     s = read_splits(proj.data / "splits.parquet")
     write_splits(data / "splits.parquet", s.image_id, s.path, s.class_id, s.split)
     return data
@@ -288,17 +289,18 @@ def _no_train_images(s: SplitTable, tmp: Path) -> SplitTable:
 
 # name -> (edit, stderr pattern given the class names, stages that must refuse it)
 ALL = ("finetune", "extract", "fit_mapping", "inject", "evaluate")
+DOMAIN = ALL[1:]  # the stages that read the domain vectors (finetune neither reads nor depends on them)
 WITH_SPLITS = ("finetune", "extract", "inject", "evaluate")
 TABLE_CASES = {
     "NaN in domain vectors": (
         _edit_classes(_nan_domain),
-        lambda n: rf"classes\.parquet: NaN/inf in domain vectors of classes \[10\] \(\['{n[10]}'\]\)", ALL),
+        lambda n: rf"domain\.parquet: NaN/inf in domain vectors of classes \[10\] \(\['{n[10]}'\]\)", DOMAIN),
     "class both seen and unseen": (
         _edit_classes(lambda c: dataclasses.replace(c, names=c.names[:-1] + [c.names[0]])),
         lambda n: rf"classes\.parquet: class names must be unique; \['{n[0]}'\] appear more than once", ALL),
     "attribute names do not match the domain vectors": (
         _edit_classes(lambda c: dataclasses.replace(c, attribute_names=c.attribute_names[:-1])),
-        lambda n: r"classes\.parquet: 15 attribute names for 16-dimensional domain vectors", ALL),
+        lambda n: r"domain\.parquet: 15 attribute names for 16-dimensional domain vectors", DOMAIN),
     "files named in the split are missing": (
         _edit_splits(_missing_images),
         lambda n: r"splits\.parquet: [12] of \d+ image files named there are missing, e\.g\. image_id \d+: "
@@ -350,6 +352,7 @@ def test_truncated_image_in_split_fails_training_naming_it(proj: Project, tmp_pa
     data = tmp_path / "prepared"
     data.mkdir()
     shutil.copy(proj.data / "classes.parquet", data / "classes.parquet")
+    shutil.copy(proj.data / "domain.parquet", data / "domain.parquet")
     s = read_splits(proj.data / "splits.parquet")
     i = int(np.flatnonzero(s.split == "train")[0])
     bad = tmp_path / "truncated.jpg"

@@ -192,6 +192,86 @@ def test_unreachable_tracking_server_fails_within_seconds_naming_it(proj: Projec
     assert "NIWT_TRACKING=off" in lines[0] and not out.exists()
 
 
+class _HangingApi:
+    """An MLflow server whose ``/health`` answers but whose REST API hangs (a dead database behind it)."""
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path != "/health":
+                    time.sleep(120)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_tracking_server_hanging_on_its_api_fails_within_seconds(proj: Project, tmp_path: Path) -> None:
+    """A server that answers /health but hangs on its API is one line within seconds (stage and
+    `niwt sync`), not 90 silent seconds of MLflow retries."""
+    import subprocess
+    import time
+
+    env = {**os.environ, "NIWT_TRACKING": "on", "NIWT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    params = tmp_path / "params.yaml"
+    shutil.copy(proj.params, params)
+    entry = tmp_path / ".niwt" / "pending-tracking" / "abc" / "pending.json"
+    with _HangingApi() as uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+        entry.parent.mkdir(parents=True)
+        entry.write_text(json.dumps({"uri": uri, "run_id": "abc", "stage": "evaluate", "metrics": {"H": 1.0},
+                                     "artifacts": [], "error": "", "time": 0.0, "parent": None}))
+        for argv, rc in (([str(a) for a in stage_argv("evaluate", proj, tmp_path / "out", proj.params)], 2),
+                         (["sync", "--params", str(params)], 1)):
+            start = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "niwt.cli", *argv], env=env, capture_output=True,
+                                  text=True, timeout=120, stdin=subprocess.DEVNULL)
+            elapsed = time.monotonic() - start
+            assert proc.returncode == rc, proc.stderr[-3000:]
+            assert elapsed < 30, f"{argv[0]} took {elapsed:.0f} s"
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"MLflow tracking server {uri} answers /health but not its REST API" in lines[0]
+    assert entry.is_file() and not (tmp_path / "out").exists()
+
+
+def test_slow_tracking_call_says_what_it_waits_for(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import time
+
+    from niwt.integration import tracking
+
+    monkeypatch.setattr(tracking, "SLOW_NOTICE_S", 0.05)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    with tracking.slow_notice("niwt x", "http://h", "logging"):
+        time.sleep(0.3)
+    with tracking.slow_notice("niwt y", "http://h", "logging"):
+        pass
+    time.sleep(0.1)
+    err = capsys.readouterr().err
+    # 3 tries of 10 s and back-offs of 1 + 2 s
+    assert err == ("niwt x: waiting for the MLflow server at http://h (logging); it gives up after about 33 s "
+                   "(MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES)\n")
+
+
 def test_tracking_failure_after_the_work_keeps_results_and_sync_uploads_them(
         proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """A failure in MLflow logging after the outputs are written is a warning: exit 0 (so DVC records
@@ -202,6 +282,7 @@ def test_tracking_failure_after_the_work_keeps_results_and_sync_uploads_them(
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("NIWT_TRACKING", "on")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    monkeypatch.setenv("NIWT_INVOCATION", "flow-run-1")  # a pipeline invocation: the stage has a parent run
     params = tmp_path / "params.yaml"
     shutil.copy(proj.params, params)  # the project (pending uploads) is where the params file is
 
@@ -225,6 +306,8 @@ def test_tracking_failure_after_the_work_keeps_results_and_sync_uploads_them(
     assert rc == 0, err
     run = MlflowClient(tracking_uri=db).get_run(run_id)
     assert run.info.status == "FINISHED"
+    parent = MlflowClient(tracking_uri=db).get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED", "the pipeline's parent run stayed RUNNING after the sync"
     from niwt.cli import _numeric
 
     assert run.data.metrics == pytest.approx(_numeric(metrics, "evaluate")) and run.data.metrics
@@ -306,7 +389,9 @@ def test_disk_full_saving_the_checkpoint_names_the_file_and_the_free_space(
 
 
 FAKE_DVC = """
-import os, subprocess, sys
+import os, signal, subprocess, sys
+if sys.argv[2] == "ignore":  # as a background job of a script: its children inherit SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 env = dict(os.environ, DVC_STAGE="finetune")
 child = subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], env=env)
 print(child.pid, flush=True)
@@ -329,20 +414,24 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sigint", ["default", "ignore"])
+def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Path, sigint: str) -> None:
     """Killing only the `dvc` process stops its `niwt` stage within seconds, without writing: a stage
-    left running would overwrite the outputs DVC restores."""
+    left running would overwrite the outputs DVC restores. Also when the stage inherited SIGINT
+    ignored (dvc run as a background job of a script), well within the hard-exit grace period."""
     import shlex
     import signal
     import subprocess
     import time
+
+    from niwt.cli import PARENT_GRACE_S
 
     params = write_params(tmp_path / "params.yaml", {"finetune": {"epochs": 500}})
     out = tmp_path / "out"
     cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "niwt.cli",
                                                   *stage_argv("finetune", proj, out, params)])
     env = {**os.environ, "NIWT_TRACKING": "off", "NIWT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
-    fake_dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, cmd], env=env, stdout=subprocess.PIPE,
+    fake_dvc = subprocess.Popen([sys.executable, "-c", FAKE_DVC, cmd, sigint], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     shell = int(fake_dvc.stdout.readline())
     stage_pids: set[int] = set()
@@ -354,7 +443,7 @@ def test_stage_stops_when_its_dvc_process_is_killed(proj: Project, tmp_path: Pat
         stage_pids = {shell} | _children(shell)
         fake_dvc.send_signal(signal.SIGKILL)
         fake_dvc.wait(timeout=10)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + PARENT_GRACE_S - 5  # the interrupt, not the hard exit after the grace period
         while any(_alive(p) for p in stage_pids) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(p) for p in stage_pids), "niwt kept running after its dvc process died"

@@ -88,7 +88,7 @@ def _mapping_other_domain(m: dict) -> dict:
 MAPPING_CASES = {
     "fit on other domain vectors": (
         _mapping_other_domain,
-        r"mapping\.pt: mapping takes 15-dimensional domain vectors, \S+classes\.parquet has 16-dimensional ones "
+        r"mapping\.pt: mapping takes 15-dimensional domain vectors, \S+domain\.parquet has 16-dimensional ones "
         r"\(attributes\); rerun fit_mapping"),
     "held-out classes of another dataset": (
         lambda m: {**m, "val_classes": torch.tensor([0, 11])},

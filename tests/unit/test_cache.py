@@ -128,7 +128,7 @@ def test_a_cache_that_does_not_fit_is_one_clear_error(prepared, tmp_path: Path) 
         open_cache(out, changed, SIZE)
     index = json.loads((out / "index.json").read_text())
     (out / "index.json").write_text(json.dumps({**index, "version": 1}))  # a cache of an older format
-    with pytest.raises(CacheError, match=r"index\.json: not a cache index of format version 2; rerun the cache "
+    with pytest.raises(CacheError, match=r"index\.json: not a cache index of format version 3; rerun the cache "
                                          r"stage \(dvc repro cache"):
         open_cache(out, splits_file, SIZE)
     (out / "index.json").write_text(json.dumps(index))
@@ -350,3 +350,81 @@ def test_raw_files_decide_partial_reuse_and_the_disabled_marker(prepared, tmp_pa
         cache_stage.run(load_params(tmp_path / "off.yaml"), rt, root / "data", tmp_path / "off", raw=fingerprint)
         indexes.append((tmp_path / "off" / "index.json").read_bytes())
     assert indexes[0] != indexes[1]
+
+
+def _killed(job) -> str:
+    """A build process killed without a word (the OOM killer; a SIGBUS from a sparse map on a full disk)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return ""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_full_disk_during_the_build_is_enospc_naming_the_shard(prepared, tmp_path: Path, workers: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shard's blocks are allocated before any pixel is stored: a full disk is ENOSPC naming the
+    shard (one line from the CLI), never a SIGBUS (rc 135, no message) or a BrokenProcessPool."""
+    import errno
+    import os
+
+    root, _ = prepared
+    allocated: list[int] = []
+
+    def full(fd: int, offset: int, size: int) -> None:
+        allocated.append(size)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # the forked build processes inherit it
+    with pytest.raises(InputError, match=r"^\S*/cache\.partial/shard-0000\d\.npy: no space left on device "
+                                         r"\([\d.]+ \w+ free on its filesystem\); free space there and rerun"):
+        build_cache(root / "data" / "splits.parquet", tmp_path / "cache", SIZE, workers=workers, progress=False,
+                    shard_images=64)
+    assert workers > 1 or allocated == [128 + 64 * stored_size(SIZE) ** 2 * 3]  # .npy header + pixels
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "cache.partial").glob("shard-*"))
+
+
+def test_a_build_process_that_dies_is_one_clear_error(prepared, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import niwt.data.cache as cache_module
+
+    root, _ = prepared
+    monkeypatch.setattr(cache_module, "build_shard", _killed)
+    with pytest.raises(CacheError, match=r"cache\.partial: a cache build process died without a word \(killed, or "
+                                         r"out of memory or disk: .* free there\); the finished shards are kept"):
+        build_cache(root / "data" / "splits.parquet", tmp_path / "cache", SIZE, workers=2, progress=False,
+                    shard_images=64)
+
+
+def test_a_shard_edited_in_place_is_refused_and_unchanged_shards_are_hashed_once(
+        prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard changed after the build (same size, so its shape checks pass) is an error when a stage
+    opens the cache directly, outside DVC; an untouched cache is not hashed again on every open."""
+    import os
+
+    import niwt.data.cache as cache_module
+
+    root, _ = prepared
+    splits_file = root / "data" / "splits.parquet"
+    out = tmp_path / "cache"
+    build_cache(splits_file, out, SIZE, workers=1, progress=False, shard_images=64)
+    hashed: list[str] = []
+    real = cache_module._sha256
+    monkeypatch.setattr(cache_module, "_sha256", lambda path: hashed.append(Path(path).name) or real(path))
+    open_cache(out, splits_file, SIZE)
+    assert hashed == []  # the build recorded what it hashed
+    shard = out / "shard-00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-10:] = bytes(255 - b for b in data[-10:])  # ten pixels, same size
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=rf"{shard}: its content is not what the cache stage wrote \(SHA-256 "
+                                         r"differs from .*index\.json\): it was changed after the build; rerun"):
+        open_cache(out, splits_file, SIZE)
+    shard.write_bytes(real_bytes := bytes(255 - b if i >= len(data) - 10 else b for i, b in enumerate(data)))
+    assert len(real_bytes) == len(data)
+    os.utime(shard, ns=(1, 1))  # restored content, other mtime (as after a `dvc checkout`): hashed once, then not
+    hashed.clear()
+    open_cache(out, splits_file, SIZE)
+    open_cache(out, splits_file, SIZE)
+    assert hashed == ["shard-00001.npy"]

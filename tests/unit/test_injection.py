@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -274,6 +276,14 @@ def test_pool_from_a_folder_of_images(tmp_path) -> None:
         pool_folder_images(str(tmp_path / "nothing"))
     with pytest.raises(InputError, match=r"inject\.pool: '.*missing' is neither 'train', 'noise' nor a folder"):
         pool_folder_images(str(tmp_path / "missing"))
+    # a file named like an image that is none: named, and not blamed on prepare (which never reads a pool)
+    for i in range(3):
+        (tmp_path / "nothing" / f"fake{i}.jpg").write_text("not an image")
+    cfg = InjectParams(pool=str(tmp_path / "nothing"), pool_size=3)
+    with pytest.raises(InputError) as caught:
+        pool_activations(trunk, cfg, 0, empty, 16, torch.device("cpu"), batch_size=2)
+    assert re.fullmatch(r"\S*nothing/fake0\.jpg: cannot read image \(.*\); inject\.pool: '\S*nothing' may hold "
+                        r"only images: remove or convert this file", str(caught.value)), caught.value
 
 
 @pytest.mark.parametrize("body, error", [

@@ -227,15 +227,18 @@ def test_classes_round_trip(tmp_path: Path) -> None:
     assert got.descriptions == table.descriptions
     np.testing.assert_array_equal(got.seen_mask, [True, True, False])
     raw = pq.read_table(tmp_path / "classes.parquet")
+    assert raw["class_id"].to_pylist() == [0, 1, 2] and "domain" not in raw.column_names
+    raw = pq.read_table(tmp_path / "domain.parquet")  # the vectors beside it: what data.domain changes
     assert raw["class_id"].to_pylist() == [0, 1, 2]
     assert raw.schema.field("domain").type == pa.list_(pa.float32(), 2)
+    assert read_classes(tmp_path / "classes.parquet", domain=False).domain.shape == (3, 0)
 
 
 def test_classes_nan_domain(tmp_path: Path) -> None:
     dom = np.array([[1.0, 0.0], [np.nan, 0.5], [0.0, np.inf]], dtype=np.float32)
     path = tmp_path / "classes.parquet"
     write_classes(path, _classes(dom))
-    with pytest.raises(DatasetError, match=r"classes\.parquet: NaN/inf in domain vectors of classes \[1, 2\]"):
+    with pytest.raises(DatasetError, match=r"domain\.parquet: NaN/inf in domain vectors of classes \[1, 2\]"):
         read_classes(path)
 
 

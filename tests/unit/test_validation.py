@@ -187,3 +187,23 @@ def test_validation_needs_three_seen_classes() -> None:
 
     with pytest.raises(ParamsError, match="at least 3 seen classes"):
         validation_count(2, 0.33, 5)
+
+
+def test_own_validation_classes_leaving_one_class_to_fit_are_refused() -> None:
+    """The dataset's own validation classes may not leave a 1-class validation backbone (it would
+    train to 100 % and validate nothing); seeded leaves two."""
+    from niwt.errors import InputError
+    from niwt.stages.finetune_validation import validation_classes
+
+    p = parse_params({})
+    table = ClassTable(list("abcd"), 3, np.ones((4, 1), np.float32), "attributes", ["x"], [""] * 4,
+                       np.array([0, 1]))
+    with pytest.raises(InputError, match=r"own validation classes \(2 of its 3 seen classes\) leave 1 class .* "
+                                         r"set validate\.classes: seeded"):
+        validation_classes(table, p)
+    held, source = validation_classes(table, dataclasses.replace(p, validate=dataclasses.replace(
+        p.validate, classes="seeded")))
+    assert source == "seeded" and len(held) == 1
+    table = dataclasses.replace(table, n_seen=4, names=list("abcde"), domain=np.ones((5, 1), np.float32),
+                                descriptions=[""] * 5)
+    assert validation_classes(table, p)[1] == "dataset"

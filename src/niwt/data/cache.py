@@ -25,7 +25,10 @@ memory-mapped when read (random access, nothing decoded): below 128 px fixed-sha
 ``(n, s, s, 3)`` uint8 arrays; from 128 px flat uint8 arrays holding the images one after the
 other (no padding), with ``shard-NNNNN.sizes.npy`` giving each image's offset, stored height and
 width, and height and width in its file. ``index.json``: format version, layout, image size,
-shard list, the SHA-256 of the split table it was built from. A disabled cache is a directory
+shard list, the SHA-256 of the split table it was built from and of every shard file (checked when
+a stage opens the cache: a shard changed in place is an error even outside DVC; a file whose size,
+modification time and inode match its last check is not hashed again, see
+``<out>.verified.json``). A disabled cache is a directory
 holding only an ``index.json`` with ``"enabled": false``; readers then decode the files as before.
 
 The build is parallel over shards (a process pool), resumable (each finished shard is written
@@ -36,6 +39,8 @@ atomic overall (the complete directory replaces ``<out>`` in one rename).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -57,9 +62,9 @@ from tqdm.auto import tqdm
 from niwt.data.images import can_fork_workers, read_rgb, read_rgb_sized, read_size
 from niwt.data.tables import read_splits
 from niwt.errors import InputError
-from niwt.io.atomic import atomic_path, write_json
+from niwt.io.atomic import atomic_path, free_space, write_json
 
-VERSION = 2
+VERSION = 3  # 3: the SHA-256 of every shard file in the index
 INDEX = "index.json"
 SHARD_IMAGES = 1024  # images per shard: the unit of parallelism and of resumption
 SMALL = 128  # below this size the loader resizes to (s, s) and the cache stores exactly that
@@ -128,6 +133,7 @@ def build_shard(job: ShardJob) -> str:
         side = stored_size(job.image_size)
         with atomic_path(target) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(job.paths), side, side, 3))
+            _reserve(tmp, target)
             for i, path in enumerate(job.paths):
                 arr[i] = decode(path, job.image_size)
             arr.flush()
@@ -139,6 +145,7 @@ def build_shard(job: ShardJob) -> str:
     with atomic_path(target) as tmp:
         total = int(sizes[-1, 0] + sizes[-1, 1] * sizes[-1, 2] * 3) if len(sizes) else 0
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total,))
+        _reserve(tmp, target)
         for (offset, h, w, _, _), path in zip(sizes, job.paths, strict=True):
             pixels = decode(path, job.image_size)
             if pixels.shape != (h, w, 3):
@@ -148,6 +155,25 @@ def build_shard(job: ShardJob) -> str:
         arr.flush()
         del arr
     return target.name
+
+
+def _reserve(path: Path, target: Path) -> None:
+    """Allocate every block of a new memory-mapped shard before writing pixels into it. The map is a
+    sparse file: on a full disk, storing into it is a SIGBUS that kills the process without a word
+    (rc 135; a ``BrokenProcessPool`` traceback with build processes). Allocated first, a full disk is
+    ENOSPC here, naming the shard."""
+    size = Path(path).stat().st_size
+    if size == 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS):  # no preallocation there: write as before
+            return
+        raise OSError(err.errno, os.strerror(err.errno), str(target)) from None
+    finally:
+        os.close(fd)
 
 
 def shard_sizes(paths: Sequence[str], image_size: int) -> np.ndarray:
@@ -187,12 +213,18 @@ def _run_jobs(todo: list[ShardJob], processes: int, progress: bool,
             return
         # fork: the workers only decode with PIL and numpy; no interpreter start-up per worker
         ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-        with concurrent.futures.ProcessPoolExecutor(min(processes, len(todo)), mp_context=ctx) as pool:
-            for future in concurrent.futures.as_completed([pool.submit(build_shard, j) for j in todo]):
-                name = future.result()  # a failed shard fails the build, with the worker's error
-                bar.update()
-                if on_shard is not None:
-                    on_shard(name)
+        try:
+            with concurrent.futures.ProcessPoolExecutor(min(processes, len(todo)), mp_context=ctx) as pool:
+                for future in concurrent.futures.as_completed([pool.submit(build_shard, j) for j in todo]):
+                    name = future.result()  # a failed shard fails the build, with the worker's error
+                    bar.update()
+                    if on_shard is not None:
+                        on_shard(name)
+        except concurrent.futures.process.BrokenProcessPool:
+            folder = todo[0].directory
+            raise CacheError(f"{folder}: a cache build process died without a word (killed, or out of memory or "
+                             f"disk: {free_space(folder)} there); the finished shards are kept: free memory or "
+                             "space and rerun the cache stage") from None
 
 
 def _stamp(path: Path) -> object:
@@ -238,13 +270,16 @@ def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int =
         layout = {"layout": "square", "shape": [len(paths), side, side, 3]}
     else:
         layout = {"layout": "whole", "short_side": side, "max_long_side": MAX_ASPECT * side}
+    files = sorted(f.name for f in partial.glob("shard-*.npy"))
+    digests = {name: _sha256(partial / name) for name in files}
     index = {**identity, "enabled": True, "n": len(paths), **layout, "dtype": "uint8",
-             "shards": [shard_file(j.index) for j in jobs]}
+             "shards": [shard_file(j.index) for j in jobs], "sha256": digests}
     write_json(partial / INDEX, index)
     stamp.unlink()
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
+    _remember(out, digests)  # just hashed: the first stage that opens the cache hashes nothing
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in out.iterdir())
     return {"enabled": True, "n_images": len(paths), "image_side": side, "size_bytes": size,
@@ -309,16 +344,67 @@ def open_cache(directory: Path | None, splits_file: Path, image_size: int) -> Im
     shards = [directory / str(name) for name in names]
     if len(shards) != -(-len(paths) // shard_images):
         raise CacheError(f"{index_file}: {len(shards)} shards for {len(paths)} images{RERUN}")
+    digests = index.get("sha256")
+    expected_files = {s.name for s in shards} | ({sizes_file(s).name for s in shards} if image_size >= SMALL else set())
+    if not isinstance(digests, dict) or set(digests) != expected_files:
+        raise CacheError(f"{index_file}: no SHA-256 for every shard file{RERUN}")
     for k, shard in enumerate(shards):
         rows = min(shard_images, len(paths) - k * shard_images)
         if image_size < SMALL:
             _check_shard(shard, (rows, side, side, 3))
         else:
             _check_shard(shard, (_check_sizes(sizes_file(shard), rows),))
+    _verify(directory, digests)
     return ImageCache(tuple(str(s) for s in shards), shard_images, image_size, {p: i for i, p in enumerate(paths)})
 
 
 RERUN = "; rerun the cache stage (dvc repro cache, or niwt cache)"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _verified_file(directory: Path) -> Path:
+    """Beside the cache (not in it: the directory is a DVC output): what was hashed, and when."""
+    directory = Path(directory).absolute()
+    return directory.with_name(directory.name + ".verified.json")
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _remember(directory: Path, digests: dict[str, str]) -> None:
+    """Record each file's stat with its digest; best effort (a read-only place just hashes again)."""
+    record = {name: [*_stat_key(Path(directory) / name), digest] for name, digest in digests.items()}
+    with contextlib.suppress(OSError):
+        write_json(_verified_file(directory), record)
+
+
+def _verify(directory: Path, digests: dict[str, str]) -> None:
+    """Every shard file holds what was built (its SHA-256 in the index): a shard edited in place is an
+    error for a stage called directly too, not only under DVC. Files whose size, modification time and
+    inode are those of their last check are not hashed again (the first open after a ``dvc checkout``
+    hashes once: about a second per GB)."""
+    try:
+        known = json.loads(_verified_file(directory).read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    hashed = False
+    for name, digest in digests.items():
+        path = Path(directory) / name
+        if known.get(name) == [*_stat_key(path), digest]:
+            continue
+        if _sha256(path) != digest:
+            raise CacheError(f"{path}: its content is not what the cache stage wrote (SHA-256 differs from "
+                             f"{Path(directory) / INDEX}): it was changed after the build{RERUN}")
+        hashed = True
+    if hashed:
+        _remember(directory, digests)
 
 
 def _check_shard(shard: Path, shape: tuple[int, ...]) -> None:

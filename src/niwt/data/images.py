@@ -109,16 +109,25 @@ def read_size(path: str) -> tuple[int, int]:
         return img.size
 
 
+class UnreadableImage(DatasetError):
+    """An image of the split table that no longer decodes; ``path`` and ``reason`` let a reader of
+    other images (an ``inject.pool`` folder, which prepare never saw) say it in its own words."""
+
+    def __init__(self, message: str, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
 @contextlib.contextmanager
 def _readable(path: str):
-    """An unreadable image (or a decompression bomb) as one :class:`DatasetError` naming the file."""
+    """An unreadable image (or a decompression bomb) as one :class:`UnreadableImage` naming the file."""
     try:
         with _bombs_are_errors():
             yield
     except _BOMB_ERRORS as err:
-        raise DatasetError(f"{path}: cannot read image ({_bomb_reason(err)}); it changed after "
-                           "prepare, which decodes every image: restore it, or rerun prepare "
-                           "(data.bad_images: skip drops unreadable images)") from err
+        raise UnreadableImage(f"{path}: cannot read image ({_bomb_reason(err)}); it changed after "
+                              "prepare, which decodes every image: restore it, or rerun prepare "
+                              "(data.bad_images: skip drops unreadable images)", path, _bomb_reason(err)) from err
 
 
 def make_loader(paths: Sequence[str], labels: np.ndarray, image_size: int, *, train: bool,

@@ -173,24 +173,38 @@ def assign_splits(raw: RawDataset, order: list[int], val_fraction: float, test_s
     return cls, split.astype(str)
 
 
+DOMAIN_FILE = "domain.parquet"  # beside classes.parquet: class_id, domain; domain kind and attribute names
+
+
+def domain_file(classes_file: Path) -> Path:
+    """The domain table of a class table (the same directory)."""
+    return Path(classes_file).with_name(DOMAIN_FILE)
+
+
 def write_classes(path: Path, table: ClassTable) -> None:
-    """Write the class table atomically, with the domain kind and attribute names as metadata."""
+    """Write the class table atomically: names, seen flags, descriptions (and the dataset's validation
+    classes) in ``path``; the domain vectors, their kind and attribute names in :func:`domain_file`.
+
+    Two files, so that a stage that never reads the domain (cache, the fine-tuning stages) depends on
+    ``classes.parquet`` alone: switching ``data.domain`` reruns only what reads the vectors."""
     n = len(table.names)
     dim = table.domain.shape[1]
     arrays = {
         "class_id": pa.array(np.arange(n, dtype=np.int32)),
         "name": pa.array(table.names, pa.string()),
         "seen": pa.array(table.seen_mask),
-        "domain": pa.FixedSizeListArray.from_arrays(
-            pa.array(table.domain.astype(np.float32).ravel()), dim),
         "description": pa.array(table.descriptions, pa.string()),
     }
     if table.validation is not None:  # only where the dataset names its own validation classes
         arrays["validation"] = pa.array(np.isin(np.arange(n), table.validation))
+    domain = {"class_id": pa.array(np.arange(n, dtype=np.int32)),
+              "domain": pa.FixedSizeListArray.from_arrays(pa.array(table.domain.astype(np.float32).ravel()), dim)}
     meta = {b"domain_kind": table.domain_kind.encode(),
             b"attribute_names": json.dumps(table.attribute_names).encode()}
+    with atomic_path(domain_file(path)) as tmp:
+        pq.write_table(pa.table(domain).replace_schema_metadata(meta), tmp)
     with atomic_path(path) as tmp:
-        pq.write_table(pa.table(arrays).replace_schema_metadata(meta), tmp)
+        pq.write_table(pa.table(arrays), tmp)
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -203,22 +217,20 @@ def _is_vector(t: pa.DataType) -> bool:
 
 
 _CLASS_COLUMNS = {"class_id": (pa.types.is_integer, "integer"), "name": (_is_string, "string"),
-                  "seen": (pa.types.is_boolean, "bool"), "domain": (_is_vector, "list of numbers"),
-                  "description": (_is_string, "string")}
+                  "seen": (pa.types.is_boolean, "bool"), "description": (_is_string, "string")}
+_DOMAIN_COLUMNS = {"class_id": (pa.types.is_integer, "integer"), "domain": (_is_vector, "list of numbers")}
 _SPLIT_COLUMNS = {"image_id": (pa.types.is_integer, "integer"), "path": (_is_string, "string"),
                   "class_id": (pa.types.is_integer, "integer"), "split": (_is_string, "string")}
 
 
-def read_classes(path: Path) -> ClassTable:
-    """Read and validate ``classes.parquet``."""
+def read_classes(path: Path, domain: bool = True) -> ClassTable:
+    """Read and validate ``classes.parquet`` and its :func:`domain_file`.
+
+    ``domain=False``: leave the domain file unread (an empty ``(C, 0)`` domain): the stages that never
+    use the vectors (the fine-tuning stages) neither read nor depend on it."""
     table = _read(path, _CLASS_COLUMNS)
     if table.num_rows == 0:
         raise DatasetError(f"{path}: no classes")
-    domain_col = table["domain"].combine_chunks()
-    lengths = set(pa.compute.list_value_length(domain_col).to_pylist())
-    if len(lengths) != 1 or domain_col.flatten().null_count:
-        raise DatasetError(f"{path}: column 'domain' must hold one equally long vector of numbers per class "
-                           f"(lengths {sorted(lengths)[:5]}, {domain_col.flatten().null_count} nulls)")
     seen = table["seen"].to_numpy(zero_copy_only=False)
     n_seen = int(seen.sum())
     if not seen[:n_seen].all():
@@ -233,6 +245,38 @@ def read_classes(path: Path) -> ClassTable:
     if dups:
         raise DatasetError(f"{path}: class names must be unique; {dups[:5]} appear more than once "
                            "(a class both seen and unseen?)")
+    validation = None
+    if "validation" in table.column_names:
+        if not pa.types.is_boolean(table["validation"].type) or table["validation"].null_count:
+            raise DatasetError(f"{path}: column 'validation' must be bool without nulls (true: a seen class the "
+                               "dataset sets aside for validation)")
+        flags = table["validation"].to_numpy(zero_copy_only=False)
+        if (flags & ~seen).any():
+            raise DatasetError(f"{path}: column 'validation' marks unseen classes "
+                               f"{[names[i] for i in np.flatnonzero(flags & ~seen)[:5]]}; only seen classes can be")
+        validation = np.flatnonzero(flags)
+    vectors, kind, attribute_names = (_read_domain(domain_file(path), names) if domain
+                                      else (np.zeros((len(names), 0), np.float32), "unread", []))
+    return ClassTable(
+        validation=validation,
+        names=names, n_seen=n_seen, domain=vectors, domain_kind=kind, attribute_names=attribute_names,
+        descriptions=table["description"].to_pylist(),
+    )
+
+
+def _read_domain(path: Path, names: list[str]) -> tuple[np.ndarray, str, list[str]]:
+    """(domain vectors in class order, their kind, attribute names) from ``domain.parquet``, checked
+    against the class table's ``names``."""
+    table = _read(path, _DOMAIN_COLUMNS)
+    ids = table["class_id"].to_numpy(zero_copy_only=False)
+    if table.num_rows != len(names) or not np.array_equal(ids, np.arange(len(names))):
+        raise DatasetError(f"{path}: {table.num_rows} rows with class ids {ids.tolist()[:5]}..., the class table "
+                           f"beside it has {len(names)} classes (ids 0..{len(names) - 1} in order): rerun prepare")
+    domain_col = table["domain"].combine_chunks()
+    lengths = set(pa.compute.list_value_length(domain_col).to_pylist())
+    if len(lengths) != 1 or domain_col.flatten().null_count:
+        raise DatasetError(f"{path}: column 'domain' must hold one equally long vector of numbers per class "
+                           f"(lengths {sorted(lengths)[:5]}, {domain_col.flatten().null_count} nulls)")
     domain = np.array(domain_col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
         table.num_rows, lengths.pop())
     if not np.isfinite(domain).all():
@@ -249,23 +293,7 @@ def read_classes(path: Path) -> ClassTable:
     if attribute_names and len(attribute_names) != domain.shape[1]:
         raise DatasetError(f"{path}: {len(attribute_names)} attribute names for {domain.shape[1]}-dimensional "
                            "domain vectors (one name per dimension expected)")
-    validation = None
-    if "validation" in table.column_names:
-        if not pa.types.is_boolean(table["validation"].type) or table["validation"].null_count:
-            raise DatasetError(f"{path}: column 'validation' must be bool without nulls (true: a seen class the "
-                               "dataset sets aside for validation)")
-        flags = table["validation"].to_numpy(zero_copy_only=False)
-        if (flags & ~seen).any():
-            raise DatasetError(f"{path}: column 'validation' marks unseen classes "
-                               f"{[names[i] for i in np.flatnonzero(flags & ~seen)[:5]]}; only seen classes can be")
-        validation = np.flatnonzero(flags)
-    return ClassTable(
-        validation=validation,
-        names=names, n_seen=n_seen, domain=domain,
-        domain_kind=meta.get(b"domain_kind", b"unknown").decode(),
-        attribute_names=attribute_names,
-        descriptions=table["description"].to_pylist(),
-    )
+    return domain, meta.get(b"domain_kind", b"unknown").decode(), attribute_names
 
 
 # Where the relative image paths of ``splits.parquet`` start (schema metadata ``image_root``, JSON):
@@ -393,9 +421,10 @@ def check_splits(splits: SplitTable, names: list[str], n_seen: int, source: str 
                            "raise data.val_fraction")
 
 
-def read_tables(data: Path) -> tuple[ClassTable, SplitTable]:
-    """Read ``classes.parquet`` and ``splits.parquet`` from a prepared directory and cross-check them."""
-    classes = read_classes(Path(data) / "classes.parquet")
+def read_tables(data: Path, domain: bool = True) -> tuple[ClassTable, SplitTable]:
+    """Read ``classes.parquet`` and ``splits.parquet`` from a prepared directory and cross-check them
+    (``domain``: as in :func:`read_classes`)."""
+    classes = read_classes(Path(data) / "classes.parquet", domain)
     splits = read_splits(Path(data) / "splits.parquet")
     check_splits(splits, classes.names, classes.n_seen, Path(data) / "splits.parquet")
     return classes, splits

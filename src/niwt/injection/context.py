@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from niwt.data.images import ImageSource, make_loader
+from niwt.data.images import ImageSource, UnreadableImage, make_loader
 from niwt.data.tables import ClassTable, SplitTable
 from niwt.errors import InputError
 from niwt.mapping.linear import normalize_domain
@@ -178,4 +178,11 @@ def pool_activations(trunk: torch.nn.Module, cfg: InjectParams, seed: int, split
         batches = (images for images, _, _ in loader)
     trunk.eval()
     with torch.inference_mode():
-        return torch.cat([trunk(b.to(device)).float().cpu() for b in batches])
+        try:
+            return torch.cat([trunk(b.to(device)).float().cpu() for b in batches])
+        except UnreadableImage as err:
+            if cfg.pool in ("train", "noise"):
+                raise
+            # prepare never decodes a pool folder: "it changed after prepare" would send the user the wrong way
+            raise InputError(f"{err.path}: cannot read image ({err.reason}); inject.pool: {cfg.pool!r} may hold "
+                             "only images: remove or convert this file") from None

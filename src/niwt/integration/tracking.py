@@ -97,11 +97,17 @@ def _fix_hint() -> str:
             "to run without tracking")
 
 
+API_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+SLOW_NOTICE_S = 5.0  # a tracking call silent for this long says what it waits for
+
+
 def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
-    """Fail within ``timeout`` seconds, naming ``uri``, when an HTTP tracking server does not answer.
+    """Fail within ``2 * timeout`` seconds, naming ``uri``, when an HTTP tracking server does not answer.
 
     Any HTTP answer counts as reachable (a proxy may not serve ``/health``); only a refused or
-    timed-out connection, or a host that does not resolve, fails.
+    timed-out connection, or a host that does not resolve, fails. Both the health endpoint and one
+    read-only REST call are tried: a server that answers ``/health`` but hangs on its API (a dead
+    database behind it) would otherwise hold a stage for MLflow's retries (about 90 s) in silence.
     """
     import urllib.error
     import urllib.request
@@ -109,15 +115,47 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
 
     if urlparse(uri).scheme not in ("http", "https"):
         return
+    for path, what in (("/health", "is unreachable"), (API_PROBE, "answers /health but not its REST API")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout):  # noqa: S310 (http only)
+                pass
+        except urllib.error.HTTPError:
+            continue
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"MLflow tracking server {uri} {what} ({reason}; checked for "
+                                f"{timeout:g} s before any work); {_fix_hint()}") from None
+
+
+def _patience_s() -> float:
+    """How long MLflow's HTTP client may wait before giving up: timeouts, retries and back-off."""
+    def setting(key: str) -> float:
+        try:
+            return float(os.environ.get(key, HTTP_DEFAULTS[key]))
+        except ValueError:
+            return float(HTTP_DEFAULTS[key])
+
+    retries = int(setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+    backoff = setting("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    return setting("MLFLOW_HTTP_REQUEST_TIMEOUT") * (retries + 1) + sum(backoff * 2 ** i for i in range(retries))
+
+
+@contextlib.contextmanager
+def slow_notice(who: str, uri: str, doing: str) -> Iterator[None]:
+    """Say once, after :data:`SLOW_NOTICE_S` of silence, that ``who`` waits for the tracking server and
+    for how long at most (``MLFLOW_HTTP_REQUEST_*``), instead of a silent minute and a half."""
+    import threading
+
+    timer = threading.Timer(SLOW_NOTICE_S, lambda: print(
+        f"{who}: waiting for the MLflow server at {uri} ({doing}); it gives up after about "
+        f"{_patience_s():.0f} s (MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES)",
+        file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310 (http only)
-            pass
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}; checked for "
-                            f"{timeout:g} s before any work); {_fix_hint()}") from None
+        yield
+    finally:
+        timer.cancel()
 
 
 class StageRun:
@@ -138,24 +176,31 @@ class StageRun:
         this invocation's parent run, until a later stage reopens it). On any failure: a warning on
         stderr and a pending entry (returned, the metrics) that ``niwt sync`` uploads later."""
         try:
-            self.mlflow.log_metrics(metrics)
-            log_steps(self.mlflow, steps or {})
-            log_children(self.mlflow, children or {}, self.params)
-            if self.parent and children:  # the headline per method on the parent: one run per experiment to compare
-                log_headline(self.mlflow.MlflowClient(), self.parent, children)
-            for artifact in artifacts:
-                self.mlflow.log_artifact(str(artifact), artifact_path=(artifact_dirs or {}).get(artifact))
-            self.mlflow.end_run("FINISHED")
-            if self.parent:
-                self.mlflow.MlflowClient().set_terminated(self.parent, "FINISHED")
+            with slow_notice(f"niwt {self.stage}", self.uri, "logging the stage's results; they are written already"):
+                self._log(metrics, artifacts, steps, children, artifact_dirs)
             return None
         except Exception as err:  # noqa: BLE001  any tracking failure: the results are kept regardless
-            pending = save_pending(self.root, self.uri, self.run_id, self.stage, metrics, artifacts, err)
+            pending = save_pending(self.root, self.uri, self.run_id, self.stage, metrics, artifacts, err,
+                                   self.parent)
             _abandon(self.mlflow)
             print(f"niwt {self.stage}: warning: MLflow logging to {self.uri} failed "
                   f"({type(err).__name__}: {_first_line(err)}); the stage's outputs are kept and its metrics "
                   f"are saved in {pending}; upload them with `niwt sync`", file=sys.stderr, flush=True)
             return pending
+
+    def _log(self, metrics: dict[str, float], artifacts: list[Path], steps: dict[str, list[tuple[int, float]]] | None,
+             children: dict[str, dict[str, float]] | None, artifact_dirs: dict[Path, str | None] | None) -> None:
+        """Everything :meth:`finish` sends, in order; raises on the first tracking failure."""
+        self.mlflow.log_metrics(metrics)
+        log_steps(self.mlflow, steps or {})
+        log_children(self.mlflow, children or {}, self.params)
+        if self.parent and children:  # the headline per method on the parent: one run per experiment to compare
+            log_headline(self.mlflow.MlflowClient(), self.parent, children)
+        for artifact in artifacts:
+            self.mlflow.log_artifact(str(artifact), artifact_path=(artifact_dirs or {}).get(artifact))
+        self.mlflow.end_run("FINISHED")
+        if self.parent:
+            self.mlflow.MlflowClient().set_terminated(self.parent, "FINISHED")
 
 
 def _first_line(err: BaseException) -> str:
@@ -169,9 +214,9 @@ def _abandon(mlflow: Any) -> None:
 
 
 def save_pending(root: Path, uri: str, run_id: str, stage: str, metrics: dict[str, float],
-                 artifacts: list[Path], err: BaseException) -> Path:
+                 artifacts: list[Path], err: BaseException, parent: str | None = None) -> Path:
     """Keep what a stage could not log: ``<root>/.niwt/pending-tracking/<run_id>/`` with
-    ``pending.json`` (URI, run, metrics) and copies of the artifacts as they were."""
+    ``pending.json`` (URI, run, its pipeline parent run, metrics) and copies of the artifacts as they were."""
     import json
     import shutil
     import time
@@ -184,7 +229,7 @@ def save_pending(root: Path, uri: str, run_id: str, stage: str, metrics: dict[st
             shutil.copy2(artifact, folder / "artifacts" / Path(artifact).name)
             copied.append(Path(artifact).name)
     entry = {"uri": uri, "run_id": run_id, "stage": stage, "metrics": metrics, "artifacts": copied,
-             "error": f"{type(err).__name__}: {_first_line(err)}", "time": time.time()}
+             "error": f"{type(err).__name__}: {_first_line(err)}", "time": time.time(), "parent": parent}
     (folder / "pending.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -210,11 +255,17 @@ def sync_pending(root: Path, uri: str | None = None) -> tuple[int, list[str]]:
             check_reachable(target)
             client = MlflowClient(tracking_uri=target)
             stamp = int(entry["time"] * 1000)
-            client.log_batch(entry["run_id"], metrics=[Metric(k, float(v), stamp, 0)
-                                                       for k, v in entry["metrics"].items()])
-            for name in entry["artifacts"]:
-                client.log_artifact(entry["run_id"], str(folder / "artifacts" / name))
-            client.set_terminated(entry["run_id"], "FINISHED")
+            with slow_notice("niwt sync", target, f"uploading {folder.name}"):
+                client.log_batch(entry["run_id"], metrics=[Metric(k, float(v), stamp, 0)
+                                                           for k, v in entry["metrics"].items()])
+                for name in entry["artifacts"]:
+                    client.log_artifact(entry["run_id"], str(folder / "artifacts" / name))
+                client.set_terminated(entry["run_id"], "FINISHED")
+                # the pipeline's parent run, left RUNNING when the server went away mid-stage, ends as
+                # the stage would have ended it (a parent that a later stage marked FAILED stays so)
+                parent = entry.get("parent")
+                if parent and client.get_run(parent).info.status == "RUNNING":
+                    client.set_terminated(parent, "FINISHED")
         except Exception as err:  # noqa: BLE001  report and keep the entry
             problems.append(f"{folder}: {type(err).__name__}: {_first_line(err)}")
             continue

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from niwt.data.cache import open_cache
-from niwt.data.tables import ClassTable, SplitTable, read_classes, read_splits
+from niwt.data.tables import DOMAIN_FILE, ClassTable, SplitTable, read_classes, read_splits
 from niwt.data.truth import IMAGE_TRUTH, ImageTruth, read_image_truth
 from niwt.evaluation import outputs
 from niwt.evaluation.tables import read_per_class_csv
@@ -163,7 +163,7 @@ def _read_inputs(data: Path, injected: Path, importances: Path, inverse_map: Pat
                                   f"{classes.n_seen} seen classes")
     dims = len(survey.attribute_names(classes))
     if inverse.weight.shape[0] != dims:
-        raise ValueError(f"{inverse_map}: maps to {inverse.weight.shape[0]} dimensions, {data / 'classes.parquet'} "
+        raise ValueError(f"{inverse_map}: maps to {inverse.weight.shape[0]} dimensions, {data / DOMAIN_FILE} "
                          f"has {dims}; rerun fit_mapping")
     return _Inputs(classes, splits, checkpoints, model, meta, imp, inverse, read_image_truth(data / IMAGE_TRUTH),
                    images)

@@ -55,7 +55,7 @@ def _run(p: Params, rt: Runtime, data: Path, out: Path, history: Path, cache: Pa
          device: torch.device) -> StageResult:
     history_path = Path(history)  # the per-epoch list below is `history`
     seed_everything(p.base.seed)
-    classes, splits = read_tables(data)
+    classes, splits = read_tables(data, domain=False)  # the domain vectors: not read, not a dep
     used = splits.select("train", "val", "test_seen")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")  # not after hours of training
     width = feature_width(splits.path)  # precomputed features: the mlp's input width

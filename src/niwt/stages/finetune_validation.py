@@ -23,6 +23,7 @@ from niwt.data.features import feature_width, features_digest
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import ClassTable, held_out_classes, read_tables, subproblem, validation_count
 from niwt.distributed.ddp import World, launched_world, process_group, rank_device, rank_log, seed_rank
+from niwt.errors import InputError
 from niwt.models.checkpoint import CheckpointMeta, read_class_names, save_checkpoint
 from niwt.models.finetuning import Resume, initial_model, located, train_phases
 from niwt.models.training import resolve_device, seed_everything
@@ -38,6 +39,11 @@ def validation_classes(classes: ClassTable, p: Params) -> tuple[np.ndarray, str]
     own = np.flatnonzero(np.isin(np.arange(classes.n_seen), classes.validation)) \
         if classes.validation is not None else np.array([], dtype=np.int64)
     if p.validate.classes == "auto" and 0 < len(own) < classes.n_seen:
+        if classes.n_seen - len(own) < 2:  # a 1-class "classifier" trains to 100 % and validates nothing
+            raise InputError(f"the dataset's own validation classes ({len(own)} of its {classes.n_seen} seen "
+                             f"classes) leave {classes.n_seen - len(own)} class to train the validation backbone "
+                             "on, and a classifier needs 2: set validate.classes: seeded (validate.fraction of "
+                             "the seen classes, always leaving 2)")
         return own, "dataset"
     count = validation_count(classes.n_seen, p.validate.fraction, p.validate.min_classes)
     return held_out_classes(classes.n_seen, count, p.base.seed, "validate.fraction"), "seeded"
@@ -54,7 +60,7 @@ def run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None = None
 def _run(p: Params, rt: Runtime, data: Path, out: Path, cache: Path | None, world: World,
          device: torch.device) -> StageResult:
     log = rank_log("finetune_validation", world)
-    classes, splits = read_tables(data)
+    classes, splits = read_tables(data, domain=False)  # the domain vectors: not read, not a dep
     used = splits.select("train", "val")
     check_images_exist(used.path, used.image_id, data / "splits.parquet")
     held, source = validation_classes(classes, p)

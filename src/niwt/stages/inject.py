@@ -25,7 +25,7 @@ import torch
 from niwt.data.cache import open_cache
 from niwt.data.features import is_feature_table
 from niwt.data.images import check_images_exist
-from niwt.data.tables import read_tables
+from niwt.data.tables import DOMAIN_FILE, read_tables
 from niwt.distributed.dask import absolute, absolute_pool, dask_client, map_jobs, run_cache
 from niwt.injection.context import Context, Partition
 from niwt.injection.methods import build_classifier, check_pool, needs_images, setting_names
@@ -139,7 +139,7 @@ def _check_mapping(mapping, path: Path, classes, data: Path) -> None:
     for name, w in (("weight", mapping.weight), ("heldout_weight", mapping.heldout_weight)):
         if w is None or w.ndim != 2 or w.shape[1] != dim:
             got = f"{w.shape[1]}-dimensional" if w is not None and w.ndim == 2 else f"{name} of another shape"
-            raise ModelError(f"{path}: mapping takes {got} domain vectors, {data / 'classes.parquet'} has "
+            raise ModelError(f"{path}: mapping takes {got} domain vectors, {data / DOMAIN_FILE} has "
                              f"{dim}-dimensional ones ({classes.domain_kind}); rerun fit_mapping")
     held = mapping.provenance.val_classes
     if len(held) and (int(held.min()) < 0 or int(held.max()) >= classes.n_seen):

@@ -1,12 +1,14 @@
 """``prepare``: get the benchmark on disk and write the class and GZSL split tables.
 
-Outputs (in ``out``): ``classes.parquet``, ``splits.parquet`` and, for the synthetic default, the
-generated dataset itself under ``raw/`` (AWA2 layout) and ``image_attributes.parquet`` (per image: its
-true attribute values and object geometry, :mod:`niwt.data.truth`). The directory is written atomically.
+Outputs (in ``out``): ``classes.parquet``, ``domain.parquet``, ``splits.parquet``, ``content.json`` and, for
+the synthetic default, the generated dataset itself under ``raw/`` (AWA2 layout) and
+``image_attributes.parquet`` (per image: its true attribute values and object geometry,
+:mod:`niwt.data.truth`). The directory is written atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from niwt.data.images import find_bad_images
 from niwt.data.raw import DatasetError, RawDataset
 from niwt.data.tables import (
+    DOMAIN_FILE,
     ClassTable,
     SplitTable,
     assign_splits,
@@ -23,7 +26,7 @@ from niwt.data.tables import (
     write_classes,
     write_splits,
 )
-from niwt.io.atomic import atomic_path
+from niwt.io.atomic import atomic_path, write_json
 from niwt.io.project import resolve_root
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
@@ -153,6 +156,26 @@ def domain_vectors(raw: RawDataset, kind: str, order: list[int]) -> tuple[np.nda
     raise DatasetError(f"unknown data.domain {kind!r}")
 
 
+# What the training stages read from this directory besides the tables, by content: the generated images
+# (synthetic ``raw/``) or the feature rows (xlsa17 ``features.npy``); empty where the images live under
+# ``data.root`` (``data/raw_fingerprint.json`` covers those). cache, finetune and finetune_validation depend
+# on it and on splits.parquet / classes.parquet, not on the directory: a change of ``data.domain`` (only
+# domain.parquet changes) reruns none of them.
+CONTENT_FILE = "content.json"
+TABLES = ("classes.parquet", DOMAIN_FILE, "splits.parquet", CONTENT_FILE)
+
+
+def content_digest(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` except the tables, by relative path."""
+    digests = {}
+    for path in sorted(Path(directory).rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and rel not in TABLES:
+            with open(path, "rb") as f:
+                digests[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
+
+
 def run(p: Params, rt: Runtime, out: Path) -> StageResult:
     """Write ``out/classes.parquet`` and ``out/splits.parquet`` (and ``out/raw`` when generated)."""
     out = Path(out).absolute()
@@ -199,6 +222,7 @@ def run(p: Params, rt: Runtime, out: Path) -> StageResult:
             from niwt.data.truth import IMAGE_TRUTH, write_image_truth
 
             write_image_truth(tmp / IMAGE_TRUTH, ids, rel, tmp / "raw" / IMAGE_ATTRIBUTES)
+        write_json(tmp / CONTENT_FILE, content_digest(tmp))
     counts = {f"n_{s}": int((split[keep] == s).sum()) for s in ("train", "val", "test_seen", "test_unseen")}
     metrics = {"n_classes": len(names), "n_seen": len(names) - len(raw.unseen), "n_unseen": len(raw.unseen),
                "n_bad_images": int((~keep).sum()), "domain_dim": int(domain.shape[1]), **counts}
