@@ -23,17 +23,21 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def screenshot(html: Path, png: Path, width: int = 1200, height: int = 20000, timeout: int = 120) -> int:
-    """Render ``html`` at ``width`` in a tall window and save it cropped to the content; returns the
-    content's height in pixels."""
+def screenshot(html: Path | str, png: Path, width: int = 1200, height: int = 20000, timeout: int = 120,
+               wait_ms: int = 0) -> int:
+    """Render ``html`` (a file, or a URL) at ``width`` in a tall window and save it cropped to the content;
+    returns the content's height in pixels. ``wait_ms``: virtual time for a page's scripts to draw it (a
+    JavaScript app such as MLflow's UI)."""
     exe = chromium()
     if exe is None:
         raise SystemExit("no chromium found: apt-get install chromium")
+    target = html if isinstance(html, str) else html.resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         raw = Path(profile) / "raw.png"
-        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        wait = [f"--virtual-time-budget={wait_ms}"] if wait_ms else []
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *wait,
                         f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={raw}",
-                        html.resolve().as_uri()], check=True, capture_output=True, timeout=timeout)
+                        target], check=True, capture_output=True, timeout=timeout)
         with Image.open(raw) as img:
             page = img.convert("RGB")
     grey = np.asarray(page.convert("L"))

@@ -158,6 +158,40 @@ def _logged_params(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def committed_baseline(root: Path) -> tuple[str, dict[str, Any], dict[str, dict[str, float]]] | None:
+    """The reference run git holds at ``root``: (digest, HEAD's params flattened as a pipeline run logs
+    them, each method's committed headline ``metrics/gzsl/<method>.json``); None without one."""
+    import hashlib
+    import json
+    import subprocess
+    import tempfile
+
+    def show(path: str) -> str | None:
+        proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        return proc.stdout if proc.returncode == 0 else None
+
+    try:
+        text = show("params.yaml")
+        if text is None:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "params.yaml").write_text(text, encoding="utf-8")
+            params = load_params(Path(tmp) / "params.yaml")
+        headline = {}
+        for method in params.inject.methods:
+            found = show(f"metrics/gzsl/{method}.json")
+            if found is not None:
+                headline[method] = {k: float(v) for k, v in json.loads(found).items()}
+    except (OSError, ValueError, InputError, subprocess.SubprocessError):
+        return None
+    if not headline:
+        return None
+    flat = _logged_params(params, tuple(s for s in vars(params) if s != "tracking"))
+    digest = hashlib.sha256(json.dumps([{k: str(v) for k, v in flat.items()}, headline], sort_keys=True).encode())
+    return digest.hexdigest(), flat, headline
+
+
 def _artifact_dir(artifact: Path, args: argparse.Namespace) -> str | None:
     """Keep an artifact's sub-directory below the stage's output (``curves/niwt.csv``), so files of
     the same name do not overwrite each other in MLflow."""
@@ -209,7 +243,7 @@ def _dvc_ancestors() -> list[tuple[int, int]]:
 
 
 def _interrupt_if_orphaned(signum: int, frame: object) -> None:
-    """SIGINT handler of a stage started with SIGINT ignored: a KeyboardInterrupt only once its parent is gone."""
+    """The watcher's interrupt of a stage started with SIGINT ignored: a KeyboardInterrupt once its parent is gone."""
     if _parent_gone.is_set():
         raise KeyboardInterrupt
 
@@ -228,11 +262,13 @@ def _stop_with_parent(stage: str) -> None:
     watched, parent = _dvc_ancestors(), os.getppid()
     if not watched:
         return
+    interrupt = signal.SIGINT
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        # A background job of a script inherits SIGINT ignored, and then the interrupt below does nothing
-        # (the stage trained on and wrote its outputs): a handler that interrupts only an orphan keeps the
-        # user's choice (Ctrl-C at the terminal still does not reach a background job).
-        signal.signal(signal.SIGINT, _interrupt_if_orphaned)
+        # A background job of a script inherits SIGINT ignored, and then interrupting with it does nothing
+        # (the stage trained on and wrote its outputs). SIGINT stays ignored (the user's choice, inherited
+        # by the processes the stage starts, Dask workers too); the watcher interrupts through SIGUSR1.
+        interrupt = signal.SIGUSR1
+        signal.signal(interrupt, _interrupt_if_orphaned)
 
     def watch() -> None:
         while True:
@@ -245,7 +281,7 @@ def _stop_with_parent(stage: str) -> None:
                       f"pid {(gone or [parent])[-1]}) "
                       "is gone; stopping without writing outputs, so nothing overwrites what DVC restores",
                       file=sys.stderr, flush=True)
-                _thread.interrupt_main()
+                _thread.interrupt_main(interrupt)
                 time.sleep(PARENT_GRACE_S)
                 os._exit(3)
 
@@ -312,7 +348,8 @@ def _run_stage(args: argparse.Namespace, argv: list[str] | None, stage, world, t
         root = project_root(Path(args.params).absolute().parent, default=Path.cwd())
         logged = _logged_params(params, stage.params)
         everything = _logged_params(params, tuple(s for s in vars(params) if s != "tracking"))
-        run_ctx = (tracking.stage_run(stage.name, params.tracking.experiment, logged, everything, root=root)
+        run_ctx = (tracking.stage_run(stage.name, params.tracking.experiment, logged, everything, root=root,
+                                      baseline=lambda: committed_baseline(root))
                    if stage.tracked and world.main else contextlib.nullcontext())  # rank 0 alone tracks
         with run_ctx as ml:
             paths = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))

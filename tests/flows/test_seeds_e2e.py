@@ -65,13 +65,20 @@ def test_seeds_runs_each_seed_as_an_experiment_and_tabulates(tmp_path: Path) -> 
         params = exp["data"]["params"]["params.yaml"]["data"]
         assert params["base"]["seed"] == int(r["seed"]) and params["explain"]["top_attributes"] == 3
         assert exp["data"]["metrics"][f"metrics/gzsl/{r['method']}.json"]["data"]["H"] == float(r["H"])
-    # the README's `dvc exp show` recipe gives the columns it promises (DVC matches --keep from the
-    # start of the full column name, metrics/gzsl/<method>.json:<metric> where names repeat)
+    # the README's `dvc exp show` recipes give the columns they promise (DVC matches --keep from the
+    # start of the full column name, metrics/gzsl/<method>.json:<metric> where names repeat), and its table
+    # fits 160 columns (DVC's pager would cut it)
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    recipe = next(line for line in readme.splitlines() if line.startswith("dvc exp show --drop"))
-    argv = shlex.split(recipe.split("  #")[0])[1:]
-    header = next(csv.reader(dvc([*argv, "--csv"], project).stdout.splitlines()))
-    assert header == ["Experiment", "metrics/gzsl/niwt.json:H", "metrics/gzsl/niwt.json:cal_H", "inject.lambda"]
+    recipes = [line for line in readme.splitlines() if line.startswith("dvc exp show --drop")]
+    expected = [["Experiment", "metrics/gzsl/niwt.json:H", "metrics/gzsl/niwt.json:cal_H", "inject.lambda"],
+                ["Experiment", *(f"metrics/gzsl/niwt.json:{k}" for k in ("S", "U", "H")), "inject.lambda"]]
+    assert len(recipes) == len(expected)
+    for recipe, columns in zip(recipes, expected, strict=True):
+        argv = shlex.split(recipe.split("  #")[0])[1:]
+        header = next(csv.reader(dvc([*argv, "--csv"], project).stdout.splitlines()))
+        assert sorted(header) == sorted(columns), (recipe, header)
+        table = dvc(argv, project).stdout  # not a terminal: DVC draws the whole table, whatever COLUMNS says
+        assert max(len(line) for line in table.splitlines()) <= 160 and "inject.lambda" in table, table
     # the workspace is as it was: the experiments ran in temp copies
     assert (project / "params.yaml").read_text() == params_before
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], project).stdout == ""

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,16 @@ def assert_failed_cleanly(rc: int, err: str, pattern: str, out: Path) -> None:
     assert "Traceback" not in err
     left = sorted(str(f.relative_to(out)) for f in out.rglob("*")) if out.exists() else []
     assert left == [], f"partial outputs left behind: {left}"
+
+
+def fail_on_call(n: int, real: Callable, exc: BaseException) -> Callable:
+    """``real`` that raises ``exc`` on its n-th call (1-based) instead of returning."""
+    count = {"calls": 0}
+
+    def wrapper(*args, **kwargs):
+        count["calls"] += 1
+        if count["calls"] == n:
+            raise exc
+        return real(*args, **kwargs)
+
+    return wrapper

@@ -232,6 +232,12 @@ def test_predict_any_target_class_and_errors(project, capsys, tmp_path) -> None:
     assert cli.main(["predict", str(tmp_path / "nope.jpg"), "--model", str(project / "injected" / "niwt.pt"),
                      "--data", str(project / "data")]) == 2
     assert "error" in capsys.readouterr().err
+    fake = tmp_path / "fake.jpg"  # the user's own file that is no image: not blamed on prepare
+    fake.write_text("not an image")
+    assert cli.main(["predict", str(fake), "--model", str(project / "injected" / "niwt.pt"),
+                     "--data", str(project / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"niwt predict: error: {fake}: cannot read image (") and "prepare" not in err, err
 
 
 def test_registry_round_trip(project, explained, monkeypatch, capsys) -> None:

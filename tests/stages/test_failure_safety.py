@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _project import Project, cli, stage_argv, temp_leftovers, write_params
+from _project import Project, cli, fail_on_call, stage_argv, temp_leftovers, write_params
 
 from niwt.cli import main
 from niwt.io.parquet import read_importances
@@ -36,19 +36,6 @@ def _old_outputs(paths: list[Path]) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in paths}
 
 
-def _fail_on_call(n: int, real: Callable, exc: BaseException) -> Callable:
-    """``real`` that raises ``exc`` on its n-th call (1-based) instead of returning."""
-    count = {"calls": 0}
-
-    def wrapper(*args, **kwargs):
-        count["calls"] += 1
-        if count["calls"] == n:
-            raise exc
-        return real(*args, **kwargs)
-
-    return wrapper
-
-
 def _half_written_save(real: Callable) -> Callable:
     """``torch.save`` that dies half-way through writing the file (a full disk, a kill)."""
     def save(obj, f, *args, **kwargs):
@@ -61,17 +48,17 @@ def _half_written_save(real: Callable) -> Callable:
 
 def _interrupt_prepare(mp: pytest.MonkeyPatch) -> None:
     import niwt.stages.prepare as m
-    mp.setattr(m, "write_splits", _fail_on_call(1, m.write_splits, KeyboardInterrupt()))
+    mp.setattr(m, "write_splits", fail_on_call(1, m.write_splits, KeyboardInterrupt()))
 
 
 def _interrupt_finetune(mp: pytest.MonkeyPatch) -> None:
     import niwt.stages.finetune as m
-    mp.setattr(m, "_write_history", _fail_on_call(1, m._write_history, KeyboardInterrupt()))
+    mp.setattr(m, "_write_history", fail_on_call(1, m._write_history, KeyboardInterrupt()))
 
 
 def _interrupt_extract(mp: pytest.MonkeyPatch) -> None:
     import niwt.stages.extract as m
-    mp.setattr(m, "write_manifest", _fail_on_call(1, m.write_manifest, KeyboardInterrupt()))
+    mp.setattr(m, "write_manifest", fail_on_call(1, m.write_manifest, KeyboardInterrupt()))
 
 
 def _interrupt_fit_mapping(mp: pytest.MonkeyPatch) -> None:
@@ -80,12 +67,12 @@ def _interrupt_fit_mapping(mp: pytest.MonkeyPatch) -> None:
 
 def _interrupt_inject(mp: pytest.MonkeyPatch) -> None:
     import niwt.stages.inject as m
-    mp.setattr(m, "save_checkpoint", _fail_on_call(2, m.save_checkpoint, KeyboardInterrupt()))
+    mp.setattr(m, "save_checkpoint", fail_on_call(2, m.save_checkpoint, KeyboardInterrupt()))
 
 
 def _interrupt_evaluate(mp: pytest.MonkeyPatch) -> None:
     import niwt.stages.evaluate as m
-    mp.setattr(m, "draw_seen_unseen_curves", _fail_on_call(1, m.draw_seen_unseen_curves, KeyboardInterrupt()))
+    mp.setattr(m, "draw_seen_unseen_curves", fail_on_call(1, m.draw_seen_unseen_curves, KeyboardInterrupt()))
 
 
 # stage -> (interruption, the stage's outputs relative to ``out``)

@@ -236,8 +236,10 @@ def test_fuzz_read_classes(work: Path, retype: dict, drop: set, n: int, seed: in
     types = {**_CLASS_TYPES, **retype}
     table = _table({k: v for k, v in types.items() if k not in drop}, n, seed)
     pq.write_table(table.select([c for c in table.column_names if c != "domain"]), path)
-    pq.write_table(table.select([c for c in table.column_names if c in _DOMAIN_COLUMNS])
-                   .replace_schema_metadata({b"attribute_names": attribute_names}), domain)
+    vectors = table.select([c for c in table.column_names if c in _DOMAIN_COLUMNS])
+    if "class_id" in vectors.column_names and retype.get("class_id", "int") == "int":  # the ids of the class table
+        vectors = vectors.set_column(vectors.column_names.index("class_id"), "class_id", pa.array(range(n), pa.int32()))
+    pq.write_table(vectors.replace_schema_metadata({b"attribute_names": attribute_names}), domain)
     try:
         c = read_classes(path)
     except DatasetError as err:

@@ -53,6 +53,7 @@ def _plain(args: argparse.Namespace, classes):
 def command(args: argparse.Namespace) -> int:
     """``niwt predict``; returns the exit status."""
     from niwt.config.bounds import check_image_size
+    from niwt.data.images import UnreadableImage
     from niwt.data.raw import DatasetError
     from niwt.data.tables import read_classes
     from niwt.errors import InputError
@@ -103,6 +104,9 @@ def command(args: argparse.Namespace) -> int:
                   f"all {n_classes}", file=sys.stderr)
         preds = predict_images(model, meta, args.images, top_k=min(args.top_k, n_classes), explain_dir=args.explain,
                                classes=classes, inverse=inverse, target=args.target)
+    except UnreadableImage as err:  # the user's own file: prepare never saw it
+        print(f"niwt predict: error: {err.path}: cannot read image ({err.reason})", file=sys.stderr)
+        return 2
     except (ModelError, DatasetError, FileNotFoundError, ValueError, InputError) as err:
         print(f"niwt predict: error: {err}", file=sys.stderr)
         return 2

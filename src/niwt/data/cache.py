@@ -279,7 +279,7 @@ def build_cache(splits_file: Path, out: Path, image_size: int, *, workers: int =
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
-    _remember(out, digests)  # just hashed: the first stage that opens the cache hashes nothing
+    _remember(out, _record(out, digests))  # just hashed: opened in place (no dvc checkout), it is not hashed again
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in out.iterdir())
     return {"enabled": True, "n_images": len(paths), "image_side": side, "size_bytes": size,
@@ -377,11 +377,15 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def _remember(directory: Path, digests: dict[str, str]) -> None:
-    """Record each file's stat with its digest; best effort (a read-only place just hashes again)."""
-    record = {name: [*_stat_key(Path(directory) / name), digest] for name, digest in digests.items()}
-    with contextlib.suppress(OSError):
+def _remember(directory: Path, record: dict[str, list]) -> None:
+    """Keep ``{file: [size, mtime_ns, inode, sha256]}``; best effort: a read-only or full place (OSError,
+    DiskFullError) just hashes again next time, never fails the stage."""
+    with contextlib.suppress(Exception):
         write_json(_verified_file(directory), record)
+
+
+def _record(directory: Path, digests: dict[str, str]) -> dict[str, list]:
+    return {name: [*_stat_key(Path(directory) / name), digest] for name, digest in digests.items()}
 
 
 def _verify(directory: Path, digests: dict[str, str]) -> None:
@@ -394,17 +398,18 @@ def _verify(directory: Path, digests: dict[str, str]) -> None:
     except (OSError, ValueError):
         known = {}
     known = known if isinstance(known, dict) else {}
-    hashed = False
+    record, hashed = {}, False
     for name, digest in digests.items():
         path = Path(directory) / name
-        if known.get(name) == [*_stat_key(path), digest]:
+        record[name] = [*_stat_key(path), digest]  # taken before hashing: a change during it is seen next time
+        if known.get(name) == record[name]:
             continue
         if _sha256(path) != digest:
             raise CacheError(f"{path}: its content is not what the cache stage wrote (SHA-256 differs from "
                              f"{Path(directory) / INDEX}): it was changed after the build{RERUN}")
         hashed = True
     if hashed:
-        _remember(directory, digests)
+        _remember(directory, record)
 
 
 def _check_shard(shard: Path, shape: tuple[int, ...]) -> None:

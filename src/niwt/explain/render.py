@@ -21,6 +21,7 @@ from niwt.data.tables import ClassTable
 from niwt.evaluation import outputs
 from niwt.evaluation.report import comparison_rows
 from niwt.explain import report as rp
+from niwt.explain.measure import attribute_groups
 from niwt.explain.survey import VARIANTS, Agreement
 from niwt.mapping.store import StoredMap
 from niwt.models.checkpoint import CheckpointMeta
@@ -206,10 +207,14 @@ def _gradcam_blocks(d: ReportData) -> list[rp.Block]:
 
 def _text_blocks(d: ReportData) -> list[rp.Block]:
     a, top_k = d.agreement, d.top_k
+    names = d.classes.attribute_names
+    grouped = len(set(attribute_groups(names).tolist())) < len(names)  # CUB's has_x::y; AWA2, folders: none
+    reading = ("one value per attribute group (the grouped reading, below)" if grouped
+               else "ranked by predicted value (these attributes form no groups)")
     return [rp.h2("Why: textual explanations"),
             rp.para(f"The observed importance of the predicted class on each image (NIWT's alpha at "
-                    f"`{d.meta.layer}`) mapped to attributes by the inverse map, one value per attribute group "
-                    f"(the grouped inverse map, below); the top {top_k} are listed. `cos` is the cosine between "
+                    f"`{d.meta.layer}`) mapped to attributes by the inverse map, {reading}; "
+                    f"the top {top_k} are listed. `cos` is the cosine between "
                     "that attribute vector and the predicted class's own one. Over all "
                     f"{len(a.cosine)} unseen-test images: mean cos {a.cosine.mean():.3f}, "
                     f"{100 * a.overlap.mean():.1f}% of the top-{top_k} explanation attributes are among "

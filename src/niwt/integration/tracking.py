@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +109,11 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
     read-only REST call are tried: a server that answers ``/health`` but hangs on its API (a dead
     database behind it) would otherwise hold a stage for MLflow's retries (about 90 s) in silence.
     """
+    import http.client
     import urllib.error
     import urllib.request
-    from urllib.parse import urlparse
 
-    if urlparse(uri).scheme not in ("http", "https"):
+    if not _is_http(uri):
         return
     for path, what in (("/health", "is unreachable"), (API_PROBE, "answers /health but not its REST API")):
         try:
@@ -121,8 +121,9 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
                 pass
         except urllib.error.HTTPError:
             continue
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
+            # HTTPException: something that is no HTTP server answers there (an SSH banner)
+            reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
             raise TrackingError(f"MLflow tracking server {uri} {what} ({reason}; checked for "
                                 f"{timeout:g} s before any work); {_fix_hint()}") from None
 
@@ -140,11 +141,22 @@ def _patience_s() -> float:
     return setting("MLFLOW_HTTP_REQUEST_TIMEOUT") * (retries + 1) + sum(backoff * 2 ** i for i in range(retries))
 
 
+def _is_http(uri: str) -> bool:
+    from urllib.parse import urlparse
+
+    return urlparse(uri).scheme in ("http", "https")
+
+
 @contextlib.contextmanager
 def slow_notice(who: str, uri: str, doing: str) -> Iterator[None]:
     """Say once, after :data:`SLOW_NOTICE_S` of silence, that ``who`` waits for the tracking server and
-    for how long at most (``MLFLOW_HTTP_REQUEST_*``), instead of a silent minute and a half."""
+    for how long at most (``MLFLOW_HTTP_REQUEST_*``), instead of a silent minute and a half. Only for a
+    server (http, https): a local store (SQLite, files) is not bound by those settings."""
     import threading
+
+    if not _is_http(uri):
+        yield
+        return
 
     timer = threading.Timer(SLOW_NOTICE_S, lambda: print(
         f"{who}: waiting for the MLflow server at {uri} ({doing}); it gives up after about "
@@ -261,9 +273,11 @@ def sync_pending(root: Path, uri: str | None = None) -> tuple[int, list[str]]:
                 for name in entry["artifacts"]:
                     client.log_artifact(entry["run_id"], str(folder / "artifacts" / name))
                 client.set_terminated(entry["run_id"], "FINISHED")
-                # the pipeline's parent run, left RUNNING when the server went away mid-stage, ends as
-                # the stage would have ended it (a parent that a later stage marked FAILED stays so)
-                parent = entry.get("parent")
+            # the pipeline's parent run, left RUNNING when the server went away mid-stage, ends as the stage
+            # would have ended it (a parent that a later stage marked FAILED stays so). Not part of the upload:
+            # a deleted parent must not keep an uploaded entry for ever.
+            parent = entry.get("parent")
+            with contextlib.suppress(Exception):
                 if parent and client.get_run(parent).info.status == "RUNNING":
                     client.set_terminated(parent, "FINISHED")
         except Exception as err:  # noqa: BLE001  report and keep the entry
@@ -325,16 +339,69 @@ def _is_dvc(argv: list[str]) -> bool:
     return any(Path(a).name == "dvc" for a in head) or (len(head) > 2 and head[1:3] == ["-m", "dvc"])
 
 
-def _parent_run(client, exp_id: str, key: str, pipeline_params: dict[str, Any], tags: dict[str, str]) -> str:
-    """The parent run of invocation ``key``: found by its tag, or created (with every pipeline param)."""
-    found = client.search_runs([exp_id], filter_string=f"tags.`niwt.invocation` = '{key}'", max_results=1)
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    name = os.environ.get("DVC_EXP_NAME") or "pipeline"
-    run = client.create_run(exp_id, run_name=name, tags={**tags, "niwt.invocation": key, "niwt.stage": "pipeline"})
-    _log_params(client, run.info.run_id, pipeline_params)
+DIRECT_KEY = "direct"  # every ``niwt <stage>`` typed by hand: nested under one parent run per experiment
+DIRECT_NAME = "direct stage calls"
+FAILED_SUFFIX = " (failed at "  # a pipeline parent whose stage failed: "<name> (failed at <stage>)"
+
+
+# (content digest, flattened params, {method: headline metrics}) of the run the repository commits
+Baseline = tuple[str, dict[str, Any], dict[str, dict[str, float]]]
+
+
+def log_baseline(client, exp_id: str, baseline: Baseline | None) -> str | None:
+    """Log the committed reference run (HEAD's params and headline metrics) once per content: a fresh
+    clone's ``dvc repro`` skips ``evaluate`` (its inputs and committed outputs match dvc.lock), so without
+    it MLflow would hold nothing to compare a first sweep with. Returns the run id, None when logged before
+    or there is nothing committed."""
+    if baseline is None:
+        return None
+    digest, params, headline = baseline
+    if client.search_runs([exp_id], filter_string=f"tags.`niwt.baseline_sha256` = '{digest}'", max_results=1):
+        return None
+    run = client.create_run(exp_id, run_name="committed baseline", tags={
+        "niwt.stage": "baseline", "niwt.baseline_sha256": digest,
+        "mlflow.note.content": "The reference run committed in git (params.yaml, metrics/gzsl/*.json of HEAD), "
+                               "logged by niwt so that a sweep has something to be compared with."})
+    _log_params(client, run.info.run_id, params)
+    log_headline(client, run.info.run_id, headline)
+    client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def _parent_run(client, exp_id: str, key: str, pipeline_params: dict[str, Any], tags: dict[str, str],
+                baseline: Callable[[], Baseline | None] | None = None) -> str:
+    """The parent run of invocation ``key``: found by its tag, or created (with every pipeline param).
+
+    A pipeline parent that an earlier stage marked failed is RUNNING again, under its own name, when a
+    stage of the same invocation reruns (a retried Prefect task). Direct calls (:data:`DIRECT_KEY`) share
+    one parent that carries no params (they differ from call to call) and is always FINISHED: the run list
+    shows it once, the calls (FAILED ones too) nested below it."""
+    found = client.search_runs([exp_id], filter_string=f"tags.`niwt.invocation` = '{key}'", max_results=1)
+    direct = key == DIRECT_KEY
+    if found:
+        run_id, name = found[0].info.run_id, found[0].info.run_name or ""
+        if not direct:
+            client.update_run(run_id, status="RUNNING", name=name.split(FAILED_SUFFIX)[0])
+        return run_id
+    name = DIRECT_NAME if direct else os.environ.get("DVC_EXP_NAME") or "pipeline"
+    run = client.create_run(exp_id, run_name=name, tags={**tags, "niwt.invocation": key,
+                                                         "niwt.stage": "direct" if direct else "pipeline"})
+    if direct:
+        client.set_terminated(run.info.run_id, "FINISHED")
+    else:
+        _log_params(client, run.info.run_id, pipeline_params)
+        if baseline is not None:
+            with contextlib.suppress(Exception):  # a convenience: never the cause of a failed stage
+                log_baseline(client, exp_id, baseline())
+    return run.info.run_id
+
+
+def mark_failed(client, run_id: str, stage: str) -> None:
+    """End a pipeline parent FAILED and say where in its name, so a failed attempt is told apart from the
+    rerun of the same experiment name (and filtered out by ``attributes.status != 'FAILED'``)."""
+    name = (client.get_run(run_id).info.run_name or "pipeline").split(FAILED_SUFFIX)[0]
+    client.update_run(run_id, status="FAILED", name=f"{name}{FAILED_SUFFIX}{stage})")
+    client.set_terminated(run_id, "FAILED")
 
 
 def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
@@ -392,14 +459,15 @@ def log_steps(mlflow, steps: dict[str, list[tuple[int, float]]]) -> None:
 
 @contextlib.contextmanager
 def stage_run(stage: str, experiment: str, params: dict[str, Any], pipeline_params: dict[str, Any] | None = None,
-              root: Path | None = None) -> Iterator[Any]:
+              root: Path | None = None, baseline: Callable[[], Baseline | None] | None = None) -> Iterator[Any]:
     """Open the MLflow run of one stage; yields a :class:`StageRun` (or None when disabled).
 
     The run is the child of one parent run per pipeline invocation (:func:`invocation_key`: a
     Prefect flow run, or one ``dvc repro`` / ``dvc exp run``), which carries every pipeline param
     (``pipeline_params``) and the git commit; the first stage that actually runs creates it, so a
-    no-op ``dvc repro`` creates no run. ``NIWT_PARENT_RUN_ID`` names a parent explicitly instead. A
-    ``niwt`` command typed by hand makes a standalone run.
+    no-op ``dvc repro`` creates no run. ``NIWT_PARENT_RUN_ID`` names a parent explicitly instead. The
+    ``niwt`` commands typed by hand nest under one "direct stage calls" run per experiment, so the run
+    list shows pipeline runs (a failed one named "... (failed at <stage>)") and that one entry.
 
     Everything that can fail in tracking before the stage's work fails here, as a
     :class:`TrackingError` naming the URI, within seconds (an unreachable server is detected by
@@ -409,6 +477,8 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any], pipeline_para
     Args:
         root: the project root (``mlflow.db``, artifacts, pending uploads); default: from the
             working directory.
+        baseline: reads the committed reference run, logged once (:func:`log_baseline`) when a pipeline
+            parent run is created.
     """
     if not enabled():
         yield None
@@ -422,40 +492,42 @@ def stage_run(stage: str, experiment: str, params: dict[str, Any], pipeline_para
     import mlflow
 
     key = None
-    try:
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient()
-        with _exclusive(root):  # stages started together (the flow's parallel training) make one experiment
-            exp_id = experiment_id(client, experiment, root)
-        mlflow.set_experiment(experiment_id=exp_id)
-        tags = {"niwt.stage": stage, "mlflow.source.git.commit": _git_commit(root)}
-        for env, tag in ((PIPELINE_ENV, "niwt.pipeline_id"), ("DVC_EXP_NAME", "niwt.dvc_exp")):
-            if os.environ.get(env):
-                tags[tag] = os.environ[env]
-        parent = os.environ.get(PARENT_ENV) or None
-        key = None if parent else invocation_key()
-        if key is not None:
-            with _exclusive(root):  # stages run side by side (the flow's parallel training) find one parent
-                parent = _parent_run(client, exp_id, key, pipeline_params or params,
-                                     {k: v for k, v in tags.items() if k != "niwt.stage"})
-        if parent:
-            tags["mlflow.parentRunId"] = parent
-        created = client.create_run(exp_id, run_name=stage, tags=tags)
-        active = mlflow.start_run(run_id=created.info.run_id)
-        _log_params(client, active.info.run_id, params)
-    except Exception as err:  # noqa: BLE001  nothing done yet: fail now, in one line
-        _abandon(mlflow)
-        raise TrackingError(f"MLflow tracking at {uri} failed before any work ({type(err).__name__}: "
-                            f"{_first_line(err)}); {_fix_hint()}") from err
-    run = StageRun(mlflow, active.info.run_id, stage, uri, root, parent if key is not None else None, params)
+    with slow_notice(f"niwt {stage}", uri, "opening the stage's run, before any work"):
+        try:
+            mlflow.set_tracking_uri(uri)
+            client = mlflow.MlflowClient()
+            with _exclusive(root):  # stages started together (the flow's parallel training) make one experiment
+                exp_id = experiment_id(client, experiment, root)
+            mlflow.set_experiment(experiment_id=exp_id)
+            tags = {"niwt.stage": stage, "mlflow.source.git.commit": _git_commit(root)}
+            for env, tag in ((PIPELINE_ENV, "niwt.pipeline_id"), ("DVC_EXP_NAME", "niwt.dvc_exp")):
+                if os.environ.get(env):
+                    tags[tag] = os.environ[env]
+            parent = os.environ.get(PARENT_ENV) or None
+            key = None if parent else (invocation_key() or DIRECT_KEY)
+            if key is not None:
+                with _exclusive(root):  # stages run side by side (the flow's parallel training) find one parent
+                    parent = _parent_run(client, exp_id, key, pipeline_params or params,
+                                         {k: v for k, v in tags.items() if k != "niwt.stage"}, baseline)
+            if parent:
+                tags["mlflow.parentRunId"] = parent
+            created = client.create_run(exp_id, run_name=stage, tags=tags)
+            active = mlflow.start_run(run_id=created.info.run_id)
+            _log_params(client, active.info.run_id, params)
+        except Exception as err:  # noqa: BLE001  nothing done yet: fail now, in one line
+            _abandon(mlflow)
+            raise TrackingError(f"MLflow tracking at {uri} failed before any work ({type(err).__name__}: "
+                                f"{_first_line(err)}); {_fix_hint()}") from err
+    pipeline = parent if key not in (None, DIRECT_KEY) else None  # the invocation's parent: headline, status
+    run = StageRun(mlflow, active.info.run_id, stage, uri, root, pipeline, params)
     try:
         yield run
     except BaseException:
         with contextlib.suppress(Exception):
             if mlflow.active_run() is not None:
                 mlflow.end_run("FAILED")
-            if key is not None:
-                client.set_terminated(parent, "FAILED")
+            if pipeline is not None:
+                mark_failed(client, pipeline, stage)
         _abandon(mlflow)
         raise
     if mlflow.active_run() is not None:  # the caller did not finish (register): end it, never failing

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from niwt.data.cache import open_cache
-from niwt.data.tables import DOMAIN_FILE, ClassTable, SplitTable, read_classes, read_splits
+from niwt.data.tables import DOMAIN_FILE, ClassTable, SplitTable, read_classes, read_splits, relative_paths
 from niwt.data.truth import IMAGE_TRUTH, ImageTruth, read_image_truth
 from niwt.evaluation import outputs
 from niwt.evaluation.tables import read_per_class_csv
@@ -95,7 +95,10 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
     with atomic_path(out) as tmp:
         tmp.mkdir()
         _write_neuron_names(tmp, m.names)
-        _write_csv(tmp / "explanations.csv", m.rows, list(m.rows[0]) if m.rows else ["image"])
+        # image paths relative to the working directory (the project, or DVC's experiment copy of it): an
+        # absolute path would make this DVC-tracked output differ from one checkout to another
+        rows = [{**r, "image": relative_paths([r["image"]], Path.cwd())[0]} for r in m.rows]
+        _write_csv(tmp / "explanations.csv", rows, list(rows[0]) if rows else ["image"])
         overview = None if takes_features(x.model) else _draw_panels(  # features: no pixels, no Grad-CAM
             tmp / "panels", {x.classes.names[c]: [m.explained[i] for i in idx] for c, idx in m.sample.items()})
         report = _report_data(p, x, m, tmp, overview, comparison, evaluation, validation)

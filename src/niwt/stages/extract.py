@@ -112,7 +112,7 @@ def extraction_key(checkpoint: Path, p: Params, rt: Runtime) -> str:
 def plan(p: Params, rt: Runtime, data: Path, checkpoint: Path, out: Path,
          cache: Path | None = None) -> tuple[list[ShardJob], Path]:
     """Validate inputs and cut the work into shards; prepares ``<out>.partial``."""
-    classes, splits = read_tables(data)
+    classes, splits = read_tables(data, domain=False)  # the domain vectors: not read, not a dep
     splits = splits.select("train", "val")
     check_images_exist(splits.path, splits.image_id, data / "splits.parquet")
     model, meta = load_checkpoint(checkpoint)
