@@ -23,8 +23,12 @@ Output: one row per image, ``class`` (predicted class name),
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,69 +40,94 @@ except ImportError:  # pragma: no cover - mlflow is a dependency; keep the modul
     PythonModel = object  # type: ignore[assignment,misc]
 
 
+# What MLflow says about choices niwt made, not its user's to act on: ``predict`` without type hints (the
+# signature is given, :func:`signature`) and no input example (the signature names the columns).
+MLFLOW_NOISE = (r".*Add type hints to the `predict` method", r".*An input example was not provided")
 
-class NiwtPyfunc(PythonModel):
-    """MLflow ``python_model`` around a niwt checkpoint (artifact ``checkpoint``).
 
-    It never reads a file named in a request: images arrive as their bytes (base64 in an ``image``
-    column) or as a float array, so a served model cannot be made to read the server's files.
-    """
+@contextlib.contextmanager
+def _unshown() -> Iterator[None]:
+    """Drop :data:`MLFLOW_NOISE` where warnings are shown. Filters cannot: MLflow wraps these checks in
+    ``simplefilter("once")`` for user warnings, ahead of every filter (class creation and ``log_model``)."""
+    import re
 
-    def load_context(self, context: Any) -> None:
-        from niwt.models.checkpoint import load_checkpoint
+    shown = warnings.showwarning
 
-        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"], "cpu")
-        self.class_names = list(self.meta.class_names)
-        self.n_seen = int(self.meta.n_seen)
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' API)
+        if not any(re.match(p, str(message)) for p in MLFLOW_NOISE):
+            shown(message, category, filename, lineno, file, line)
 
-    def _images(self, model_input: Any):
-        import pandas as pd
-        import torch
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
-        width = getattr(self.model, "in_features", None)
-        if width:  # a network over precomputed features (data.name: xlsa17): (B, D) feature rows, no images
-            x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-            if x.ndim != 2 or x.shape[1] != width:
-                raise ValueError(f"this model reads {width}-d feature vectors (ResNet-101 features, data.name: "
-                                 f"xlsa17): expected a (B, {width}) float array, got shape {tuple(x.shape)}")
-            return x
-        if isinstance(model_input, pd.DataFrame):
-            if "image" not in model_input.columns:
-                raise ValueError(f"expected a DataFrame with an 'image' column of base64-encoded image bytes, got "
-                                 f"columns {list(model_input.columns)} (file paths are never read)")
-            return torch.stack([decode_image(v, self.meta.image_size, row)
-                                for row, v in enumerate(model_input["image"].tolist())])
-        images = torch.as_tensor(np.asarray(model_input), dtype=torch.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected base64 images or a (B, 3, H, W) float array, got shape {tuple(images.shape)}")
-        return images
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        import pandas as pd
-        import torch
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import BAD_REQUEST
+with _unshown():  # MLflow checks ``predict`` when the class is created
+    class NiwtPyfunc(PythonModel):
+        """MLflow ``python_model`` around a niwt checkpoint (artifact ``checkpoint``).
 
-        class BadPayload(MlflowException, ValueError):
-            """niwt's one line as the response's message (HTTP 400, no stack trace); still a ValueError."""
+        It never reads a file named in a request: images arrive as their bytes (base64 in an ``image``
+        column) or as a float array, so a served model cannot be made to read the server's files.
+        """
 
-        try:
-            images = self._images(model_input)
-        except ValueError as err:
-            raise BadPayload(str(err), error_code=BAD_REQUEST) from None
-        with torch.inference_mode():
-            logits = self.model(images).float()
-        probs = torch.softmax(logits, 1)
-        top = probs.argmax(1)
-        return pd.DataFrame({
-            "class": [self.class_names[int(c)] for c in top],
-            "score": probs.gather(1, top[:, None])[:, 0].double().numpy(),
-            "class_id": top.numpy().astype(np.int64),
-            "logit": logits.gather(1, top[:, None])[:, 0].double().numpy(),
-            "unseen": (top >= self.n_seen).numpy(),
-        })
+        def load_context(self, context: Any) -> None:
+            from niwt.models.checkpoint import load_checkpoint
+
+            self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"], "cpu")
+            self.class_names = list(self.meta.class_names)
+            self.n_seen = int(self.meta.n_seen)
+
+        def _images(self, model_input: Any):
+            import pandas as pd
+            import torch
+
+            width = getattr(self.model, "in_features", None)
+            if width:  # a network over precomputed features (data.name: xlsa17): (B, D) feature rows, no images
+                x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+                if x.ndim != 2 or x.shape[1] != width:
+                    raise ValueError(f"this model reads {width}-d feature vectors (ResNet-101 features, data.name: "
+                                     f"xlsa17): expected a (B, {width}) float array, got shape {tuple(x.shape)}")
+                return x
+            if isinstance(model_input, pd.DataFrame):
+                if "image" not in model_input.columns:
+                    raise ValueError(f"expected a DataFrame with an 'image' column of base64-encoded image bytes, got "
+                                     f"columns {list(model_input.columns)} (file paths are never read)")
+                return torch.stack([decode_image(v, self.meta.image_size, row)
+                                    for row, v in enumerate(model_input["image"].tolist())])
+            images = torch.as_tensor(np.asarray(model_input), dtype=torch.float32)
+            if images.ndim == 3:
+                images = images[None]
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError("expected base64 images or a (B, 3, H, W) float array, got shape "
+                                 f"{tuple(images.shape)}")
+            return images
+
+        def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+            import pandas as pd
+            import torch
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+            class BadPayload(MlflowException, ValueError):
+                """niwt's one line as the response's message (HTTP 400, no stack trace); still a ValueError."""
+
+            try:
+                images = self._images(model_input)
+            except ValueError as err:
+                raise BadPayload(str(err), error_code=BAD_REQUEST) from None
+            with torch.inference_mode():
+                logits = self.model(images).float()
+            probs = torch.softmax(logits, 1)
+            top = probs.argmax(1)
+            return pd.DataFrame({
+                "class": [self.class_names[int(c)] for c in top],
+                "score": probs.gather(1, top[:, None])[:, 0].double().numpy(),
+                "class_id": top.numpy().astype(np.int64),
+                "logit": logits.gather(1, top[:, None])[:, 0].double().numpy(),
+                "unseen": (top >= self.n_seen).numpy(),
+            })
 
 
 MAX_IMAGE_BYTES = 32 * 2**20
@@ -182,6 +211,28 @@ def version_holding(client: Any, name: str, digest: str) -> Any | None:
     return max(found, key=lambda mv: int(mv.version)) if found else None
 
 
+@contextlib.contextmanager
+def _quiet_log_model() -> Iterator[None]:
+    """:func:`_unshown` while ``log_model`` runs, and neither MLflow's note on a pickled ``python_model`` (the
+    pyfunc is niwt's design) nor its artifact download bars."""
+    import logging
+
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    logger.setLevel(logging.ERROR)
+    try:
+        with _unshown():
+            yield
+    finally:
+        logger.setLevel(level)
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
 def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None = None, experiment: str = "niwt",
                    alias: str = ""):
     """Log ``checkpoint`` as a pyfunc model and register it as a new version of ``name`` when its
@@ -235,16 +286,17 @@ def register_model(checkpoint: str | Path, name: str, tracking_uri: str | None =
         else:
             run = mlflow.active_run()
         try:
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=NiwtPyfunc(),
-                artifacts={"checkpoint": str(checkpoint), "classes": str(classes_json)},
-                signature=signature(meta.in_features),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *REQUIREMENTS],
-                code_paths=[str(Path(__file__).resolve().parents[1])],  # the niwt package itself
-                registered_model_name=name,
-                metadata={"niwt.method": (meta.method or ""), "niwt.n_seen": n_seen,
-                          "niwt.n_classes": len(classes), "niwt.layer": meta.layer},
-            )
+            with _quiet_log_model():  # MLflow's notes about a design niwt chose, not the user's to act on
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=NiwtPyfunc(),
+                    artifacts={"checkpoint": str(checkpoint), "classes": str(classes_json)},
+                    signature=signature(meta.in_features),
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *REQUIREMENTS],
+                    code_paths=[str(Path(__file__).resolve().parents[1])],  # the niwt package itself
+                    registered_model_name=name,
+                    metadata={"niwt.method": (meta.method or ""), "niwt.n_seen": n_seen,
+                              "niwt.n_classes": len(classes), "niwt.layer": meta.layer},
+                )
         finally:
             if own_run:
                 mlflow.end_run()
