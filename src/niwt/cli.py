@@ -167,7 +167,7 @@ def committed_baseline(root: Path) -> tuple[str, dict[str, Any], dict[str, dict[
     import tempfile
 
     def show(path: str) -> str | None:
-        proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=root, capture_output=True, text=True,
+        proc = subprocess.run(["git", "show", f"HEAD:./{path}"], cwd=root, capture_output=True, text=True,
                               timeout=10)
         return proc.stdout if proc.returncode == 0 else None
 
