@@ -70,6 +70,18 @@ def test_overlay_and_rgb_ranges(net) -> None:
     assert blended.shape == rgb.shape and blended.min() >= 0 and blended.max() <= 1
 
 
+def test_overlay_keeps_the_colour_of_what_matters() -> None:
+    """Where the map is 1 the pixel keeps its colour up to a light tint; where it is 0 it is only darker
+    (same hue); a half-and-half jet blend moved a red object half-way to jet's colours."""
+    rgb = np.zeros((2, 1, 3))
+    rgb[:, 0] = [0.8, 0.1, 0.1]  # a red object
+    out = overlay(rgb, np.array([[1.0], [0.0]]), floor=0.3, tint=0.2)
+    heat_top = np.array(__import__("matplotlib").colormaps["jet"](1.0)[:3])
+    np.testing.assert_allclose(out[0, 0], 0.8 * rgb[0, 0] + 0.2 * heat_top, atol=1e-12)
+    np.testing.assert_allclose(out[1, 0], 0.3 * rgb[1, 0], atol=1e-12)
+    assert np.abs(out[0, 0] - rgb[0, 0]).max() <= 0.2
+
+
 def _planted(n_classes=12, a=6, k=10, per_class=20, seed=0):
     """Importances that are a noisy linear function of the class's (normalised) domain vector."""
     rng = np.random.default_rng(seed)

@@ -55,17 +55,17 @@ def draw_single(path: Path, e: Explained, target_name: str | None = None) -> Pat
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 4.2))
     axes[0].imshow(e.rgb)
-    axes[0].set_title("image" if e.true_name is None else f"image ({_wrap(e.true_name, 40)})", fontsize=8)
+    axes[0].set_title("image" if e.true_name is None else f"image ({_wrap(e.true_name, 40)})", fontsize=10)
     axes[1].imshow(overlay(e.rgb, e.cam))
     explained = target_name or e.pred_name
-    axes[1].set_title(f"Grad-CAM of\n{_wrap(explained, 40)}", fontsize=8)
+    axes[1].set_title(f"Grad-CAM of\n{_wrap(explained, 40)}", fontsize=10)
     for ax in axes:
         ax.axis("off")
     lines = [f"predicted: {_label(e.pred_name, e.pred_unseen)}  (p = {e.prob:.2f})"]
     if e.attributes:
         lead = f"evidence for {target_name}: " if target_name else "because: "
         lines.append(lead + ", ".join(a.replace("_", " ") for a in e.attributes))
-    fig.text(0.5, 0.03, "\n".join(lines), ha="center", va="bottom", fontsize=8)
+    fig.text(0.5, 0.03, "\n".join(lines), ha="center", va="bottom", fontsize=9)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.16, wspace=0.05)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format="png")
@@ -86,9 +86,9 @@ def draw_class_panel(path: Path, class_name: str, items: list[Explained]) -> Pat
             continue
         e = items[j]
         top.imshow(e.rgb)
-        top.set_title(f"test image {j + 1}", fontsize=8)
+        top.set_title(f"test image {j + 1}", fontsize=10)
         bottom.imshow(overlay(e.rgb, e.cam))
-        bottom.set_title("Grad-CAM of the prediction", fontsize=7)
+        bottom.set_title("Grad-CAM of the prediction", fontsize=9)
         text = f"pred: {_wrap(_label(e.pred_name, e.pred_unseen), 24)}\np = {e.prob:.2f}"
         if e.attributes:
             text += "\nbecause: " + _wrap(", ".join(e.attributes[:3]), 26)
@@ -120,7 +120,7 @@ def draw_overview(path: Path, panels: dict[str, list[Explained]]) -> Path:
                 e = items[j]
                 ax.imshow(overlay(e.rgb, e.cam))
                 mark = "✓" if e.correct else "✗"
-                ax.set_title(f"{mark} {_wrap(e.pred_name, 20)} ({e.prob:.2f})", fontsize=6, color=_colour(e))
+                ax.set_title(f"{mark} {_wrap(e.pred_name, 20)} ({e.prob:.2f})", fontsize=8, color=_colour(e))
     fig.suptitle("Unseen test images: Grad-CAM of the predicted class (green: correct, red: wrong)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.95 * n_rows)))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -91,9 +91,17 @@ def to_rgb(image: torch.Tensor) -> np.ndarray:
     return (image.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray | torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """Blend a [0, 1] heat map over an (H, W, 3) image: (H, W, 3) floats in [0, 1]."""
+def overlay(rgb: np.ndarray, cam: np.ndarray | torch.Tensor, floor: float = 0.3, tint: float = 0.2,
+            cmap: str = "jet") -> np.ndarray:
+    """A [0, 1] heat map shown on an (H, W, 3) image as a spotlight: (H, W, 3) floats in [0, 1].
+
+    Each pixel keeps its own colour, darkened towards ``floor`` where the map is low, with a light tint
+    (``tint``) of the heat colour where it is high. A half-and-half jet blend hid the object's colour (a
+    red fox under jet's red looked like any other class); here the important region shows it as it is.
+    """
     import matplotlib
 
-    heat = matplotlib.colormaps[cmap](np.asarray(cam, dtype=np.float64))[..., :3]
-    return np.clip((1 - alpha) * rgb + alpha * heat, 0, 1)
+    weight = np.clip(np.asarray(cam, dtype=np.float64), 0, 1)[..., None]
+    heat = matplotlib.colormaps[cmap](weight[..., 0])[..., :3]
+    lit = rgb * (floor + (1 - floor) * weight)
+    return np.clip((1 - tint * weight) * lit + tint * weight * heat, 0, 1)
