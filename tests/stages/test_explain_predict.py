@@ -100,8 +100,11 @@ def test_explain_stage_outputs(project, explained) -> None:
     assert all((explained / "panels" / f"{n}.png").is_file() for n in unseen)
     assert "panels/unseen_overview.png" in md
     page = (explained / "report.html").read_text()
-    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    images = re.findall(r'<img alt=[^>]*src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 4 and len(set(images)) == 4  # the overview and evaluate's 3 plots, each once
+    # and a Grad-CAM thumbnail per row of the explanation table, embedded
+    thumbs = re.findall(r'<img class="thumb" alt="Grad-CAM" src="data:image/png;base64,[^"]+"', page)
+    assert len(thumbs) == len(list((explained / "thumbs").glob("*.png"))) == md.count("](thumbs/") > 0
     assert "Seen-unseen curve of each method" in page and "Provenance" in page
     # provenance from the stage's own inputs: its declared params and validate's choices, nothing of the machine
     assert "<code>explain.top_attributes</code>" in page and "<code>inject.lambda</code>" not in page

@@ -145,3 +145,22 @@ def test_captions_cover_exactly_the_plots_evaluate_writes() -> None:
 def test_slug_keeps_file_safe_characters() -> None:
     assert render.slug("Black footed/Albatross (1)") == "Black_footed_Albatross_1"
     assert render.slug("a.b-c_d") == "a.b-c_d" and render.slug("???") == "class"
+
+
+def test_a_thumbnail_cell_is_embedded_in_html_and_an_image_in_markdown(tmp_path) -> None:
+    """A table cell that is exactly ``![alt](file.png)`` is the picture: embedded as a data URI in the
+    HTML (the report opens on its own), a markdown image in report.md; any other cell stays text."""
+    import base64
+
+    from PIL import Image
+
+    from niwt.explain import report as rp
+
+    (tmp_path / "thumbs").mkdir()
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "thumbs" / "000.png")
+    block = rp.table(["", "class"], [["![Grad-CAM](thumbs/000.png)", "fox"], ["![x](y.png) and text", "owl"]])
+    html = rp.to_html([block], tmp_path, "t")
+    data = base64.b64encode((tmp_path / "thumbs" / "000.png").read_bytes()).decode("ascii")
+    assert f'<img class="thumb" alt="Grad-CAM" src="data:image/png;base64,{data}">' in html
+    assert "<td>![x](y.png) and text</td>" in html
+    assert "| ![Grad-CAM](thumbs/000.png) | fox |" in rp.to_markdown([block])

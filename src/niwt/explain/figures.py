@@ -127,3 +127,12 @@ def draw_overview(path: Path, panels: dict[str, list[Explained]]) -> Path:
     fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
     return path
+
+
+def save_thumbnail(path: Path, e: Explained, size: int = 64) -> None:
+    """The Grad-CAM overlay of one explained image as a small PNG (the report's explanation table)."""
+    from PIL import Image
+
+    pixels = (overlay(e.rgb, e.cam) * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).resize((size, size), Image.BILINEAR).save(path)

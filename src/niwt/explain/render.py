@@ -53,6 +53,7 @@ class ReportData:
     top_k: int
     images_per_class: int
     provenance: list[list[str]]  # provenance_rows
+    thumbs: list[str] | None = None  # per row of ``rows``: its Grad-CAM thumbnail, relative to the report
 
 
 def slug(name: str) -> str:
@@ -219,10 +220,11 @@ def _text_blocks(d: ReportData) -> list[rp.Block]:
                     f"{len(a.cosine)} unseen-test images: mean cos {a.cosine.mean():.3f}, "
                     f"{100 * a.overlap.mean():.1f}% of the top-{top_k} explanation attributes are among "
                     f"the predicted class's top-{top_k}, accuracy {100 * a.correct.mean():.1f}%."),
-            rp.table(["class", "image", "predicted", "p", "because", "cos"],
-                     [[r["class"], Path(r["image"]).name,
-                       r["predicted"] + (" [unseen]" if r["predicted_unseen"] else ""),
-                       f"{r['prob']:.2f}", r["top_attributes"], f"{r['cosine']:.2f}"] for r in d.rows])]
+            rp.table(([""] if d.thumbs else []) + ["class", "image", "predicted", "p", "because", "cos"],
+                     [([f"![Grad-CAM]({d.thumbs[i]})"] if d.thumbs else [])
+                      + [r["class"], Path(r["image"]).name,
+                         r["predicted"] + (" [unseen]" if r["predicted_unseen"] else ""),
+                         f"{r['prob']:.2f}", r["top_attributes"], f"{r['cosine']:.2f}"] for i, r in enumerate(d.rows)])]
 
 
 def _inverse_blocks(d: ReportData) -> list[rp.Block]:

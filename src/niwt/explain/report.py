@@ -75,7 +75,20 @@ _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;
 font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
 tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}
-figcaption{font-size:12px;color:#555}code{background:#f3f3f3;padding:0 3px}h2{border-bottom:1px solid #ddd}"""
+figcaption{font-size:12px;color:#555}code{background:#f3f3f3;padding:0 3px}h2{border-bottom:1px solid #ddd}
+img.thumb{width:64px;height:64px;max-width:none;border:none;display:block}"""
+
+
+_IMAGE_CELL = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def _cell(text: str, root: Path) -> str:
+    """A table cell; one that is exactly ``![alt](file.png)`` (a thumbnail under ``root``) is embedded."""
+    found = _IMAGE_CELL.fullmatch(text)
+    if found is None:
+        return _inline(text)
+    data = base64.b64encode((root / found.group(2)).read_bytes()).decode("ascii")
+    return f'<img class="thumb" alt="{html.escape(found.group(1))}" src="data:image/png;base64,{data}">'
 
 
 def to_html(blocks: list[Block], root: Path, title: str) -> str:
@@ -88,7 +101,7 @@ def to_html(blocks: list[Block], root: Path, title: str) -> str:
             body.append(f"<p>{_inline(b.text)}</p>")
         elif b.kind == "table":
             head = "".join(f"<th>{_inline(c)}</th>" for c in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+            rows = "".join("<tr>" + "".join(f"<td>{_cell(c, root)}</td>" for c in r) + "</tr>" for r in b.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b.kind == "img":
             data = base64.b64encode((root / b.src).read_bytes()).decode("ascii")

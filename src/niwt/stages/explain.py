@@ -40,7 +40,7 @@ from niwt.evaluation import outputs
 from niwt.evaluation.tables import read_per_class_csv
 from niwt.explain import render, survey
 from niwt.explain import report as rp
-from niwt.explain.figures import Explained, draw_class_panel, draw_overview
+from niwt.explain.figures import Explained, draw_class_panel, draw_overview, save_thumbnail
 from niwt.explain.inverse import neuron_names
 from niwt.injection.methods import label
 from niwt.injection.registry import method_checkpoints
@@ -101,7 +101,8 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, importances: Path, i
         _write_csv(tmp / "explanations.csv", rows, list(rows[0]) if rows else ["image"])
         overview = None if takes_features(x.model) else _draw_panels(  # features: no pixels, no Grad-CAM
             tmp / "panels", {x.classes.names[c]: [m.explained[i] for i in idx] for c, idx in m.sample.items()})
-        report = _report_data(p, x, m, tmp, overview, comparison, evaluation, validation)
+        thumbs = None if overview is None else _write_thumbnails(tmp, m)
+        report = _report_data(p, x, m, tmp, overview, comparison, evaluation, validation, thumbs)
         blocks = render.report_blocks(report)
         (tmp / "report.md").write_text(rp.to_markdown(blocks))
         (tmp / "report.html").write_text(rp.to_html(blocks, tmp, "NIWT explanations"))
@@ -128,8 +129,19 @@ def _measure(p: Params, rt: Runtime, x: _Inputs, device: torch.device) -> _Measu
                      survey.explanation_rows(test, classes, sample, explained, agreement))
 
 
+def _write_thumbnails(report: Path, m: _Measured) -> list[str]:
+    """``thumbs/NNN.png`` for each row of the explanation table (rows follow the sample, class by class)."""
+    thumbs = []
+    for i in (i for idx in m.sample.values() for i in idx):
+        name = f"thumbs/{len(thumbs):03d}.png"
+        save_thumbnail(report / name, m.explained[i])
+        thumbs.append(name)
+    return thumbs
+
+
 def _report_data(p: Params, x: _Inputs, m: _Measured, report: Path, overview: Path | None, comparison: Path | None,
-                 evaluation: Path | None, validation: Path | None) -> render.ReportData:
+                 evaluation: Path | None, validation: Path | None,
+                 thumbs: list[str] | None = None) -> render.ReportData:
     """The report's content: the measurements, and evaluate's and validate's files where given
     (evaluate's plots are copied under ``report`` so the report opens on its own)."""
     methods = [c.stem for c in x.checkpoints]
@@ -139,7 +151,7 @@ def _report_data(p: Params, x: _Inputs, m: _Measured, report: Path, overview: Pa
         None if overview is None else overview.relative_to(report).as_posix(),
         _copy_evaluation_plots(evaluation, report, methods), stats,
         _per_class(evaluation), p.explain.top_attributes, p.explain.images_per_class,
-        _provenance(p, x, methods, None if stats is None else list(stats), validation))
+        _provenance(p, x, methods, None if stats is None else list(stats), validation), thumbs)
 
 
 def _read_inputs(data: Path, injected: Path, importances: Path, inverse_map: Path, device: torch.device,
