@@ -103,7 +103,7 @@ def test_explain_stage_outputs(project, explained) -> None:
     images = re.findall(r'<img alt=[^>]*src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 4 and len(set(images)) == 4  # the overview and evaluate's 3 plots, each once
     # and a Grad-CAM thumbnail per row of the explanation table, embedded
-    thumbs = re.findall(r'<img class="thumb" alt="Grad-CAM" src="data:image/png;base64,[^"]+"', page)
+    thumbs = re.findall(r'<img class="thumb" alt="[^"]+\.(?:jpg|png)" src="data:image/png;base64,[^"]+"', page)
     assert len(thumbs) == len(list((explained / "thumbs").glob("*.png"))) == md.count("](thumbs/") > 0
     assert "Seen-unseen curve of each method" in page and "Provenance" in page
     # provenance from the stage's own inputs: its declared params and validate's choices, nothing of the machine

@@ -125,7 +125,7 @@ def test_report_sections_in_reading_order_with_provenance_last() -> None:
         "Measured against ground truth", "Why: textual explanations", "Inverse map (importance -> attributes)",
         "Neuron names", "Provenance"]
     text = md(blocks)
-    assert "| eel | 1.png | eel [unseen] | 0.90 | fins_yes, fur_no | 0.50 |\n" in text
+    assert "| 1.png | eel | eel [unseen] | 0.90 | fins_yes, fur_no | 0.50 |\n" in text  # no thumbnails given
     assert ("Over all 2 unseen-test images: mean cos 0.750, 50.0% of the top-2 explanation attributes are among "
             "the predicted class's top-2, accuracy 50.0%.") in text
     assert "best epoch 4, held-out rank correlation 0.500, held-out cosine distance 0.250." in text

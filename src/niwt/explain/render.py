@@ -220,11 +220,12 @@ def _text_blocks(d: ReportData) -> list[rp.Block]:
                     f"{len(a.cosine)} unseen-test images: mean cos {a.cosine.mean():.3f}, "
                     f"{100 * a.overlap.mean():.1f}% of the top-{top_k} explanation attributes are among "
                     f"the predicted class's top-{top_k}, accuracy {100 * a.correct.mean():.1f}%."),
-            rp.table(([""] if d.thumbs else []) + ["class", "image", "predicted", "p", "because", "cos"],
-                     [([f"![Grad-CAM]({d.thumbs[i]})"] if d.thumbs else [])
-                      + [r["class"], Path(r["image"]).name,
-                         r["predicted"] + (" [unseen]" if r["predicted_unseen"] else ""),
-                         f"{r['prob']:.2f}", r["top_attributes"], f"{r['cosine']:.2f}"] for i, r in enumerate(d.rows)])]
+            # with thumbnails the picture names the image (its file name is its alt text; the path is in
+            # explanations.csv), which leaves the width to the explanation itself
+            rp.table(["image", "class", "predicted", "p", "because", "cos"],
+                     [[f"![{Path(r['image']).name}]({d.thumbs[i]})" if d.thumbs else Path(r["image"]).name,
+                       r["class"], r["predicted"] + (" [unseen]" if r["predicted_unseen"] else ""),
+                       f"{r['prob']:.2f}", r["top_attributes"], f"{r['cosine']:.2f}"] for i, r in enumerate(d.rows)])]
 
 
 def _inverse_blocks(d: ReportData) -> list[rp.Block]:
