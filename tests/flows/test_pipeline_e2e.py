@@ -63,6 +63,9 @@ def test_dvc_repro_twice_second_is_noop(tmp_path: Path) -> None:
     # DVC plots: one series per method for the curves, one panel per method for per-class accuracy
     plots = json.loads(dvc(["plots", "show", "--json"], project).stdout)
     assert "errors" not in plots, plots.get("errors")
+    # the offline view (the README's): the PNG plots dvc.yaml lists, as images DVC shows without a CDN
+    pngs = {"plots/evaluate/seen_unseen_curve.png", "plots/evaluate/unseen_per_class.png", "plots/finetune_history.png"}
+    assert pngs <= set(plots["data"]) and all(plots["data"][p][0]["type"] == "image" for p in pngs), list(plots["data"])
     curves = plots["data"]["seen_unseen_curves"][0]["content"]["data"]["values"]
     assert {v["filename"] for v in curves} == {f"{m}.csv" for m in METHODS}
     bars = plots["data"]["per_class_accuracy"][0]["content"]
