@@ -163,4 +163,9 @@ def test_a_thumbnail_cell_is_embedded_in_html_and_an_image_in_markdown(tmp_path)
     data = base64.b64encode((tmp_path / "thumbs" / "000.png").read_bytes()).decode("ascii")
     assert f'<img class="thumb" alt="Grad-CAM" src="data:image/png;base64,{data}">' in html
     assert "<td>![x](y.png) and text</td>" in html
+    # a name from the user's files shaped like an image cell reads nothing: text
+    (tmp_path.parent / "secret.png").write_bytes(b"secret")
+    for name in ("![a](../secret.png)", "![a](/etc/hostname.png)", "![a](thumbs/../../secret.png)"):
+        page = rp.to_html([rp.table(["class"], [[name]])], tmp_path, "t")
+        assert "<img" not in page and "c2VjcmV0" not in page, name
     assert "| ![Grad-CAM](thumbs/000.png) | fox |" in rp.to_markdown([block])

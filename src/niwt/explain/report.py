@@ -79,13 +79,16 @@ figcaption{font-size:12px;color:#555}code{background:#f3f3f3;padding:0 3px}h2{bo
 img.thumb{width:64px;height:64px;max-width:none;border:none;display:block}"""
 
 
-_IMAGE_CELL = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+# Only the stage's own thumbnails: cells also carry names from the user's files (classes, attributes), and
+# none of them may make the report read a file.
+_IMAGE_CELL = re.compile(r"!\[([^\]]*)\]\((thumbs/[0-9]+\.png)\)")
 
 
 def _cell(text: str, root: Path) -> str:
-    """A table cell; one that is exactly ``![alt](file.png)`` (a thumbnail under ``root``) is embedded."""
+    """A table cell; one that is exactly ``![alt](thumbs/NNN.png)`` (a thumbnail the stage wrote under
+    ``root``) is embedded."""
     found = _IMAGE_CELL.fullmatch(text)
-    if found is None:
+    if found is None or not (root / found.group(2)).is_file():
         return _inline(text)
     data = base64.b64encode((root / found.group(2)).read_bytes()).decode("ascii")
     return f'<img class="thumb" alt="{html.escape(found.group(1))}" src="data:image/png;base64,{data}">'
