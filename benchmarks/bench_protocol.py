@@ -147,19 +147,21 @@ def map_rows(rows: list[dict], choice: dict, mapping) -> list[dict]:
     of the map choice, which ``validate`` makes on the map's held-out trace (no validation H here)."""
     from niwt.mapping.linear import map_candidates
 
-    own = {k: v for k, v in choice.items() if not k.startswith("mapping_") and k != "calibration_gamma"}
+    own = {k: v for k, v in choice.items() if not k.startswith("mapping_") and not k.startswith("calibration_")}
     tried = [r["setting"] for r in rows]
     extra = [{"mapping_lr": h.lr, "mapping_weight_decay": h.weight_decay, "mapping_epochs": e, **own}
              for h in map_candidates(mapping) for e in mapping.candidate_epochs]
-    return [{"setting": s, "calibration_gamma": choice["calibration_gamma"], "H": float("nan")}
+    return [{"setting": s, "calibration_gamma": choice["calibration_gamma"],
+             "calibration_margin": choice["calibration_margin"], "H": float("nan")}
             for s in extra if s not in tried]
 
 
 def oracle(root: Path, choices: dict, grid: list[dict], niwt_max: int) -> tuple[dict[str, list[dict]], float | None]:
     """Every setting of ``grid`` (at most ``niwt_max`` of NIWT's, the chosen one always) built as
     ``inject`` builds it on the finetuned network and scored on the test split: test H, AUSUC, the
-    calibrated H with the gamma validate chose for that setting (``cal_H``: what the pipeline would
-    report had it chosen it) and with the test set's own best gamma (``oracle_cal_H``).
+    calibrated H with the operating point validate chose for that setting, transferred as ``evaluate``
+    transfers it (``cal_H``: what the pipeline would report had it chosen it) and with the test set's
+    own best gamma (``oracle_cal_H``).
 
     NIWT's forward maps: ``models/mapping.pt`` for the chosen (lr, weight decay, epochs); the others
     are snapshots of one run per (lr, weight decay) on every seen importance, as ``validate`` takes
@@ -173,7 +175,7 @@ def oracle(root: Path, choices: dict, grid: list[dict], niwt_max: int) -> tuple[
     from niwt.data.cache import open_cache
     from niwt.data.images import make_loader
     from niwt.data.tables import read_tables
-    from niwt.evaluation.gzsl import calibrated, method_metrics
+    from niwt.evaluation.gzsl import calibrated, method_metrics, transfer_gamma
     from niwt.evaluation.metrics import seen_unseen_curve
     from niwt.injection.methods import Context, Partition, build_classifier
     from niwt.io.parquet import read_importances
@@ -193,9 +195,11 @@ def oracle(root: Path, choices: dict, grid: list[dict], niwt_max: int) -> tuple[
         size = int(meta["image_size"] if isinstance(meta, dict) else meta.image_size)
         images = open_cache(root / "data" / "cache", data / "splits.parquet", size) \
             if (root / "data" / "cache").is_dir() else None
-        test = splits.select("test_seen", "test_unseen")
+        test, val = splits.select("test_seen", "test_unseen"), splits.select("val")
         feats, y = predict(model, make_loader(test.path, test.class_id, size, train=False, batch_size=batch,
                                               cache=images), cpu, features=True)
+        val_feats, _ = predict(model, make_loader(val.path, val.class_id, size, train=False, batch_size=batch,
+                                                  cache=images), cpu, features=True)
         n_seen = classes.n_seen
         part = Partition(np.arange(n_seen), np.arange(n_seen, len(classes.names)))
         shipped = load_map(root / "models" / "mapping.pt")
@@ -220,7 +224,7 @@ def oracle(root: Path, choices: dict, grid: list[dict], niwt_max: int) -> tuple[
         out: dict[str, list[dict]] = {}
         for method in [m for m in METHODS if m in choices]:
             rows = [r for r in grid if r["method"] == method]
-            chosen = {k: v for k, v in choices[method].items() if k != "calibration_gamma"}
+            chosen = {k: v for k, v in choices[method].items() if not k.startswith("calibration_")}
             if method == "niwt":
                 rows = niwt_subsample(rows, chosen, niwt_max) + map_rows(rows, choices[method], p.mapping)
             out[method] = []
@@ -231,9 +235,12 @@ def oracle(root: Path, choices: dict, grid: list[dict], niwt_max: int) -> tuple[
                 w, b, _ = build_classifier(ctx, method, part)
                 with torch.no_grad():
                     scores = torch.nn.functional.linear(torch.as_tensor(feats), w, b).numpy()
+                    val_scores = torch.nn.functional.linear(torch.as_tensor(val_feats), w, b).numpy()
                 m, _ = method_metrics(scores, y, n_seen)
                 _, s_arr, u_arr = seen_unseen_curve(scores, y, np.arange(scores.shape[1]) < n_seen, y >= n_seen)
-                cal = calibrated(scores, y, n_seen, float(row["calibration_gamma"]))
+                gamma = transfer_gamma(float(row["calibration_gamma"]), float(row["calibration_margin"]), val_scores,
+                                       n_seen)  # as evaluate does
+                cal = calibrated(scores, y, n_seen, gamma)
                 out[method].append({"setting": setting, "chosen": setting == chosen, "val_H": row["H"],
                                     "H": m["H"], "ausuc": m["ausuc"], "cal_H": cal["cal_H"],
                                     "oracle_cal_H": curve_max_h(s_arr, u_arr)})
@@ -285,7 +292,7 @@ def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[
     for method in [m for m in METHODS if m in validation["choices"]]:
         headline = read_json(root / "metrics" / "gzsl" / f"{method}.json")
         choice = validation["choices"][method]
-        setting = {k: v for k, v in choice.items() if k != "calibration_gamma"}
+        setting = {k: v for k, v in choice.items() if not k.startswith("calibration_")}
         val_h = vstats.get(f"{method}/val_H")
         if val_h is None:
             val_h = next(r["H"] for r in validation["grid"] if r["method"] == method and r["setting"] == setting)

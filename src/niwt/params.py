@@ -107,7 +107,7 @@ class InjectParams:
     methods: tuple[str, ...] = ()
     lr: tuple[float, ...] = (0.001, 0.01)
     lambda_: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
-    ridge_alpha: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    ridge_alpha: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     eszsl_exponents: tuple[int, ...] = (-3, -2, -1, 0, 1, 2, 3, 4, 5, 6)
     devise_lr: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)  # DEVISE's SGD step
     ale_lr: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # ALE's SGD step
@@ -132,8 +132,9 @@ class ValidateParams:
     fraction: float = 0.33  # of the seen classes, drawn by base.seed (Xian et al.: about a third)
     min_classes: int = 5  # never fewer validation classes than this, where the seen classes allow
     finetune_epochs: int = 0
-    # auto: each method by the way it is used (NIWT as shipped: H; the peers, calibrated: cal_H);
-    # a criterion flat near zero for a method falls back to the next (niwt.evaluation.selection)
+    # auto: a method's own held-out signal where it has one (ridge: held-out R² of the rows), else
+    # the way it is used (NIWT as shipped: H; the peers, calibrated: cal_H); a criterion flat near
+    # zero for a method falls back to the next (niwt.evaluation.selection)
     criterion: Literal["auto", "H", "cal_H", "ausuc"] = "auto"
 
 

@@ -15,8 +15,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from niwt.cli import main  # noqa: E402
+from niwt.data.images import make_loader  # noqa: E402
+from niwt.data.tables import read_tables  # noqa: E402
+from niwt.evaluation.gzsl import mean_seen_margin  # noqa: E402
 from niwt.injection import registry  # noqa: E402
 from niwt.models.checkpoint import load_checkpoint  # noqa: E402
+from niwt.models.training import predict  # noqa: E402
 from tiny_project import REPO, TINY, merge  # noqa: E402
 
 PLUGIN = '''
@@ -71,7 +75,7 @@ def _run_stages(root: Path, inject: dict) -> None:
                  ["inject", "--data", data, "--model", model, "--mapping", root / "mapping.pt",
                   "--validation", validation, "--out", injected],
                  ["evaluate", "--data", data, "--injected", injected, "--validation", validation,
-                  "--plots", plots, "--headline", gzsl]):
+                  "--plots", plots, "--headline", gzsl, "--stats", root / "evaluate.json"]):
         assert main([str(a) for a in argv] + ["--params", str(root / "params.yaml")]) == 0, argv[0]
 
 
@@ -87,6 +91,12 @@ def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin
     scale = choices["choices"][plugin]["scale"]
     assert scale in (0.5, 2.0) and "calibration_gamma" in choices["choices"][plugin]
     assert choices["mapping_epochs"] is None  # no method here needs the forward map: the held-out rule
+    # ridge regression is tuned by its own signal, the held-out R² of the rows; the plugin by cal_H
+    ridge = [r for r in choices["grid"] if r["method"] == "regression"]
+    best = max(ridge, key=lambda r: r["heldout"])
+    assert choices["chosen_by"]["regression"]["criterion"] == "heldout"
+    assert {k: choices["choices"]["regression"][k] for k in best["setting"]} == best["setting"]
+    assert choices["chosen_by"][plugin]["criterion"] == "cal_H" and "heldout" not in choices["grid"][-1]
     # inject wrote its checkpoint: the seen rows as finetuned, each unseen row the scaled mean seen row
     assert sorted(p.name for p in injected.glob("*.pt")) == ["mean_seen.pt", "regression.pt"]
     net, meta = load_checkpoint(injected / "mean_seen.pt")
@@ -102,6 +112,24 @@ def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin
     assert set(headline) == {"S", "U", "H", "cal_H", "AUSUC", "ZSL_T1", "seen_acc"}
     assert (plots / "curves" / f"{plugin}.csv").is_file()
     assert "| mean seen row |" in (plots / "comparison.md").read_text()
+    # evaluate carries validate's gamma in units of the mean seen margin: the validation problem's, and
+    # this network's on its val images (seen classes); not the validation backbone's gamma as an offset
+    stats, data = json.loads((root / "evaluate.json").read_text()), root / "prepared"
+    classes, splits = read_tables(data)
+    val = splits.select("val")
+    for method in ("regression", plugin):
+        net, meta = load_checkpoint(injected / f"{method}.pt")
+        feats, _ = predict(net, make_loader(val.path, val.class_id, meta.image_size, train=False, batch_size=64),
+                           torch.device("cpu"), features=True)
+        with torch.no_grad():
+            scores = net.classifier(torch.as_tensor(feats)).numpy()
+        chosen = choices["choices"][method]
+        row = next(r for r in choices["grid"] if r["method"] == method
+                   and {k: chosen[k] for k in r["setting"]} == r["setting"])
+        assert chosen["calibration_margin"] == row["calibration_margin"] > 0
+        expected = chosen["calibration_gamma"] * mean_seen_margin(scores, classes.n_seen) / chosen["calibration_margin"]
+        assert stats[method]["gamma"] == pytest.approx(expected, rel=1e-5)
+        assert stats[method]["gamma_validation"] == chosen["calibration_gamma"]
 
 
 def test_classic_methods_opt_in_and_join_the_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,8 +146,8 @@ def test_classic_methods_opt_in_and_join_the_comparison(tmp_path: Path, monkeypa
         {"lr": lr, "epochs": e} for lr in (0.1, 1.0) for e in (2, 5)]
     assert [r["setting"] for r in choices["grid"] if r["method"] == "sae"] == [{"lam": 0.1}, {"lam": 1.0},
                                                                             {"lam": 10.0}]
-    assert set(choices["choices"]["devise"]) == {"lr", "epochs", "calibration_gamma"}
-    assert set(choices["choices"]["sae"]) == {"lam", "calibration_gamma"}
+    assert set(choices["choices"]["devise"]) == {"lr", "epochs", "calibration_gamma", "calibration_margin"}
+    assert set(choices["choices"]["sae"]) == {"lam", "calibration_gamma", "calibration_margin"}
     injected = root / "injected"
     assert sorted(p.name for p in injected.glob("*.pt")) == ["devise.pt", "regression.pt", "sae.pt"]
     base, _ = load_checkpoint(root / "finetuned.pt")

@@ -16,7 +16,7 @@ from niwt.peers.icis import (
     icis_loss,
     predict_unseen_rows,
 )
-from niwt.peers.regression import fit_ridge, predict_rows, rescale_rows
+from niwt.peers.regression import fit_ridge, heldout_r2, predict_rows, rescale_rows
 
 
 def _row_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -75,6 +75,35 @@ def test_ridge_matches_normal_equations() -> None:
     np.testing.assert_allclose(B, theta[:4], atol=1e-10)
     np.testing.assert_allclose(bias, theta[4], atol=1e-10)
     np.testing.assert_allclose(predict_rows(D, B, bias), Z @ theta, atol=1e-10)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("alpha", [0.01, 0.5, 3.0])
+def test_heldout_r2_is_leave_one_class_out_refits(alpha: float, rescale: bool) -> None:
+    """The closed form equals refitting without each class (more attributes than classes, as CUB's
+    312 for 100-150 classes), scaling each held-out row as rescale_rows ships it."""
+    rng = np.random.default_rng(0)
+    D, W = rng.normal(size=(12, 20)), rng.normal(size=(12, 5))
+    pred = []
+    for i in range(12):
+        rest = np.arange(12) != i
+        B, bias = fit_ridge(D[rest], W[rest], alpha)
+        row = predict_rows(D[i:i + 1], B, bias)
+        pred.append((rescale_rows(row, W[rest]) if rescale else row)[0])
+    brute = 1 - ((W - np.array(pred)) ** 2).sum() / ((W - W.mean(0)) ** 2).sum()
+    assert heldout_r2(D, W, alpha, rescale=rescale) == pytest.approx(brute, abs=1e-10)
+
+
+def test_heldout_r2_peaks_at_the_planted_noise_level_and_refuses_interpolation() -> None:
+    """Rows linear in the attributes plus noise: a perfect linear map has R² near 1 at a small
+    alpha and loses it as alpha grows; alpha 0 with fewer classes than attributes interpolates every
+    class (leverage 1), which no held-out class can be: -inf."""
+    rng = np.random.default_rng(1)
+    D = rng.normal(size=(60, 8))
+    W = D @ rng.normal(size=(8, 6)) + 0.01 * rng.normal(size=(60, 6))
+    scores = [heldout_r2(D, W, a) for a in (1e-3, 1.0, 100.0)]
+    assert scores[0] > 0.99 and scores[0] > scores[1] > scores[2]
+    assert heldout_r2(rng.normal(size=(5, 9)), rng.normal(size=(5, 3)), 0.0) == -np.inf
 
 
 def test_rescale_rows() -> None:

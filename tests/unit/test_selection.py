@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from niwt.evaluation.selection import FLAT_NEAR_ZERO, choose
+from niwt.evaluation.selection import FLAT_NEAR_ZERO, HELDOUT, choose
 
 
 def _rows(*triples: tuple[float, float, float]) -> list[dict]:
@@ -40,3 +40,20 @@ def test_ties_keep_grid_order_and_nan_never_wins() -> None:
     assert FLAT_NEAR_ZERO == pytest.approx(0.05)
     with pytest.raises(ValueError, match="no settings"):
         choose([], "H")
+
+
+def test_a_methods_own_heldout_signal_decides_even_where_negative() -> None:
+    """Ridge at CUB scale: validation cal_H preferred the smallest alpha; the rows' held-out R²
+    (any real number, not a rate: never 'flat near zero') ranks the settings."""
+    rows = [{**r, HELDOUT: r2} for r, r2 in zip(_rows((0.3, 0.31, 0.15), (0.2, 0.30, 0.14), (0.1, 0.27, 0.12)),
+                                                  (-0.2, -0.01, -0.05), strict=True)]
+    choice = choose(rows, HELDOUT)
+    assert choice.row["setting"] == {"i": 1} and choice.criterion == HELDOUT and choice.note == ""
+
+
+def test_heldout_signal_missing_everywhere_falls_back_to_calibrated_h() -> None:
+    rows = [{**r, HELDOUT: -math.inf} for r in _rows((0.3, 0.31, 0.15), (0.2, 0.40, 0.14))]
+    choice = choose(rows, HELDOUT)
+    assert choice.row["setting"] == {"i": 1} and choice.criterion == "cal_H"
+    assert choice.note == "heldout is not finite for any setting: chosen by cal_H"
+    assert choose(_rows((0.3, 0.31, 0.15), (0.2, 0.40, 0.14)), HELDOUT).criterion == "cal_H"  # no such key

@@ -4,6 +4,7 @@ candidate grids, the choices file, and the scoring of one setting."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from niwt.config.load import parse_params
 from niwt.data.tables import ClassTable, SplitTable, read_classes, subproblem, write_classes
-from niwt.evaluation.gzsl import validation_numbers
+from niwt.evaluation.gzsl import mean_seen_margin, transfer_gamma, validation_numbers
 from niwt.evaluation.metrics import gzsl_metrics
 from niwt.injection.methods import candidates, chosen_mapping, setting_names
 from niwt.io.choices import ChoicesError, read_choices, write_choices
@@ -85,27 +86,51 @@ def test_validation_numbers_pick_the_gamma_that_maximises_h() -> None:
     assert 0.5 < out["gamma"] < 1.0 and out["cal_H"] == 1.0  # between the two flips: all right
     again = gzsl_metrics(scores, y, np.array([True, True, False]), y >= 2, gamma=out["gamma"])
     assert again["H"] == out["cal_H"]
+    assert out["seen_margin"] == 1.0  # both seen images: best seen 3, best unseen 2
+
+
+def _margins(m: list[float]) -> np.ndarray:
+    """Scores of seen-class images over 2 seen + 1 unseen class whose seen margins are ``m``."""
+    m = np.asarray(m, dtype=float)
+    return np.stack([m + 1.0, np.zeros_like(m), np.ones_like(m)], axis=1)
+
+
+def test_gamma_is_carried_in_units_of_the_mean_seen_margin() -> None:
+    """gamma 2.5 against a mean seen margin of 2.5 on the validation problem is one margin; on a
+    network whose seen images lead by 3x as much (mean margin 7.5) it is 7.5, not 2.5. Where a
+    margin is not positive there is no unit to carry: gamma as it is."""
+    assert mean_seen_margin(_margins([1.0, 2.0, 3.0, 4.0]), 2) == 2.5
+    final = _margins([3.0, 6.0, 9.0, 12.0])
+    assert transfer_gamma(2.5, 2.5, final, 2) == pytest.approx(7.5)
+    assert transfer_gamma(-1.0, 2.5, final, 2) == pytest.approx(-3.0)  # a gamma favouring the seen rows too
+    assert transfer_gamma(2.5, -0.5, final, 2) == 2.5 and transfer_gamma(2.5, 2.5, _margins([-1.0, -2.0]), 2) == 2.5
+    assert transfer_gamma(2.5, 2.5, final[:0], 2) == 2.5  # no held-out seen image: nothing to measure
+    assert math.isnan(mean_seen_margin(final[:0], 2))
 
 
 def test_choices_round_trip_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "validation.json"
     write_choices(path, {"classes": ["b"], "class_disjoint": True, "mapping_epochs": 10,
                          "choices": {"niwt": {"mapping_epochs": 10, "lr": 0.01, "lambda": 0.001,
-                                              "calibration_gamma": -0.5},
-                                     "icis": {"calibration_gamma": 2.0}}, "grid": []})
+                                              "calibration_gamma": -0.5, "calibration_margin": 0.75},
+                                     "icis": {"calibration_gamma": 2.0, "calibration_margin": 5.0}},
+                         "grid": []})
     c = read_choices(path)
     assert c.hyper == {"niwt": {"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.001}, "icis": {}}
     assert c.gamma == {"niwt": -0.5, "icis": 2.0} and c.mapping_epochs == 10 and c.class_disjoint
+    assert c.margin == {"niwt": 0.75, "icis": 5.0}
     c.require(["niwt", "icis"], {"niwt": {"mapping_epochs", "lr", "lambda"}, "icis": set()})
     with pytest.raises(ChoicesError, match=r"validation\.json: the choice of 'niwt' lacks \['init'\]"):
         c.require(["niwt"], {"niwt": {"lr", "init"}})
     with pytest.raises(ChoicesError, match=r"validation\.json: no validated choice for \['eszsl'\]"):
         c.require(["niwt", "eszsl"])
-    for doc, pattern in (("{", "not valid JSON"), ('{"version": 0, "choices": {}}', "version 1"),
-                         ('{"version": 1, "choices": {"niwt": {"lr": "x", "calibration_gamma": 0}}}',
+    for doc, pattern in (("{", "not valid JSON"), ('{"version": 0, "choices": {}}', "version 2"),
+                         ('{"version": 1, "choices": {}}', "version 2"),  # before calibration_margin
+                         ('{"version": 2, "choices": {"niwt": {"lr": "x", "calibration_gamma": 0}}}',
                           "must map names to numbers"),
-                         ('{"version": 1, "choices": {"niwt": {"lr": 1}}}', "lack 'calibration_gamma'"),
-                         ('{"version": 1, "choices": {}, "mapping_epochs": 0}', "positive integer")):
+                         ('{"version": 2, "choices": {"niwt": {"lr": 1}}}',
+                          r"lack \['calibration_gamma', 'calibration_margin'\]; rerun `dvc repro validate`"),
+                         ('{"version": 2, "choices": {}, "mapping_epochs": 0}', "positive integer")):
         path.write_text(doc)
         with pytest.raises(ChoicesError, match=pattern):
             read_choices(path)

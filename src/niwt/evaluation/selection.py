@@ -7,6 +7,10 @@ Whatever the criterion, one that is flat near zero for a method cannot rank its 
 scale ridge regression's uncalibrated validation H was below 0.07 for every alpha, and choosing by
 it landed on a grid edge whose calibrated H was far from the best. Such a criterion falls back to
 the next one that carries signal (calibrated H, then AUSUC, which never needs a gamma).
+
+A method with a signal of its own (a regression's held-out R² on seen classes left out of its fit,
+criterion ``heldout``) is ranked by it; that score is not a rate, so it cannot rank only where it is
+missing or infinite everywhere, and then falls back to calibrated H.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 FLAT_NEAR_ZERO = 0.05
 # The order in which criteria are tried when the preferred one is flat.
 FALLBACK = ("H", "cal_H", "ausuc")
+# A method's own held-out signal (``Method.heldout``): ranked where finite, else calibrated H.
+HELDOUT = "heldout"
 
 
 @dataclass(frozen=True)
@@ -37,26 +43,42 @@ def _value(row: dict, criterion: str) -> float:
 
 def best_row(rows: Sequence[dict], criterion: str) -> dict:
     """The row with the highest ``criterion``; the first of equals (grid order breaks ties)."""
-    return max(rows, key=lambda r: _value(r, criterion))
+    return max(rows, key=lambda r: _value(r, criterion) if criterion in r else -math.inf)
 
 
 def choose(rows: Sequence[dict], preferred: str) -> Choice:
     """The best of ``rows`` by ``preferred``, or by the next criterion of :data:`FALLBACK` when
-    ``preferred`` is flat near zero (its best value below :data:`FLAT_NEAR_ZERO`).
+    ``preferred`` is flat near zero (its best value below :data:`FLAT_NEAR_ZERO`); a preferred
+    criterion outside :data:`FALLBACK` (:data:`HELDOUT`) falls back to calibrated H where no
+    setting has a finite value of it.
 
     Args:
-        rows: one dict per setting, with the criteria as keys (``H``, ``cal_H``, ``ausuc``).
+        rows: one dict per setting, with the criteria as keys (``H``, ``cal_H``, ``ausuc``, and
+            ``heldout`` for a method with a signal of its own).
         preferred: the method's own criterion.
     """
     if not rows:
         raise ValueError("no settings to choose from")
-    order = [preferred] + [c for c in FALLBACK[FALLBACK.index(preferred) + 1:] if c != preferred] \
-        if preferred in FALLBACK else [preferred]
+    if preferred in FALLBACK:
+        order = list(FALLBACK[FALLBACK.index(preferred):])
+    else:
+        order = [preferred, *FALLBACK[1:]]
     for criterion in order:
         row = best_row(rows, criterion)
-        if _value(row, criterion) >= FLAT_NEAR_ZERO or criterion == order[-1]:
-            note = "" if criterion == preferred else (
-                f"{preferred} flat near zero (best {_value(best_row(rows, preferred), preferred):.3f} "
-                f"< {FLAT_NEAR_ZERO}): chosen by {criterion}")
-            return Choice(row, criterion, note)
+        if _ranks(row, criterion) or criterion == order[-1]:
+            return Choice(row, criterion, "" if criterion == preferred else _why_not(rows, preferred, criterion))
     raise AssertionError("unreachable")  # the last criterion always returns
+
+
+def _ranks(best: dict, criterion: str) -> bool:
+    """Whether ``criterion`` can rank settings whose best row is ``best``: a rate (H, cal_H, AUSUC)
+    not flat near zero; any other score where it is finite."""
+    value = _value(best, criterion) if criterion in best else -math.inf
+    return value >= FLAT_NEAR_ZERO if criterion in FALLBACK else math.isfinite(value)
+
+
+def _why_not(rows: Sequence[dict], preferred: str, used: str) -> str:
+    if preferred not in FALLBACK:
+        return f"{preferred} is not finite for any setting: chosen by {used}"
+    return (f"{preferred} flat near zero (best {_value(best_row(rows, preferred), preferred):.3f} "
+            f"< {FLAT_NEAR_ZERO}): chosen by {used}")

@@ -69,6 +69,11 @@ class Method:
         reading: how it is used, hence what ``validate`` tunes it for with ``validate.criterion:
             auto``: ``as_shipped`` (its rows as they are: uncalibrated H) or ``calibrated`` (with
             calibrated stacking: calibrated H).
+        heldout: ``(Context, Partition) -> float``, or None: the method's own class-held-out signal
+            under the context's setting (higher is better), computed from ``partition.seen`` alone
+            (e.g. how well a regression predicts the rows of seen classes left out of its fit).
+            With ``validate.criterion: auto`` a method that has one is tuned by it (criterion
+            ``heldout``), its calibration gamma chosen after on the validation problem.
     """
 
     name: str
@@ -80,6 +85,7 @@ class Method:
     needs_mapping: bool = False
     replaces_seen: bool = False
     reading: str = "calibrated"
+    heldout: Callable[[Context, Partition], float] | None = None
 
 
 def name_of(module: str) -> str:

@@ -1,7 +1,8 @@
 """``models/validation.json``: what ``validate`` chose, read by ``fit_mapping``, ``inject`` and ``evaluate``.
 
 One JSON document: the validation classes, whether the backbone was class-disjoint, per method the
-chosen hyperparameters and calibration gamma, the forward map's epochs, and the whole grid with
+chosen hyperparameters, calibration gamma and the mean seen margin it is measured against (how
+``evaluate`` transfers it), the forward map's epochs, and the whole grid with
 its validation numbers (for people: ``jq '.grid[] | select(.method=="niwt")'``).
 """
 
@@ -13,7 +14,11 @@ from pathlib import Path
 
 from niwt.errors import InputError
 
-VERSION = 1
+VERSION = 2  # 2: calibration_margin per method
+
+
+# What a method's choice holds besides its hyperparameters: the calibration chosen with them.
+CALIBRATION = ("calibration_gamma", "calibration_margin")
 
 
 class ChoicesError(InputError):
@@ -27,6 +32,7 @@ class Choices:
     class_disjoint: bool
     hyper: dict[str, dict[str, float]]  # method -> {name: value}, without the calibration gamma
     gamma: dict[str, float]  # method -> calibration gamma chosen on the validation problem
+    margin: dict[str, float]  # method -> mean seen margin on the validation problem (gamma's unit)
     mapping_epochs: int | None
     mapping_hyper: tuple[float, float] | None = None  # the forward map's (lr, weight decay), NIWT's choice
 
@@ -60,20 +66,21 @@ def read_choices(path: Path) -> Choices:
         raise ChoicesError(f"{path}: not valid JSON ({err}); rerun `dvc repro validate`") from err
     if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("choices"), dict):
         raise ChoicesError(f"{path}: not a validation-choices file of version {VERSION}; rerun `dvc repro validate`")
-    hyper, gamma = {}, {}
+    hyper, gamma, margin = {}, {}, {}
     for method, choice in doc["choices"].items():
         if not isinstance(choice, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                    for v in choice.values()):
             raise ChoicesError(f"{path}: choices of {method!r} must map names to numbers, got {choice!r}")
-        if "calibration_gamma" not in choice:
-            raise ChoicesError(f"{path}: choices of {method!r} lack 'calibration_gamma'")
-        gamma[method] = float(choice["calibration_gamma"])
-        hyper[method] = {k: float(v) for k, v in choice.items() if k != "calibration_gamma"}
+        lacking = [k for k in CALIBRATION if k not in choice]
+        if lacking:
+            raise ChoicesError(f"{path}: choices of {method!r} lack {lacking}; rerun `dvc repro validate`")
+        gamma[method], margin[method] = float(choice["calibration_gamma"]), float(choice["calibration_margin"])
+        hyper[method] = {k: float(v) for k, v in choice.items() if k not in CALIBRATION}
     epochs = doc.get("mapping_epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise ChoicesError(f"{path}: 'mapping_epochs' must be a positive integer or null, got {epochs!r}")
-    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)), hyper, gamma, epochs,
-                   _mapping_hyper(doc.get("mapping"), path))
+    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)), hyper, gamma,
+                   margin, epochs, _mapping_hyper(doc.get("mapping"), path))
 
 
 def _mapping_hyper(mapping: object, path: Path) -> tuple[float, float] | None:

@@ -30,6 +30,47 @@ def fit_ridge(D_seen: np.ndarray, W_seen: np.ndarray, alpha: float) -> tuple[np.
     return B, w_mean - d_mean @ B
 
 
+def heldout_r2(D_seen: np.ndarray, W_seen: np.ndarray, alpha: float, rescale: bool = False) -> float:
+    """Leave-one-class-out R² of :func:`fit_ridge`'s predicted rows: the regression's own signal.
+
+    Each class's row is predicted by the ridge fit on every other class (as an unseen class's row
+    is predicted from the seen ones), and ``1 - sum ||w_i - w_hat_i||² / sum ||w_i - mean(w)||²``
+    is returned (1: every held-out row exact; 0: no better than the mean row). The held-out
+    predictions are exact without refitting: ridge with an unpenalised intercept is a linear
+    smoother ``H = X (X'X + alpha P)^-1 X'`` (``X = [1, D]``, ``P = diag(0, I)``), so the prediction
+    without class ``i`` is ``w_i - e_i / (1 - h_ii)`` (``e``: the full fit's residuals).
+
+    Args:
+        D_seen: (S, a) domain vectors of the classes (S >= 3).
+        W_seen: (S, d) their classifier rows.
+        alpha: the ridge penalty.
+        rescale: score the rows as :func:`rescale_rows` ships them (each held-out prediction scaled to
+            the mean norm of the other classes' rows).
+
+    Returns:
+        The held-out R²; ``-inf`` where a class's row is interpolated (``h_ii = 1``, e.g. ``alpha = 0``
+        with fewer classes than attributes), which no held-out class can be.
+    """
+    D = np.asarray(D_seen, dtype=np.float64)
+    W = np.asarray(W_seen, dtype=np.float64)
+    n, a = D.shape
+    X = np.concatenate([np.ones((n, 1)), D], axis=1)  # (S, a + 1)
+    penalty = alpha * np.eye(a + 1)
+    penalty[0, 0] = 0.0  # the intercept is not penalised
+    hat = X @ np.linalg.solve(X.T @ X + penalty, X.T)  # (S, S)
+    leverage = np.diag(hat)
+    if np.any(1.0 - leverage < 1e-10):
+        return -np.inf
+    pred = W - (W - hat @ W) / (1.0 - leverage)[:, None]  # (S, d): each row predicted without itself
+    if rescale:
+        norms = np.linalg.norm(W, axis=1)
+        others = (norms.sum() - norms) / (n - 1)  # the mean norm of the other classes' rows
+        size = np.linalg.norm(pred, axis=1)
+        pred = np.where(size[:, None] > 0, pred * (others / np.where(size > 0, size, 1.0))[:, None], 0.0)
+    total = float(((W - W.mean(axis=0)) ** 2).sum())
+    return 1.0 - float(((W - pred) ** 2).sum()) / total if total > 0 else -np.inf
+
+
 def predict_rows(D: np.ndarray, B: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """(C, d) predicted classifier rows ``D @ B + bias`` for (C, a) domain vectors."""
     return np.asarray(D, dtype=np.float64) @ B + bias

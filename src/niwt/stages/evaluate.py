@@ -3,7 +3,10 @@
 Per method: S (per-class mean top-1 on test_seen over the joint label space), U (same on
 test_unseen), H = 2SU/(S+U), ZSL T1 (argmax over unseen classes only), seen-only accuracy, the
 area under the seen-unseen curve of calibrated stacking (AUSUC, calibration-free), and S/U/H
-calibrated with the gamma ``validate`` chose on its class-disjoint validation problem (``cal_*``);
+calibrated with the gamma ``validate`` chose on its class-disjoint validation problem (``cal_*``),
+carried to this network in units of the mean seen margin, measured there on the validation problem's
+seen images and here on the val split's (:func:`~niwt.evaluation.gzsl.transfer_gamma`; ``gamma`` as
+applied, ``gamma_validation`` as chosen);
 beside them, for comparison, the older biased choice: the gamma picked on val images with the
 mapping's held-out seen classes as pseudo-unseen, which the backbone was trained on
 (``heldout_*``). Penultimate features of the test images are computed
@@ -20,7 +23,14 @@ from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
 from niwt.data.tables import read_tables
 from niwt.evaluation import outputs, tables
-from niwt.evaluation.gzsl import calibrated, calibration_gamma, load_methods, method_metrics, score_methods
+from niwt.evaluation.gzsl import (
+    calibrated,
+    calibration_gamma,
+    load_methods,
+    method_metrics,
+    score_methods,
+    transfer_gamma,
+)
 from niwt.evaluation.metrics import per_class_accuracy
 from niwt.evaluation.plots import draw_confusion, draw_seen_unseen_curves, draw_unseen_bars
 from niwt.evaluation.report import calibration_markdown, comparison_markdown
@@ -62,12 +72,14 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
 
     feats, y = features(test, "test features")
     val_feats, val_y = features(val, "val features")
-    scores = score_methods(loaded, feats)
+    scores, val_scores = score_methods(loaded, feats), score_methods(loaded, val_feats)
     metrics: dict[str, dict[str, float]] = {}
     curves, per_class = {}, {}
     for method, s in scores.items():
         metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
-        metrics[method].update(calibrated(s, y, classes.n_seen, choices.gamma[method]))
+        gamma = transfer_gamma(choices.gamma[method], choices.margin[method], val_scores[method], classes.n_seen)
+        metrics[method].update(calibrated(s, y, classes.n_seen, gamma))
+        metrics[method].update(gamma_validation=choices.gamma[method])
         calibration = loaded[method][1].calibration
         if calibration is not None:  # the older, biased choice, for comparison
             old = calibrated(s, y, classes.n_seen, calibration_gamma(calibration, val_feats, val_y))

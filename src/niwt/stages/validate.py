@@ -10,9 +10,12 @@ as ``inject``), for every candidate setting of the method (:func:`~niwt.injectio
 Each setting is scored on the validation GZSL problem (val images of the backbone's classes,
 train+val images of the validation classes: never a test image) by each method's criterion
 (``validate.criterion``; ``auto``: the way the method is used, :func:`_criterion`, with the
-flat-criterion fallback of :func:`niwt.evaluation.selection.choose`); then, for the best setting of
-each method, the calibration gamma that maximises H there. Both go to ``--out`` for ``fit_mapping``, ``inject`` and
-``evaluate``, with the whole grid and every map trace.
+flat-criterion fallback of :func:`niwt.evaluation.selection.choose`; a method with a held-out signal
+of its own, ridge regression, by that); then, for the best setting of each method, the calibration
+gamma that maximises H there, with the mean margin of the seen classes' images, the unit gamma is
+carried to the final network in (``calibration_margin``, :func:`niwt.evaluation.gzsl.transfer_gamma`).
+Both go to ``--out`` for ``fit_mapping``, ``inject`` and ``evaluate``, with the whole grid and every
+map trace.
 
 With ``NIWT_RUNNER=dask`` the rows of every setting are built on Dask workers (:func:`_rows_on_dask`)
 and scored here, in grid order: the same grid and choices as a local run.
@@ -35,7 +38,7 @@ from niwt.data.images import ImageSource, check_images_exist, make_loader
 from niwt.data.tables import ClassTable, SplitTable, held_out_classes, held_out_count, read_tables, subproblem
 from niwt.distributed.dask import absolute, absolute_pool, dask_client, map_jobs, run_cache
 from niwt.evaluation.gzsl import validation_numbers
-from niwt.evaluation.selection import choose
+from niwt.evaluation.selection import HELDOUT, choose
 from niwt.importance.capture import prepare_for_extraction
 from niwt.importance.extraction import ExtractSpec, importances_for
 from niwt.injection import methods
@@ -94,13 +97,16 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
                  for setting in settings[method])
         rows = _score_settings(method, settings[method], built[method] if built else local, part, feats, y,
                                rt.progress and not built)
+        _add_heldout(method, rows, builder, shared)
         choice = choose(rows, _criterion(method, p.validate.criterion))
         best = choice.row
-        choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"]}
+        choices[method] = {**best["setting"], "calibration_gamma": best["calibration_gamma"],
+                           "calibration_margin": best["calibration_margin"]}
         summary[method], chosen_by[method] = best, {"criterion": choice.criterion, "note": choice.note}
         grid += rows
+        own = f", held-out R² {best[HELDOUT]:.3f}" if HELDOUT in best else ""
         print(f"[validate] {method}: {len(rows)} settings; best by {choice.criterion} {choices[method]} "
-              f"(validation H {best['H']:.3f}, calibrated H {best['cal_H']:.3f}, AUSUC {best['ausuc']:.3f})"
+              f"(validation H {best['H']:.3f}, calibrated H {best['cal_H']:.3f}, AUSUC {best['ausuc']:.3f}{own})"
               + (f"; {choice.note}" if choice.note else ""), flush=True)
     clock["grid"] = time.perf_counter()
 
@@ -118,17 +124,32 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
                "seconds_chain": clock["chain"] - clock["start"], "seconds_grid": clock["grid"] - clock["chain"]}
     for method, choice in choices.items():
         metrics.update({f"{method}/{k}": float(v) for k, v in choice.items()})
-        metrics.update({f"{method}/val_{k}": summary[method][k] for k in ("H", "cal_H", "ausuc")})
+        metrics.update({f"{method}/val_{k}": summary[method][k] for k in ("H", "cal_H", "ausuc", HELDOUT)
+                        if k in summary[method] and np.isfinite(summary[method][k])})
     return StageResult(metrics, [Path(out)])
 
 
 def _criterion(name: str, criterion: str) -> str:
     """The criterion a method's settings are ranked by: ``validate.criterion``, or with ``auto``
+    the method's own held-out signal where it has one (``heldout``: ridge regression's held-out R²,
+    which, unlike its validation H, chose the alpha where the test problem peaks at CUB's size), else
     the one of the way the method is used (the registry's ``reading``): uncalibrated H for a method
     shipped as it is (NIWT), calibrated H for one used with calibrated stacking (the peers)."""
     if criterion != "auto":
         return criterion
-    return "H" if methods.method(name).reading == "as_shipped" else "cal_H"
+    entry = methods.method(name)
+    if entry.heldout is not None:
+        return HELDOUT
+    return "H" if entry.reading == "as_shipped" else "cal_H"
+
+
+def _add_heldout(method: str, rows: list[dict], builder: _Builder, shared: dict) -> None:
+    """Each row's ``heldout`` score, for a method with a held-out signal of its own
+    (``Method.heldout``), on the validation backbone's fitting classes."""
+    if methods.method(method).heldout is None:
+        return
+    for row in rows:
+        row[HELDOUT] = methods.heldout_score(builder.context(method, row["setting"], shared), method, builder.part)
 
 
 def _map_traces(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labels: np.ndarray,
@@ -173,6 +194,7 @@ def _score_settings(method: str, settings: list[dict[str, float]], built: Iterab
             scores = (torch.as_tensor(feats) @ w.T + b).numpy()
         numbers = validation_numbers(scores, y, len(part.seen))
         numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
+        numbers["calibration_margin"] = numbers.pop("seen_margin")
         rows.append({"method": method, "setting": setting, **numbers})
     return rows
 

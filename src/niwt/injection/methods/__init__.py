@@ -4,8 +4,8 @@ Every module of this package (NIWT and its peers) declares ``METHOD = Method(...
 :data:`niwt.injection.registry.MODULES` lists them. This module loads an entry by name
 (:func:`method`) and holds what ``validate`` and ``inject`` share, so neither names a method: the
 candidate grid (:func:`candidates`), the checks of what the methods read (:func:`needs_images`,
-:func:`check_pool`), the forward map chosen (:func:`chosen_mapping`) and the
-classifier a method builds (:func:`build_classifier`).
+:func:`check_pool`), the forward map chosen (:func:`chosen_mapping`), the
+classifier a method builds (:func:`build_classifier`) and its own held-out signal (:func:`heldout_score`).
 """
 
 from __future__ import annotations
@@ -99,6 +99,13 @@ def build_classifier(ctx: Context, name: str, part: Partition) -> tuple[torch.Te
     rows = entry.build(ctx.for_method(name), part)
     w_s, b_s = rows.seen if entry.replaces_seen else ctx.seen_rows(part.seen)
     return torch.cat([w_s, rows.weight.float()]), torch.cat([b_s, rows.bias.float()]), dict(rows.stats)
+
+
+def heldout_score(ctx: Context, name: str, part: Partition) -> float | None:
+    """``name``'s own class-held-out signal under the context's setting (``Method.heldout``, from
+    ``part.seen`` alone), or None for a method without one."""
+    entry = method(name)
+    return None if entry.heldout is None else float(entry.heldout(ctx.for_method(name), part))
 
 
 def _load(name: str) -> tuple[object, str]:
