@@ -104,6 +104,13 @@ def test_heldout_r2_peaks_at_the_planted_noise_level_and_refuses_interpolation()
     scores = [heldout_r2(D, W, a) for a in (1e-3, 1.0, 100.0)]
     assert scores[0] > 0.99 and scores[0] > scores[1] > scores[2]
     assert heldout_r2(rng.normal(size=(5, 9)), rng.normal(size=(5, 3)), 0.0) == -np.inf
+    # alpha 0 with an exactly singular design (a constant attribute): no unique fit, no crash
+    constant = np.hstack([rng.normal(size=(30, 3)), np.ones((30, 1))])
+    assert heldout_r2(constant, rng.normal(size=(30, 2)), 0.0) == -np.inf
+    B, _ = fit_ridge(constant, rng.normal(size=(30, 2)), 0.0)  # the minimum-norm fit
+    assert np.all(np.isfinite(B))
+    # two classes: holding one out leaves one row, the prediction whatever alpha is: no ranking
+    assert np.isnan(heldout_r2(rng.normal(size=(2, 4)), rng.normal(size=(2, 3)), 1.0))
 
 
 def test_rescale_rows() -> None:

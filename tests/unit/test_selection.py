@@ -57,3 +57,7 @@ def test_heldout_signal_missing_everywhere_falls_back_to_calibrated_h() -> None:
     assert choice.row["setting"] == {"i": 1} and choice.criterion == "cal_H"
     assert choice.note == "heldout is not finite for any setting: chosen by cal_H"
     assert choose(_rows((0.3, 0.31, 0.15), (0.2, 0.40, 0.14)), HELDOUT).criterion == "cal_H"  # no such key
+    nulls = [{**r, HELDOUT: None} for r in _rows((0.3, 0.01, 0.15), (0.2, 0.02, 0.34))]  # as validation.json holds them
+    double = choose(nulls, HELDOUT)
+    assert double.row["setting"] == {"i": 1} and double.criterion == "ausuc"
+    assert double.note == "heldout is not finite for any setting, cal_H too: chosen by ausuc"

@@ -105,6 +105,9 @@ def test_gamma_is_carried_in_units_of_the_mean_seen_margin() -> None:
     assert transfer_gamma(-1.0, 2.5, final, 2) == pytest.approx(-3.0)  # a gamma favouring the seen rows too
     assert transfer_gamma(2.5, -0.5, final, 2) == 2.5 and transfer_gamma(2.5, 2.5, _margins([-1.0, -2.0]), 2) == 2.5
     assert transfer_gamma(2.5, 2.5, final[:0], 2) == 2.5  # no held-out seen image: nothing to measure
+    # a validation margin near zero measures a sign change, not a scale: at most a factor 10 either way
+    assert transfer_gamma(2.5, 1e-4, final, 2) == pytest.approx(25.0)
+    assert transfer_gamma(2.5, 1e4, final, 2) == pytest.approx(0.25)
     assert math.isnan(mean_seen_margin(final[:0], 2))
 
 

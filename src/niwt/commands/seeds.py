@@ -285,7 +285,8 @@ def _header(rows: list[dict[str, str]], seeds: list[int]) -> list[str]:
 
 def _gzsl_table(rows: list[dict[str, str]], methods: list[str], metrics: list[str]) -> list[str]:
     lines = ["## GZSL, per method (%)", "",
-             "Per-class mean top-1; `cal_*`: calibrated stacking with `validate`'s class-disjoint γ; `heldout_H`: "
+             "Per-class mean top-1; `cal_*`: calibrated stacking with `validate`'s class-disjoint γ (carried to the "
+             "final network in units of the mean seen margin); `heldout_H`: "
              "calibrated with the older held-out-seen γ; `seen_acc`: the finetuned network on test_seen.", "",
              "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for method in methods:

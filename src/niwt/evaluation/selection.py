@@ -37,13 +37,15 @@ class Choice:
 
 
 def _value(row: dict, criterion: str) -> float:
+    if row.get(criterion) is None:  # a score that could not be computed (written as null)
+        return -math.inf
     value = float(row[criterion])
     return value if math.isfinite(value) else -math.inf  # a diverged setting (NaN) never wins
 
 
 def best_row(rows: Sequence[dict], criterion: str) -> dict:
     """The row with the highest ``criterion``; the first of equals (grid order breaks ties)."""
-    return max(rows, key=lambda r: _value(r, criterion) if criterion in r else -math.inf)
+    return max(rows, key=lambda r: _value(r, criterion))
 
 
 def choose(rows: Sequence[dict], preferred: str) -> Choice:
@@ -73,12 +75,14 @@ def choose(rows: Sequence[dict], preferred: str) -> Choice:
 def _ranks(best: dict, criterion: str) -> bool:
     """Whether ``criterion`` can rank settings whose best row is ``best``: a rate (H, cal_H, AUSUC)
     not flat near zero; any other score where it is finite."""
-    value = _value(best, criterion) if criterion in best else -math.inf
+    value = _value(best, criterion)
     return value >= FLAT_NEAR_ZERO if criterion in FALLBACK else math.isfinite(value)
 
 
 def _why_not(rows: Sequence[dict], preferred: str, used: str) -> str:
     if preferred not in FALLBACK:
-        return f"{preferred} is not finite for any setting: chosen by {used}"
-    return (f"{preferred} flat near zero (best {_value(best_row(rows, preferred), preferred):.3f} "
-            f"< {FLAT_NEAR_ZERO}): chosen by {used}")
+        why = f"{preferred} is not finite for any setting"
+    else:
+        why = f"{preferred} flat near zero (best {_value(best_row(rows, preferred), preferred):.3f} < {FLAT_NEAR_ZERO})"
+    skipped = [c for c in FALLBACK[1:FALLBACK.index(used)] if c != preferred]
+    return why + "".join(f", {c} too" for c in skipped) + f": chosen by {used}"

@@ -26,7 +26,10 @@ def fit_ridge(D_seen: np.ndarray, W_seen: np.ndarray, alpha: float) -> tuple[np.
     W = np.asarray(W_seen, dtype=np.float64)
     d_mean, w_mean = D.mean(axis=0), W.mean(axis=0)  # (a,), (d,)
     Dc, Wc = D - d_mean, W - w_mean
-    B = np.linalg.solve(Dc.T @ Dc + alpha * np.eye(D.shape[1]), Dc.T @ Wc)  # (a, d)
+    try:
+        B = np.linalg.solve(Dc.T @ Dc + alpha * np.eye(D.shape[1]), Dc.T @ Wc)  # (a, d)
+    except np.linalg.LinAlgError:  # alpha 0 with a singular design: the minimum-norm solution
+        B = np.linalg.lstsq(Dc, Wc, rcond=None)[0]
     return B, w_mean - d_mean @ B
 
 
@@ -41,7 +44,7 @@ def heldout_r2(D_seen: np.ndarray, W_seen: np.ndarray, alpha: float, rescale: bo
     without class ``i`` is ``w_i - e_i / (1 - h_ii)`` (``e``: the full fit's residuals).
 
     Args:
-        D_seen: (S, a) domain vectors of the classes (S >= 3).
+        D_seen: (S, a) domain vectors of the classes.
         W_seen: (S, d) their classifier rows.
         alpha: the ridge penalty.
         rescale: score the rows as :func:`rescale_rows` ships them (each held-out prediction scaled to
@@ -49,15 +52,21 @@ def heldout_r2(D_seen: np.ndarray, W_seen: np.ndarray, alpha: float, rescale: bo
 
     Returns:
         The held-out R²; ``-inf`` where a class's row is interpolated (``h_ii = 1``, e.g. ``alpha = 0``
-        with fewer classes than attributes), which no held-out class can be.
+        with fewer classes than attributes) or the fit is not unique, which no held-out class allows;
+        NaN for fewer than 3 classes, where it cannot rank alphas.
     """
     D = np.asarray(D_seen, dtype=np.float64)
     W = np.asarray(W_seen, dtype=np.float64)
     n, a = D.shape
+    if n < 3:  # with one class left after holding one out, every alpha predicts that class's row
+        return float("nan")
     X = np.concatenate([np.ones((n, 1)), D], axis=1)  # (S, a + 1)
     penalty = alpha * np.eye(a + 1)
     penalty[0, 0] = 0.0  # the intercept is not penalised
-    hat = X @ np.linalg.solve(X.T @ X + penalty, X.T)  # (S, S)
+    try:
+        hat = X @ np.linalg.solve(X.T @ X + penalty, X.T)  # (S, S)
+    except np.linalg.LinAlgError:  # alpha 0 with a singular design: the fit is not unique
+        return -np.inf
     leverage = np.diag(hat)
     if np.any(1.0 - leverage < 1e-10):
         return -np.inf

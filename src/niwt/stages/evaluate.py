@@ -97,10 +97,12 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
                    write_per_class_parquet(staged / outputs.PER_CLASS_PARQUET, per_class, names, n_seen),
                    draw_confusion(staged / outputs.confusion_plot(shown), scores[shown], y, names, n_seen, shown)]
         table = staged / outputs.COMPARISON_TABLE
-        table.write_text("GZSL comparison (%); cal_* use calibrated stacking with the gamma chosen by validate on "
-                         "classes its validation backbone never saw.\n\n" + comparison_markdown(metrics)
-                         + "\nCalibration rules on the test split (%): the class-disjoint gamma of validate, and the "
-                         "older gamma chosen on seen classes the finetuned network was trained on.\n\n"
+        table.write_text("GZSL comparison (%); cal_* use calibrated stacking with the gamma validate chose on "
+                         "classes its validation backbone never saw, carried to this network in units of the mean "
+                         "seen margin.\n\n" + comparison_markdown(metrics)
+                         + "\nCalibration rules on the test split (%): the class-disjoint gamma of validate (as "
+                         "applied here; gamma_validation in stats/evaluate.json as chosen), and the older gamma "
+                         "chosen on seen classes the finetuned network was trained on.\n\n"
                          + calibration_markdown(metrics))
         written.append(table)
         relative = [w.relative_to(staged) for w in written]

@@ -104,7 +104,7 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
                            "calibration_margin": best["calibration_margin"]}
         summary[method], chosen_by[method] = best, {"criterion": choice.criterion, "note": choice.note}
         grid += rows
-        own = f", held-out R² {best[HELDOUT]:.3f}" if HELDOUT in best else ""
+        own = f", held-out R² {best[HELDOUT]:.3f}" if best.get(HELDOUT) is not None else ""
         print(f"[validate] {method}: {len(rows)} settings; best by {choice.criterion} {choices[method]} "
               f"(validation H {best['H']:.3f}, calibrated H {best['cal_H']:.3f}, AUSUC {best['ausuc']:.3f}{own})"
               + (f"; {choice.note}" if choice.note else ""), flush=True)
@@ -123,9 +123,9 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
     metrics = {**shape, "class_disjoint": int(result["class_disjoint"]), "n_settings": len(grid),
                "seconds_chain": clock["chain"] - clock["start"], "seconds_grid": clock["grid"] - clock["chain"]}
     for method, choice in choices.items():
-        metrics.update({f"{method}/{k}": float(v) for k, v in choice.items()})
+        metrics.update({f"{method}/{k}": float(v) for k, v in choice.items() if np.isfinite(v)})
         metrics.update({f"{method}/val_{k}": summary[method][k] for k in ("H", "cal_H", "ausuc", HELDOUT)
-                        if k in summary[method] and np.isfinite(summary[method][k])})
+                        if summary[method].get(k) is not None and np.isfinite(summary[method][k])})
     return StageResult(metrics, [Path(out)])
 
 
@@ -149,7 +149,8 @@ def _add_heldout(method: str, rows: list[dict], builder: _Builder, shared: dict)
     if methods.method(method).heldout is None:
         return
     for row in rows:
-        row[HELDOUT] = methods.heldout_score(builder.context(method, row["setting"], shared), method, builder.part)
+        score = methods.heldout_score(builder.context(method, row["setting"], shared), method, builder.part)
+        row[HELDOUT] = score if score is not None and np.isfinite(score) else None  # JSON has no -inf
 
 
 def _map_traces(domain: np.ndarray, targets: np.ndarray, values: np.ndarray, true_labels: np.ndarray,
