@@ -69,8 +69,16 @@ def test_no_row_with_the_metric_is_one_error_line_and_exit_1(tmp_path: Path) -> 
 
 
 def test_older_layout_still_plots(tmp_path: Path) -> None:
-    """The committed sweep of docs/lambda_sweep_exps.csv names columns `niwt.H`."""
-    proc = _run(str(REPO / "docs" / "lambda_sweep_exps.csv"), "--out", str(tmp_path / "old.png"))
+    """A sweep of the older layout (one metrics file for every method: columns `niwt.H`), kept as test data."""
+    proc = _run(str(REPO / "tests" / "data" / "lambda_sweep_old_layout.csv"), "--out", str(tmp_path / "old.png"))
     assert proc.returncode == 0, proc.stderr
     assert "| 0.001 | 85.1 | 82.7 | 83.9 | 84.0 |" in proc.stdout.splitlines()
     assert len(proc.stdout.splitlines()) == 6
+
+
+def test_the_committed_sweep_is_todays_layout_and_plots(tmp_path: Path) -> None:
+    """docs/lambda_sweep_exps.csv (the sweep behind docs/lambda_sweep.png) plots with the README's recipe."""
+    proc = _run(str(REPO / "docs" / "lambda_sweep_exps.csv"), "--out", str(tmp_path / "today.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 6 and (tmp_path / "today.png").stat().st_size > 0
+    assert "metrics/gzsl/niwt.json:H" in (REPO / "docs" / "lambda_sweep_exps.csv").read_text().splitlines()[0]
