@@ -416,6 +416,65 @@ def test_injected_checkpoint_keeps_seen_rows_and_records_the_importance(project)
     assert "layer" not in torch.load(project / "finetuned.pt", weights_only=True)  # extract owns the layer
 
 
+def test_niwts_calibrated_reading_comes_from_its_own_setting(project, tmp_path) -> None:
+    """Given a calibrated choice of its own (another lr of NIWT's grid), ``inject`` keeps the network as
+    shipped and carries that reading's rows in the checkpoint; ``evaluate`` reads S, U, H from the
+    network and cal_* from those rows, with their own gamma and margin, and names both settings; a
+    checkpoint injected from other choices is refused before any feature is computed."""
+    from niwt.evaluation.gzsl import calibrated, transfer_gamma
+    from niwt.models.networks import ModelError
+
+    p = load_params(project / "params.yaml")
+    rt = load_runtime({"NIWT_DEVICE": "cpu", "NIWT_PROGRESS": "0"})
+    doc = json.loads((project / "validation.json").read_text())
+    chosen = doc["choices"]["niwt"]
+    other = next(r for r in doc["grid"] if r["method"] == "niwt" and r["setting"]["lr"] != chosen["lr"])
+    own = {**other["setting"], "calibration_gamma": other["calibration_gamma"],
+           "calibration_margin": other["calibration_margin"]}
+    assert {k: v for k, v in own.items() if k.startswith("mapping_")} == \
+        {k: v for k, v in chosen.items() if k.startswith("mapping_")}  # the tiny grid shares one map
+    write_json(tmp_path / "validation.json", {**doc, "calibrated_choices": {"niwt": own}})
+    injected = tmp_path / "injected"
+    inject.run(p, rt, project / "data", project / "finetuned.pt", project / "mapping.pt", tmp_path / "validation.json",
+               injected)
+    shipped, _ = load_checkpoint(project / "injected" / "niwt.pt")
+    model, meta = load_checkpoint(injected / "niwt.pt")
+    assert torch.equal(model.classifier.weight, shipped.classifier.weight)  # the network: as shipped
+    rows = meta.calibrated_rows
+    assert rows["setting"] == other["setting"]
+    n_seen = meta.n_seen
+    assert torch.equal(rows["weight"][:n_seen], shipped.classifier.weight[:n_seen])  # NIWT keeps the seen rows
+    assert not torch.equal(rows["weight"][n_seen:], shipped.classifier.weight[n_seen:])
+
+    result = evaluate.run(p, rt, project / "data", injected, tmp_path / "validation.json", tmp_path / "plots",
+                          tmp_path / "gzsl")
+    before = json.loads((project / "evaluate.json").read_text())["niwt"]
+    m = result.metrics["niwt"]
+    assert {k: m[k] for k in ("S", "U", "H", "ausuc")} == {k: before[k] for k in ("S", "U", "H", "ausuc")}
+    splits = read_splits(project / "data" / "splits.parquet")
+    feats = {}
+    for name, table in (("test", splits.select("test_seen", "test_unseen")), ("val", splits.select("val"))):
+        loader = make_loader(table.path, table.class_id, meta.image_size, train=False, batch_size=64)
+        feats[name] = predict(model, loader, torch.device("cpu"), features=True)
+    scores = {k: (torch.as_tensor(f) @ rows["weight"].T + rows["bias"]).numpy() for k, (f, _) in feats.items()}
+    gamma = transfer_gamma(own["calibration_gamma"], own["calibration_margin"], scores["val"], n_seen)
+    want = calibrated(scores["test"], feats["test"][1], n_seen, gamma)
+    assert m["gamma"] == pytest.approx(gamma) and m["gamma_validation"] == own["calibration_gamma"]
+    assert m["cal_H"] == pytest.approx(want["cal_H"], abs=1e-6) and m["cal_S"] == pytest.approx(want["cal_S"], abs=1e-6)
+    def text(setting: dict) -> str:
+        return ", ".join(f"{k} {v:.3g}" for k, v in setting.items() if not k.startswith("calibration_"))
+
+    table = (tmp_path / "plots" / "comparison.md").read_text()
+    assert f"| NIWT | {text(chosen)} | {text(own)} |" in table.splitlines()
+
+    write_json(tmp_path / "plain.json", {k: v for k, v in doc.items() if k != "calibrated_choices"})
+    with pytest.raises(ModelError, match=r"niwt\.pt: its calibrated reading was built under .*, but .*"
+                                         r"plain\.json chose its own setting for it; rerun inject"):
+        evaluate.run(p, rt, project / "data", injected, tmp_path / "plain.json", tmp_path / "plots2",
+                     tmp_path / "gzsl2")
+    assert not (tmp_path / "plots2").exists()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_in_a_real_browser(explained, tmp_path) -> None:
     """Headless Chromium renders the report: nothing wider than the window, a bounded page (each

@@ -67,3 +67,23 @@ def test_without_a_heldout_trace_the_map_grid_is_tuned_with_the_method(monkeypat
                                               rng.normal(size=(12, 5)), np.repeat(np.arange(4), 3), p)
     assert rule == "joint" and grid == p.mapping
     assert [t["history"] for t in traces] == [None] * 4
+
+
+def test_niwt_chosen_by_h_gets_a_calibrated_reading_of_its_own(validation: dict) -> None:
+    """NIWT (tuned by uncalibrated H) has a second choice for its calibrated reading: the best
+    calibrated H of its grid on the chosen forward map, with that row's gamma and margin (written
+    even where it is the same setting); ridge, tuned by its held-out signal, has none."""
+    by = validation["chosen_by"]["niwt"]
+    own = validation["calibrated_choices"]
+    assert "regression" not in own and "calibrated" not in validation["chosen_by"]["regression"]
+    if by["criterion"] != "H":  # H flat near zero on this draw: the one choice already serves both
+        assert "niwt" not in own
+        return
+    assert by["calibrated"]["criterion"] in ("cal_H", "ausuc")
+    rows = [r for r in validation["grid"] if r["method"] == "niwt"]
+    best = max(r["cal_H"] for r in rows)
+    row = next(r for r in rows if r["setting"] == {k: v for k, v in own["niwt"].items()
+                                                    if not k.startswith("calibration_")})
+    assert row["cal_H"] == best
+    assert (own["niwt"]["calibration_gamma"], own["niwt"]["calibration_margin"]) == \
+        (row["calibration_gamma"], row["calibration_margin"])

@@ -33,10 +33,12 @@ ROWS = [
     _row("0", "eszsl", "finetune validate", S="0.9", H="0.85", cal_S="", **{"choice.gamma": "100000.0"}),
     _row("0", "niwt", "finetune validate", S="0.8", H="0.7", cal_S="0.75",
          **{"choice.lambda": "0.0001", "choice.calibration_gamma": "0.9239",
+            "cal_choice.lambda": "0.01", "cal_choice.calibration_gamma": "0.5",
             "explain.text/paper/precision_at_k": "0.84", "explain.text/n_images": "1000"}),
     _row("1", "eszsl", "", S="0.92", H="0.87", cal_S="0.8", **{"choice.gamma": "10000.0"}),
     _row("1", "niwt", "", S="0.9", H="0.8", cal_S="0.85",
          **{"choice.lambda": "0.01", "choice.calibration_gamma": "-0.5",
+            "cal_choice.lambda": "0.01", "cal_choice.calibration_gamma": "-0.5",  # the same setting: not repeated
             "explain.text/paper/precision_at_k": "0.86", "explain.text/n_images": "1000"}),
 ]
 
@@ -62,9 +64,13 @@ finetuned network on test_seen.
 
 ## What `validate` chose, per seed
 
+The setting of the rows as shipped (S, U, H, AUSUC); where a method's calibrated reading (`cal_*`) has a setting \
+of its own (chosen by calibrated H, for a method tuned by uncalibrated H: NIWT), it follows `calibrated:`.
+
 | method | seed 0 | seed 1 |
 |---|---|---|
-| niwt | calibration_gamma 0.924, lambda 0.0001 | calibration_gamma -0.5, lambda 0.01 |
+| niwt | calibration_gamma 0.924, lambda 0.0001; calibrated: calibration_gamma 0.5, lambda 0.01 | \
+calibration_gamma -0.5, lambda 0.01 |
 | eszsl | gamma 1e+05 | gamma 1e+04 |
 
 ## Explanations (`stats/explain.json`, method niwt)
@@ -91,6 +97,7 @@ def test_csv_columns_results_first_provenance_last_and_round_trip(tmp_path: Path
     path.write_text(rows_to_csv(ROWS))
     header = path.read_text().splitlines()[0].split(",")
     assert header == ["seed", "method", "S", "H", "cal_S", "choice.gamma", "choice.lambda", "choice.calibration_gamma",
+                      "cal_choice.lambda", "cal_choice.calibration_gamma",
                       "explain.text/paper/precision_at_k", "explain.text/n_images",
                       "experiment", "rev", "overrides", "stages_run", "machine", "cpus", "torch"]
     back = read_rows(path)
@@ -113,15 +120,17 @@ def test_seed_rows_from_the_experiment_files() -> None:
     evaluate = {"niwt": {"cal_S": 0.79, "cal_U": 0.84, "heldout_H": 0.83, "gamma": 0.92},
                 "eszsl": {"cal_S": 0.83, "cal_U": 0.92, "heldout_H": 0.88}}
     choices = {"version": 1, "choices": {"niwt": {"lr": 0.001, "calibration_gamma": 0.92},
-                                         "eszsl": {"gamma": 1e5, "calibration_gamma": 0.07}}}
+                                         "eszsl": {"gamma": 1e5, "calibration_gamma": 0.07}},
+               "calibrated_choices": {"niwt": {"lr": 0.01, "calibration_gamma": 0.3}}}
     explain = {"text/paper/precision_at_k": 0.86, "text/k": 5}
     rows = seed_rows(2, headline, evaluate, choices, explain, {"experiment": "seeds-2"})
     assert [r["method"] for r in rows] == ["niwt", "eszsl"]
     assert rows[0] == {"seed": 2, "method": "niwt", "H": 0.83, "S": 0.84, "cal_S": 0.79, "cal_U": 0.84,
                        "heldout_H": 0.83, "choice.calibration_gamma": 0.92, "choice.lr": 0.001,
+                       "cal_choice.calibration_gamma": 0.3, "cal_choice.lr": 0.01,
                        "explain.text/k": 5, "explain.text/paper/precision_at_k": 0.86, "experiment": "seeds-2"}
     assert not any(k.startswith("explain.") for k in rows[1])  # explain explains NIWT's model only
-    assert rows[1]["choice.gamma"] == 1e5
+    assert rows[1]["choice.gamma"] == 1e5 and not any(k.startswith("cal_choice.") for k in rows[1])
     # no evaluate stats, no choices, no explain: the headline alone
     bare = seed_rows(0, {"icis": {"H": 0.1}}, None, None, None, {})
     assert bare == [{"seed": 0, "method": "icis", "H": 0.1}]

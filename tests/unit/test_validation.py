@@ -16,7 +16,7 @@ from niwt.data.tables import ClassTable, SplitTable, read_classes, subproblem, w
 from niwt.evaluation.gzsl import mean_seen_margin, transfer_gamma, validation_numbers
 from niwt.evaluation.metrics import gzsl_metrics
 from niwt.injection.methods import candidates, chosen_mapping, setting_names
-from niwt.io.choices import ChoicesError, read_choices, write_choices
+from niwt.io.choices import ChoicesError, Reading, read_choices, write_choices
 from niwt.models.finetuning import initial_model
 from niwt.models.networks import ModelError, build_model
 from niwt.params import InjectParams, MappingParams
@@ -139,6 +139,91 @@ def test_choices_round_trip_and_errors(tmp_path: Path) -> None:
             read_choices(path)
     with pytest.raises(FileNotFoundError, match="dvc repro validate"):
         read_choices(tmp_path / "missing.json")
+
+
+def test_a_calibrated_reading_of_its_own_is_read_checked_and_falls_back(tmp_path: Path) -> None:
+    """``calibrated_choices``: NIWT's calibrated reading under its own setting; a method without one
+    reads both from its one choice; one naming another forward map or other names is refused."""
+    path = tmp_path / "validation.json"
+    niwt = {"mapping_epochs": 10, "lr": 0.01, "lambda": 0.001, "calibration_gamma": -0.5, "calibration_margin": 0.75}
+    doc = {"choices": {"niwt": niwt, "icis": {"calibration_gamma": 2.0, "calibration_margin": 5.0}},
+           "calibrated_choices": {"niwt": {**niwt, "lambda": 0.01, "calibration_gamma": 0.25,
+                                           "calibration_margin": 0.5}}}
+    write_choices(path, doc)
+    c = read_choices(path)
+    assert c.calibrated("niwt") == Reading({"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.01}, 0.25, 0.5)
+    assert c.hyper["niwt"]["lambda"] == 0.001 and c.gamma["niwt"] == -0.5  # the rows as shipped: unchanged
+    assert c.calibrated("icis") == Reading({}, 2.0, 5.0)
+    assert c.separate("niwt") and not c.separate("icis")
+    write_choices(path, {**doc, "calibrated_choices": {"niwt": niwt}})  # the same setting: one set of rows
+    assert not read_choices(path).separate("niwt")
+    write_choices(path, {"choices": doc["choices"]})  # a file without any (version 2 before them)
+    assert read_choices(path).calibrated_choices is None and not read_choices(path).separate("niwt")
+    for own, pattern in (({"eszsl": niwt}, "must map validated methods"), ([niwt], "must map validated methods"),
+                         ({"niwt": {**niwt, "mapping_epochs": 20}}, "same hyperparameters and forward map"),
+                         ({"niwt": {**niwt, "init": 1.0}}, "same hyperparameters and forward map"),
+                         ({"niwt": {"lr": 0.01}}, r"lack \['calibration_gamma', 'calibration_margin'\]")):
+        write_choices(path, {**doc, "calibrated_choices": own})
+        with pytest.raises(ChoicesError, match=r"validation\.json: .*" + pattern):
+            read_choices(path)
+
+
+def _grid_row(setting: dict, H: float, cal_H: float) -> dict:
+    return {"method": "niwt", "setting": setting, "H": H, "cal_H": cal_H, "ausuc": 0.5,
+            "calibration_gamma": cal_H, "calibration_margin": 1.0}
+
+
+def test_the_calibrated_reading_is_chosen_by_calibrated_h_on_the_chosen_forward_map() -> None:
+    """Chosen by H, a method's calibrated reading gets the best calibrated H among the settings on its
+    forward map (a better one on another map is out of reach: inject builds on one map); a tie keeps
+    the chosen setting; a choice made by calibrated H, AUSUC or a held-out signal serves both."""
+    from niwt.evaluation.selection import choose
+    from niwt.stages.validate import _calibrated_choice
+
+    def s(epochs: int, lam: float) -> dict:
+        return {"mapping_lr": 0.01, "mapping_weight_decay": 0.0, "mapping_epochs": epochs, "lr": 0.01, "lambda": lam}
+
+    rows = [_grid_row(s(10, 1e-4), 0.60, 0.70), _grid_row(s(10, 1e-3), 0.40, 0.80),
+            _grid_row(s(10, 1e-2), 0.50, 0.75), _grid_row(s(20, 1e-3), 0.30, 0.95)]
+    first = choose(rows, "H")
+    assert first.criterion == "H" and first.row is rows[0]
+    second = _calibrated_choice(rows, first)
+    assert second is not None and second.criterion == "cal_H" and second.row is rows[1]
+    tie = [_grid_row(s(10, 1e-4), 0.20, 0.50), _grid_row(s(10, 1e-3), 0.60, 0.50)]
+    assert _calibrated_choice(tie, choose(tie, "H")).row is tie[1]  # not the first of equals: the chosen one
+    assert _calibrated_choice(rows, choose(rows, "cal_H")) is None
+    flat = [_grid_row(s(10, 1e-4), 0.01, 0.30), _grid_row(s(10, 1e-3), 0.02, 0.60)]
+    assert choose(flat, "H").criterion == "cal_H" and _calibrated_choice(flat, choose(flat, "H")) is None
+
+
+def test_calibrated_scores_read_the_checkpoints_own_rows() -> None:
+    from niwt.evaluation.gzsl import calibrated_scores
+    from niwt.models.checkpoint import CheckpointMeta
+
+    feats = np.array([[1.0, 2.0], [0.0, -1.0]], dtype=np.float32)
+    shipped = np.zeros((2, 3), dtype=np.float32)
+    meta = CheckpointMeta("smallcnn", ("a", "b", "u"), 2, 32)
+    assert calibrated_scores(meta, feats, shipped, "x.pt") is shipped
+    rows = {"weight": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), "bias": torch.tensor([0.0, 0.5, -1.0]),
+            "setting": {"lambda": 0.01}}
+    own = calibrated_scores(meta.replace(calibrated_rows=rows), feats, shipped, "x.pt")
+    np.testing.assert_array_equal(own, [[1.0, 2.5, 2.0], [0.0, -0.5, -2.0]])
+    bad = {**rows, "weight": torch.ones(2, 2)}
+    with pytest.raises(ModelError, match=r"x\.pt: its calibrated reading's rows do not fit its classifier "
+                                         r"\(3 classes x 2 features\); rerun inject"):
+        calibrated_scores(meta.replace(calibrated_rows=bad), feats, shipped, "x.pt")
+
+
+def test_the_comparison_names_the_setting_of_each_reading() -> None:
+    from niwt.evaluation.report import settings_markdown
+
+    md = settings_markdown({"regression": ({"alpha": 0.3}, None), "icis": ({}, None),
+                            "niwt": ({"lr": 0.01, "lambda": 0.0001}, {"lr": 0.01, "lambda": 0.01})})
+    assert md.splitlines() == ["| method | as shipped (S, U, H, AUSUC, zsl_top1) | calibrated (cal_*) |",
+                               "|---|---|---|",
+                               "| NIWT | lr 0.01, lambda 0.0001 | lr 0.01, lambda 0.01 |",
+                               "| ICIS | (no hyperparameters) | the same |",
+                               "| ridge regression | alpha 0.3 | the same |"]
 
 
 def test_class_table_carries_the_dataset_validation_classes(tmp_path: Path) -> None:

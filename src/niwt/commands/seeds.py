@@ -42,6 +42,7 @@ EVALUATE_EXTRA = ("cal_S", "cal_U", "heldout_H")
 GZSL_ORDER = ("S", "U", "H", "cal_S", "cal_U", "cal_H", "heldout_H", "AUSUC", "ZSL_T1", "seen_acc")
 PROVENANCE = ("experiment", "rev", "overrides", "stages_run", "machine", "cpus", "torch")
 CHOICE, EXPLAINED = "choice.", "explain."
+CAL_CHOICE = "cal_choice."  # a calibrated reading's own choice (validate's calibrated_choices: NIWT)
 DEFAULT_CSV = Path("docs/results/seeds.csv")
 DEFAULT_MD = Path("docs/results/seeds.md")
 # The README's summary table sits between these lines; ``--readme`` rewrites what is between them.
@@ -177,18 +178,21 @@ def experiments(show: list[dict], baseline: str) -> dict[str, tuple[str, dict[st
 def seed_rows(seed: int, headline: dict[str, dict], evaluate: dict | None, choices: dict | None,
               explain: dict | None, provenance: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method of one seed: its headline metrics, the evaluate numbers the tables show,
-    what validate chose for it (``choice.<name>``) and, on the explained method's row only,
+    what validate chose for it (``choice.<name>``; its calibrated reading's own choice, where it has
+    one, ``cal_choice.<name>``) and, on the explained method's row only,
     explain's measurements (``explain.<key>``)."""
     if not headline:
         raise SeedsError(f"experiment {provenance.get('experiment')}: no headline metrics under {HEADLINE_DIR}/")
     methods = ordered(list(headline))
     chosen = (choices or {}).get("choices") or {}
+    own = (choices or {}).get("calibrated_choices") or {}
     rows = []
     for method in methods:
         row: dict[str, Any] = {"seed": seed, "method": method, **headline[method]}
         row.update({k: (evaluate or {}).get(method, {})[k] for k in EVALUATE_EXTRA
                     if k in (evaluate or {}).get(method, {})})
         row.update({CHOICE + k: v for k, v in sorted(chosen.get(method, {}).items())})
+        row.update({CAL_CHOICE + k: v for k, v in sorted(own.get(method, {}).items())})
         if explain and method == methods[0]:  # explain explains NIWT, else the first method (registry order)
             row.update({EXPLAINED + k: v for k, v in sorted(explain.items())})
         rows.append({**row, **provenance})
@@ -232,6 +236,8 @@ def _group(column: str) -> tuple[int, int]:
         return 0, ("seed", "method").index(column)
     if column.startswith(CHOICE):
         return 2, 0
+    if column.startswith(CAL_CHOICE):
+        return 2, 1
     if column.startswith(EXPLAINED):
         return 3, 0
     return 1, GZSL_ORDER.index(column) if column in GZSL_ORDER else len(GZSL_ORDER)
@@ -297,15 +303,31 @@ def _gzsl_table(rows: list[dict[str, str]], methods: list[str], metrics: list[st
 
 def _choices_table(rows: list[dict[str, str]], methods: list[str], seeds: list[int]) -> list[str]:
     lines = ["", "## What `validate` chose, per seed", "",
+             "The setting of the rows as shipped (S, U, H, AUSUC); where a method's calibrated reading (`cal_*`) has "
+             "a setting of its own (chosen by calibrated H, for a method tuned by uncalibrated H: NIWT), it follows "
+             "`calibrated:`.", "",
              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
     for method in methods:
         cells = []
         for seed in seeds:
             row = next((r for r in rows if r["method"] == method and int(r["seed"]) == seed), {})
-            chosen = sorted((k[len(CHOICE):], float(v)) for k, v in row.items() if k.startswith(CHOICE) and v != "")
-            cells.append(", ".join(f"{k} {v:.3g}" for k, v in chosen) or "–")
+            chosen, own = (_chosen(row, prefix) for prefix in (CHOICE, CAL_CHOICE))
+            text = ", ".join(f"{k} {v:.3g}" for k, v in chosen.items()) or "–"
+            if own and _setting(own) != _setting(chosen):  # the calibrated reading's own setting
+                text += "; calibrated: " + ", ".join(f"{k} {v:.3g}" for k, v in own.items())
+            cells.append(text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _chosen(row: dict[str, str], prefix: str) -> dict[str, float]:
+    """The choice a row holds under ``prefix`` (``choice.`` or ``cal_choice.``), by name."""
+    return dict(sorted((k[len(prefix):], float(v)) for k, v in row.items() if k.startswith(prefix) and v != ""))
+
+
+def _setting(choice: dict[str, float]) -> dict[str, float]:
+    """A choice's hyperparameters, without its calibration (gamma and margin)."""
+    return {k: v for k, v in choice.items() if not k.startswith("calibration_")}
 
 
 def _is_count(key: str) -> bool:
@@ -333,7 +355,7 @@ def seed_tables(rows: list[dict[str, str]]) -> str:
     methods = ordered(list(dict.fromkeys(r["method"] for r in rows)))
     skip = {"seed", "method", *PROVENANCE}
     present = [k for k in dict.fromkeys(k for r in rows for k in r)
-               if k not in skip and not k.startswith((CHOICE, EXPLAINED)) and _numbers(rows, k)]
+               if k not in skip and not k.startswith((CHOICE, CAL_CHOICE, EXPLAINED)) and _numbers(rows, k)]
     metrics = [k for k in GZSL_ORDER if k in present] + [k for k in present if k not in GZSL_ORDER]
     lines = (_header(rows, seeds) + _gzsl_table(rows, methods, metrics) + _choices_table(rows, methods, seeds)
              + _explain_table(rows))

@@ -19,7 +19,8 @@ from niwt.evaluation.metrics import (
     select_gamma,
     zsl_top1,
 )
-from niwt.models.checkpoint import check_classes, load_checkpoint
+from niwt.models.checkpoint import CheckpointMeta, check_classes, load_checkpoint
+from niwt.models.networks import ModelError
 
 
 def load_methods(checkpoints: list[Path], class_names: list[str]) -> dict[str, tuple]:
@@ -37,6 +38,22 @@ def score_methods(loaded: dict[str, tuple], feats: np.ndarray) -> dict[str, np.n
     x = torch.as_tensor(feats)
     with torch.no_grad():
         return {name: model.cpu().classifier(x).numpy() for name, (model, _) in loaded.items()}
+
+
+def calibrated_scores(meta: CheckpointMeta, feats: np.ndarray, shipped: np.ndarray, path: str) -> np.ndarray:
+    """Joint-space scores of a method's calibrated reading: its own classifier where the checkpoint
+    carries one (``calibrated_rows``: ``validate`` chose that reading under another setting), else
+    the method as shipped (``shipped``, its scores on ``feats``)."""
+    rows = meta.calibrated_rows
+    if rows is None:
+        return shipped
+    weight, bias = rows.get("weight"), rows.get("bias")
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor) \
+            or tuple(weight.shape) != (shipped.shape[1], feats.shape[1]) or tuple(bias.shape) != (shipped.shape[1],):
+        raise ModelError(f"{path}: its calibrated reading's rows do not fit its classifier "
+                         f"({shipped.shape[1]} classes x {feats.shape[1]} features); rerun inject")
+    with torch.no_grad():
+        return torch.nn.functional.linear(torch.as_tensor(feats), weight.float(), bias.float()).numpy()
 
 
 def calibration_gamma(calibration: dict, val_feats: np.ndarray, val_y: np.ndarray) -> float:

@@ -50,3 +50,20 @@ def calibration_markdown(metrics: dict[str, dict[str, float]]) -> str:
                  f"{m['heldout_gamma']:.3g}", *(f"{100 * m[k]:.1f}" for k in ("heldout_S", "heldout_U", "heldout_H"))]
         lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def settings_markdown(settings: dict[str, tuple[dict[str, float], dict[str, float] | None]]) -> str:
+    """Which setting produced each reading, per method (``settings``: method -> (its setting as
+    shipped, its calibrated reading's own setting or None when the one setting serves both)): S, U,
+    H, AUSUC, ZSL T1 and seen accuracy read the rows as shipped; ``cal_*`` the calibrated reading's."""
+    from niwt.injection.methods import label
+    from niwt.injection.registry import ordered
+
+    def text(setting: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.3g}" for k, v in setting.items()) or "(no hyperparameters)"
+
+    lines = ["| method | as shipped (S, U, H, AUSUC, zsl_top1) | calibrated (cal_*) |", "|---|---|---|"]
+    for method in ordered(list(settings)):
+        shipped, own = settings[method]
+        lines.append(f"| {label(method)} | {text(shipped)} | {text(own) if own is not None else 'the same'} |")
+    return "\n".join(lines) + "\n"

@@ -4,6 +4,11 @@ One JSON document: the validation classes, whether the backbone was class-disjoi
 chosen hyperparameters, calibration gamma and the mean seen margin it is measured against (how
 ``evaluate`` transfers it), the forward map's epochs, and the whole grid with
 its validation numbers (for people: ``jq '.grid[] | select(.method=="niwt")'``).
+
+A method whose setting was chosen by uncalibrated H (NIWT, shipped as it is) serves only that
+reading; its calibrated reading gets a setting of its own, chosen by calibrated H among the settings
+that share the chosen forward map: ``calibrated_choices`` (absent for the others, whose one setting
+serves both readings; :meth:`Choices.calibrated`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,15 @@ class ChoicesError(InputError):
 
 
 @dataclass(frozen=True)
+class Reading:
+    """One reading's choice: the hyperparameters, and the calibration gamma with its seen margin."""
+
+    hyper: dict[str, float]
+    gamma: float
+    margin: float
+
+
+@dataclass(frozen=True)
 class Choices:
     path: Path
     classes: list[str]
@@ -35,6 +49,17 @@ class Choices:
     margin: dict[str, float]  # method -> mean seen margin on the validation problem (gamma's unit)
     mapping_epochs: int | None
     mapping_hyper: tuple[float, float] | None = None  # the forward map's (lr, weight decay), NIWT's choice
+    calibrated_choices: dict[str, Reading] | None = None  # method -> its calibrated reading's own choice
+
+    def calibrated(self, method: str) -> Reading:
+        """The setting, gamma and margin of ``method``'s calibrated reading: its own choice where
+        ``validate`` made one (a method chosen by uncalibrated H), else the one choice."""
+        own = (self.calibrated_choices or {}).get(method)
+        return own if own is not None else Reading(self.hyper[method], self.gamma[method], self.margin[method])
+
+    def separate(self, method: str) -> bool:
+        """Whether ``method``'s calibrated reading comes from another setting than its rows as shipped."""
+        return self.calibrated(method).hyper != self.hyper[method]
 
     def require(self, methods: list[str] | tuple[str, ...], names: dict[str, set[str]] | None = None) -> None:
         """Every method must have been validated (else: rerun validate with the same methods), with
@@ -66,21 +91,36 @@ def read_choices(path: Path) -> Choices:
         raise ChoicesError(f"{path}: not valid JSON ({err}); rerun `dvc repro validate`") from err
     if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("choices"), dict):
         raise ChoicesError(f"{path}: not a validation-choices file of version {VERSION}; rerun `dvc repro validate`")
-    hyper, gamma, margin = {}, {}, {}
-    for method, choice in doc["choices"].items():
-        if not isinstance(choice, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                   for v in choice.values()):
-            raise ChoicesError(f"{path}: choices of {method!r} must map names to numbers, got {choice!r}")
-        lacking = [k for k in CALIBRATION if k not in choice]
-        if lacking:
-            raise ChoicesError(f"{path}: choices of {method!r} lack {lacking}; rerun `dvc repro validate`")
-        gamma[method], margin[method] = float(choice["calibration_gamma"]), float(choice["calibration_margin"])
-        hyper[method] = {k: float(v) for k, v in choice.items() if k not in CALIBRATION}
+    readings = {method: _reading(method, choice, path) for method, choice in doc["choices"].items()}
+    own = doc.get("calibrated_choices")
+    if own is not None and (not isinstance(own, dict) or set(own) - set(readings)):
+        raise ChoicesError(f"{path}: 'calibrated_choices' must map validated methods to choices, got {own!r}")
+    calibrated = {method: _reading(method, choice, path) for method, choice in (own or {}).items()}
+    for method, reading in calibrated.items():
+        main = readings[method].hyper
+        shared = {k: v for k, v in main.items() if k.startswith("mapping_")}  # inject builds both on one map
+        if set(reading.hyper) != set(main) or any(reading.hyper[k] != v for k, v in shared.items()):
+            raise ChoicesError(f"{path}: the calibrated choice of {method!r} must name the same hyperparameters "
+                               f"and forward map as its choice ({main}), got {reading.hyper}")
     epochs = doc.get("mapping_epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise ChoicesError(f"{path}: 'mapping_epochs' must be a positive integer or null, got {epochs!r}")
-    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)), hyper, gamma,
-                   margin, epochs, _mapping_hyper(doc.get("mapping"), path))
+    return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)),
+                   {m: r.hyper for m, r in readings.items()}, {m: r.gamma for m, r in readings.items()},
+                   {m: r.margin for m, r in readings.items()}, epochs, _mapping_hyper(doc.get("mapping"), path),
+                   calibrated or None)
+
+
+def _reading(method: str, choice: object, path: Path) -> Reading:
+    """One method's choice: numbers only, the calibration among them."""
+    if not isinstance(choice, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in choice.values()):
+        raise ChoicesError(f"{path}: choices of {method!r} must map names to numbers, got {choice!r}")
+    lacking = [k for k in CALIBRATION if k not in choice]
+    if lacking:
+        raise ChoicesError(f"{path}: choices of {method!r} lack {lacking}; rerun `dvc repro validate`")
+    return Reading({k: float(v) for k, v in choice.items() if k not in CALIBRATION},
+                   float(choice["calibration_gamma"]), float(choice["calibration_margin"]))
 
 
 def _mapping_hyper(mapping: object, path: Path) -> tuple[float, float] | None:

@@ -33,7 +33,10 @@ class CheckpointMeta:
     network over features ``in_features``) and its
     classifier's classes (``class_names``, the first ``n_seen`` of them seen). A validation backbone
     adds the classes it never saw; an injected checkpoint adds its method, the importance layer and
-    pooling its rows were built for, and the rows of its held-out calibration problem.
+    pooling its rows were built for, and the rows of its held-out calibration problem; and where
+    ``validate`` chose the method's calibrated reading under another setting than its rows (NIWT),
+    that reading's whole classifier (``calibrated_rows``: ``weight``, ``bias``, ``setting``), which
+    ``evaluate`` scores calibrated. The network's own classifier is always the method as shipped.
     """
 
     arch: str
@@ -50,6 +53,7 @@ class CheckpointMeta:
     layer: str | None = None
     pooling: str | None = None
     calibration: dict[str, torch.Tensor] | None = None
+    calibrated_rows: dict[str, Any] | None = None  # injected: the calibrated reading's own rows, when separate
     in_features: int | None = None  # mlp: the feature width it reads (None: an image network)
     schema_version: int = SCHEMA_VERSION
 

@@ -3,7 +3,9 @@
 Per method: S (per-class mean top-1 on test_seen over the joint label space), U (same on
 test_unseen), H = 2SU/(S+U), ZSL T1 (argmax over unseen classes only), seen-only accuracy, the
 area under the seen-unseen curve of calibrated stacking (AUSUC, calibration-free), and S/U/H
-calibrated with the gamma ``validate`` chose on its class-disjoint validation problem (``cal_*``),
+calibrated with the gamma ``validate`` chose on its class-disjoint validation problem (``cal_*``; for
+a method whose calibrated reading ``validate`` chose under a setting of its own, NIWT, on the rows its
+checkpoint carries for that reading),
 carried to this network in units of the mean seen margin, measured there on the validation problem's
 seen images and here on the val split's (:func:`~niwt.evaluation.gzsl.transfer_gamma`; ``gamma`` as
 applied, ``gamma_validation`` as chosen);
@@ -25,6 +27,7 @@ from niwt.data.tables import read_tables
 from niwt.evaluation import outputs, tables
 from niwt.evaluation.gzsl import (
     calibrated,
+    calibrated_scores,
     calibration_gamma,
     load_methods,
     method_metrics,
@@ -33,7 +36,7 @@ from niwt.evaluation.gzsl import (
 )
 from niwt.evaluation.metrics import per_class_accuracy
 from niwt.evaluation.plots import draw_confusion, draw_seen_unseen_curves, draw_unseen_bars
-from niwt.evaluation.report import calibration_markdown, comparison_markdown
+from niwt.evaluation.report import calibration_markdown, comparison_markdown, settings_markdown
 from niwt.evaluation.tables import (
     write_curves_csv,
     write_per_class_csv,
@@ -42,7 +45,9 @@ from niwt.evaluation.tables import (
 )
 from niwt.injection.registry import method_checkpoints
 from niwt.io.atomic import atomic_files, atomic_path, write_json
-from niwt.io.choices import read_choices
+from niwt.io.choices import Choices, read_choices
+from niwt.models.checkpoint import CheckpointMeta
+from niwt.models.networks import ModelError
 from niwt.models.training import predict, resolve_device
 from niwt.params import Params, Runtime
 from niwt.stages import StageResult
@@ -61,6 +66,8 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     loaded = load_methods(checkpoints, classes.names)
     choices = read_choices(validation)
     choices.require([c.stem for c in checkpoints])
+    for path in checkpoints:  # before any feature: the calibrated readings' rows are the ones validate chose
+        _check_reading(choices, path, loaded[path.stem][1])
     base, meta = loaded[checkpoints[0].stem]
     base = base.to(device)
     size, bs = meta.image_size, rt.inference_batch("features")
@@ -75,11 +82,15 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     scores, val_scores = score_methods(loaded, feats), score_methods(loaded, val_feats)
     metrics: dict[str, dict[str, float]] = {}
     curves, per_class = {}, {}
+    paths = {c.stem: c for c in checkpoints}
     for method, s in scores.items():
         metrics[method], curves[method] = method_metrics(s, y, classes.n_seen)
-        gamma = transfer_gamma(choices.gamma[method], choices.margin[method], val_scores[method], classes.n_seen)
-        metrics[method].update(calibrated(s, y, classes.n_seen, gamma))
-        metrics[method].update(gamma_validation=choices.gamma[method])
+        reading, meta_m, where = choices.calibrated(method), loaded[method][1], str(paths[method])
+        own = calibrated_scores(meta_m, feats, s, where)  # the calibrated reading's rows (NIWT's own setting)
+        own_val = calibrated_scores(meta_m, val_feats, val_scores[method], where)
+        gamma = transfer_gamma(reading.gamma, reading.margin, own_val, classes.n_seen)
+        metrics[method].update(calibrated(own, y, classes.n_seen, gamma))
+        metrics[method].update(gamma_validation=reading.gamma)
         calibration = loaded[method][1].calibration
         if calibration is not None:  # the older, biased choice, for comparison
             old = calibrated(s, y, classes.n_seen, calibration_gamma(calibration, val_feats, val_y))
@@ -103,7 +114,12 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
                          + "\nCalibration rules on the test split (%): the class-disjoint gamma of validate (as "
                          "applied here; gamma_validation in stats/evaluate.json as chosen), and the older gamma "
                          "chosen on seen classes the finetuned network was trained on.\n\n"
-                         + calibration_markdown(metrics))
+                         + calibration_markdown(metrics)
+                         + "\nThe setting each reading comes from (validate's choices; a method chosen by "
+                           "uncalibrated H gets a calibrated reading of its own, chosen by calibrated H on the same "
+                           "forward map).\n\n"
+                         + settings_markdown({m: (choices.hyper[m], choices.calibrated(m).hyper
+                                                  if choices.separate(m) else None) for m in metrics}))
         written.append(table)
         relative = [w.relative_to(staged) for w in written]
     with atomic_path(headline) as staged:  # the declared DVC metrics: one small file per method
@@ -112,3 +128,15 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
             write_json(staged / f"{method}.json", tables.headline(m))
     runs = {method: tables.headline(m) for method, m in metrics.items()}
     return StageResult(metrics, [Path(plots) / r for r in relative], runs=runs)
+
+
+def _check_reading(choices: Choices, path: Path, meta: CheckpointMeta) -> None:
+    """A checkpoint carries its calibrated reading's own rows exactly when ``validate`` chose that
+    reading under another setting, and under that setting; else it was injected from other choices."""
+    method = path.stem
+    want = choices.calibrated(method).hyper if choices.separate(method) else None
+    rows = meta.calibrated_rows
+    have = None if rows is None else {k: float(v) for k, v in (rows.get("setting") or {}).items()}
+    if want != have:
+        raise ModelError(f"{path}: its calibrated reading was built under {have or 'its own setting'}, but "
+                         f"{choices.path} chose {want or 'its own setting'} for it; rerun inject")

@@ -5,7 +5,9 @@ an (S+U)-way classifier; and the same network as plain PyTorch, ``<out>/<method>
 dict in torchvision's layout) with ``<out>/<method>.classes.txt`` (one class per output row).
 NIWT, ICIS and regression keep the seen rows bit-identical and only append rows; ESZSL is a
 compatibility model, so its checkpoint carries rows ``V s_c`` for every class (seen included) on
-the same penultimate features. The importance layer and pooling come from the mapping (which
+the same penultimate features. A method whose calibrated reading ``validate`` chose under a setting
+of its own (NIWT) also carries that reading's classifier in its checkpoint (``calibrated_rows``);
+the network itself is the method as shipped. The importance layer and pooling come from the mapping (which
 read them from the importances), and go into each checkpoint.
 
 With ``NIWT_RUNNER=dask`` each method (both partitions) is one task on a Dask worker
@@ -68,15 +70,20 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     held = stored.provenance.val_classes
     main, heldout = Partition(seen, unseen), Partition(np.setdiff1d(seen, held), held, heldout=True)
 
+    # the calibrated reading's own setting, where validate chose one apart from the rows as shipped
+    separate = {m: choices.calibrated(m).hyper for m in p.inject.methods if choices.separate(m)}
     if rt.runner == "dask":
-        built = _build_on_dask(ctx, p.inject.methods, main, heldout, rt)
+        built = _build_on_dask(ctx, p.inject.methods, main, heldout, separate, rt)
     else:
-        built = (_build(ctx, method, main, heldout) for method in p.inject.methods)
+        built = (_build(ctx, method, main, heldout, separate.get(method)) for method in p.inject.methods)
     metrics: dict[str, float | int | str] = {}
     with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
-        for method, (weight, bias, stats, cal_w, cal_b) in zip(p.inject.methods, built, strict=True):
+        for method, (weight, bias, stats, cal_w, cal_b, own) in zip(p.inject.methods, built, strict=True):
             metrics.update({f"{method}/{k}": v for k, v in {**choices.hyper[method], **stats}.items()})
+            rows = None if own is None else {"weight": own[0], "bias": own[1], "setting": separate[method]}
+            if rows is not None:
+                metrics.update({f"{method}/calibrated_{k}": v for k, v in separate[method].items()})
             new = NiwtNet(model.body, torch.nn.Linear(weight.shape[1], weight.shape[0])).cpu()
             with torch.no_grad():
                 new.classifier.weight.copy_(weight)
@@ -84,24 +91,30 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
             calibration = {"seen": torch.as_tensor(heldout.seen), "unseen": torch.as_tensor(held),
                            "weight": cal_w, "bias": cal_b}
             record = meta.replace(class_names=tuple(classes.names), method=method, layer=stored.provenance.layer,
-                                  pooling=stored.provenance.pooling, calibration=calibration)
+                                  pooling=stored.provenance.pooling, calibration=calibration, calibrated_rows=rows)
             save_checkpoint(tmp / f"{method}.pt", new, record)
             # usable without niwt: torchvision's get_model(arch, num_classes=N).load_state_dict(...)
             export_plain(tmp / f"{method}.pth", new, meta.arch, classes.names)
     return StageResult(metrics)
 
 
-_Built = tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, torch.Tensor]
+_Rows = tuple[torch.Tensor, torch.Tensor]
+_Built = tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, torch.Tensor, _Rows | None]
 
 
-def _build(ctx: Context, method: str, main: Partition, heldout: Partition) -> _Built:
+def _build(ctx: Context, method: str, main: Partition, heldout: Partition,
+           calibrated: dict[str, float] | None = None) -> _Built:
     """One method's (weight, bias, stats) on the real partition, then its (weight, bias) on the
-    held-out one (the biased calibration), sharing the caches of ``ctx``."""
+    held-out one (the biased calibration), and, given the calibrated reading's own setting
+    (``calibrated``), its (weight, bias) on the real partition under it; sharing the caches of ``ctx``."""
     start = time.perf_counter()
     weight, bias, stats = build_classifier(ctx, method, main)
     stats["seconds"] = time.perf_counter() - start
     cal_w, cal_b, _ = build_classifier(ctx, method, heldout)
-    return weight, bias, stats, cal_w, cal_b
+    own = None
+    if calibrated is not None:
+        own = build_classifier(replace(ctx, hyper={**ctx.hyper, method: calibrated}), method, main)[:2]
+    return weight, bias, stats, cal_w, cal_b, own
 
 
 @dataclass(frozen=True)
@@ -110,17 +123,20 @@ class _MethodJob:
 
     method: str
     token: str
+    calibrated: dict[str, float] | None = None  # the calibrated reading's own setting, if any
 
 
 def _method_rows(job: _MethodJob, ctx: Context, main: Partition, heldout: Partition) -> _Built:
     """:func:`_build` on a Dask worker: the pool activations, head Jacobian and features are
     computed once per worker process and run (:func:`~niwt.distributed.dask.run_cache`); CPU tensors back."""
-    weight, bias, stats, cal_w, cal_b = _build(replace(ctx, _cache=run_cache(job.token)), job.method, main, heldout)
-    return weight.cpu(), bias.cpu(), stats, cal_w.cpu(), cal_b.cpu()
+    weight, bias, stats, cal_w, cal_b, own = _build(replace(ctx, _cache=run_cache(job.token)), job.method, main,
+                                                    heldout, job.calibrated)
+    own = None if own is None else (own[0].cpu(), own[1].cpu())
+    return weight.cpu(), bias.cpu(), stats, cal_w.cpu(), cal_b.cpu(), own
 
 
 def _build_on_dask(ctx: Context, names: tuple[str, ...] | list[str], main: Partition, heldout: Partition,
-                   rt: Runtime) -> list[_Built]:
+                   separate: dict[str, dict[str, float]], rt: Runtime) -> list[_Built]:
     """Every method's rows built on Dask workers (``rt.runner: dask``), one task per method, the
     context (network, tables, map) sent to each worker once; in the order of ``names``.
 
@@ -129,7 +145,7 @@ def _build_on_dask(ctx: Context, names: tuple[str, ...] | list[str], main: Parti
     share of its classes would not give the same rows."""
     token = uuid.uuid4().hex
     with dask_client(rt.dask_address, rt.dask_workers) as client:
-        return map_jobs(client, _method_rows, [_MethodJob(m, token) for m in names],
+        return map_jobs(client, _method_rows, [_MethodJob(m, token, separate.get(m)) for m in names],
                         (replace(ctx, cfg=absolute_pool(ctx.cfg)), main, heldout), rt.progress, "inject methods")
 
 
