@@ -17,7 +17,8 @@ up to ``evaluate`` (``dvc repro evaluate``), and reads, per method:
 
 Targets, each PASS or FAIL per method:
 
-1. calibration never lowers test H by more than a point: ``cal_H >= H - 0.01``;
+1. the calibrated reading is never more than a point under the reading as shipped: ``cal_H >= H -
+   0.01`` (for NIWT, whose calibrated reading has a setting of its own, the two readings' settings);
 2. the chosen setting (and validate's gamma) is within 3 points of the test oracle:
    ``cal_H >= oracle_cal_H - 0.03`` (for a method whose calibrated reading ``validate`` chose
    under a setting of its own, NIWT, that setting's);
@@ -160,13 +161,14 @@ def map_rows(rows: list[dict], choice: dict, mapping) -> list[dict]:
     extra = [{"mapping_lr": h.lr, "mapping_weight_decay": h.weight_decay, "mapping_epochs": e, **own}
              for h in map_candidates(mapping) for e in mapping.candidate_epochs]
     return [{"setting": s, "calibration_gamma": choice["calibration_gamma"],
-             "calibration_margin": choice["calibration_margin"], "H": float("nan")}
+             "calibration_margin": choice["calibration_margin"],
+             "calibration_margin_sd": choice["calibration_margin_sd"], "H": float("nan")}
             for s in extra if s not in tried]
 
 
 def oracle(root: Path, choices: dict, own: dict, grid: list[dict],
            niwt_max: int) -> tuple[dict[str, list[dict]], float | None]:
-    """Every setting of ``grid`` (at most ``niwt_max`` of NIWT's, the chosen one always) built as
+    """Every setting of ``grid`` (at most ``niwt_max`` of NIWT's, the chosen ones always) built as
     ``inject`` builds it on the finetuned network and scored on the test split: test H, AUSUC, the
     calibrated H with the operating point validate chose for that setting, transferred as ``evaluate``
     transfers it (``cal_H``: what the pipeline would report had it chosen it) and with the test set's
@@ -249,7 +251,8 @@ def oracle(root: Path, choices: dict, own: dict, grid: list[dict],
                     val_scores = torch.nn.functional.linear(torch.as_tensor(val_feats), w, b).numpy()
                 m, _ = method_metrics(scores, y, n_seen)
                 _, s_arr, u_arr = seen_unseen_curve(scores, y, np.arange(scores.shape[1]) < n_seen, y >= n_seen)
-                gamma = transfer_gamma(float(row["calibration_gamma"]), float(row["calibration_margin"]), val_scores,
+                gamma = transfer_gamma(float(row["calibration_gamma"]), float(row["calibration_margin"]),
+                                       float(row["calibration_margin_sd"]), val_scores,
                                        n_seen)  # as evaluate does
                 cal = calibrated(scores, y, n_seen, gamma)
                 out[method].append({"setting": setting, "chosen": setting == chosen,
@@ -332,7 +335,8 @@ def report(args: argparse.Namespace, root: Path, sizes: dict, val_classes: list[
                     f"cal_H {headline['cal_H']:.3f}, H {headline['H']:.3f}"),
                    ("cal_H >= oracle cal_H - 0.03", headline["cal_H"] >= best["oracle_cal_H"] - 0.03,
                     f"cal_H {headline['cal_H']:.3f}, oracle {best['oracle_cal_H']:.3f}"
-                    + (f"; chosen setting with the test gamma {mine_cal['oracle_cal_H']:.3f}" if mine_cal else ""))]
+                    + (f"; the calibrated reading's setting with the test gamma {mine_cal['oracle_cal_H']:.3f}"
+                       if mine_cal else ""))]
         if method == "niwt":
             targets.append(("|test H - val H| <= 0.10", abs(headline["H"] - val_h) <= 0.10,
                             f"test H {headline['H']:.3f}, val H {val_h:.3f}"))
@@ -392,7 +396,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="base.seed and the dataset's seed")
     parser.add_argument("--niwt-max", type=int, default=42,
                         help="oracle: at most this many NIWT settings, evenly spaced in grid order, and the chosen "
-                             "one (0: all)")
+                             "ones (as shipped, and the calibrated reading's; 0: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another params override (YAML value), e.g. inject.max_iters=1000; repeatable")
     args = parser.parse_args()

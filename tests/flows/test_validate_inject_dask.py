@@ -31,10 +31,23 @@ def _validate(project: Path, out: str, *runtime: str) -> None:
           "--out", out, "--cache", "data/cache", *runtime)
 
 
-def _inject(project: Path, out: str, *runtime: str) -> None:
+def _inject(project: Path, out: str, *runtime: str, validation: str = "models/validation.json") -> None:
     _niwt(project, "inject", "--data", "data/prepared", "--model", "models/finetuned.pt", "--mapping",
-          "models/mapping.pt", "--validation", "models/validation.json", "--out", out, "--cache", "data/cache",
-          *runtime)
+          "models/mapping.pt", "--validation", validation, "--out", out, "--cache", "data/cache", *runtime)
+
+
+def _with_calibrated_choice(project: Path) -> str:
+    """validate's choices with a calibrated reading of NIWT's own (its other lr on the chosen map),
+    so that inject also builds that reading's rows."""
+    from niwt.io.choices import CALIBRATION
+
+    doc = json.loads((project / "models/validation.json").read_text())
+    chosen = doc["choices"]["niwt"]
+    row = next(r for r in doc["grid"] if r["method"] == "niwt" and r["setting"]["lr"] != chosen["lr"]
+               and all(r["setting"][k] == chosen[k] for k in ("mapping_lr", "mapping_weight_decay", "mapping_epochs")))
+    own = {**row["setting"], **{k: row[k] for k in CALIBRATION}}
+    (project / "models/validation_cal.json").write_text(json.dumps({**doc, "calibrated_choices": {"niwt": own}}))
+    return "models/validation_cal.json"
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +116,16 @@ def test_extract_on_dask_matches_local(project: Path, importances: Path) -> None
 
 
 def test_inject_on_dask_matches_local(project: Path, importances: Path, scheduler: str) -> None:
-    """Each method's checkpoint holds the same classifier rows and calibration rows, bit for bit
-    (here on a running cluster, ``--dask-address``)."""
+    """Each method's checkpoint holds the same classifier rows and calibration rows, bit for bit, and
+    NIWT's the same rows of its calibrated reading (here on a running cluster, ``--dask-address``)."""
     from niwt.models.checkpoint import load_checkpoint
 
     _niwt(project, "fit_mapping", "--data", "data/prepared", "--importances", "data/importances", "--validation",
           "models/validation.json", "--out", "models/mapping.pt", "--inverse-out", "models/inverse_map.pt",
           "--history", "mapping.csv")
-    _inject(project, "models/injected")
-    _inject(project, "models/injected_dask", "--runner", "dask", "--dask-address", scheduler)
+    validation = _with_calibrated_choice(project)
+    _inject(project, "models/injected", validation=validation)
+    _inject(project, "models/injected_dask", "--runner", "dask", "--dask-address", scheduler, validation=validation)
     names = sorted(p.name for p in (project / "models/injected").glob("*.pt"))
     assert len(names) > 1
     assert names == sorted(p.name for p in (project / "models/injected_dask").glob("*.pt"))
@@ -123,6 +137,11 @@ def test_inject_on_dask_matches_local(project: Path, importances: Path, schedule
         assert meta_a.calibration.keys() == meta_b.calibration.keys()
         for key, value in meta_a.calibration.items():
             assert torch.equal(value, meta_b.calibration[key]), (name, key)
+        assert (meta_a.calibrated_rows is None) == (meta_b.calibrated_rows is None) == (name != "niwt.pt")
+        for key, value in (meta_a.calibrated_rows or {}).items():  # NIWT's calibrated reading, both partitions
+            same = torch.equal(value, meta_b.calibrated_rows[key]) if key != "setting" else \
+                value == meta_b.calibrated_rows[key]
+            assert same, (name, key)
 
 
 def _add(job: int, offset: int) -> tuple[int, int]:

@@ -429,14 +429,16 @@ def test_niwts_calibrated_reading_comes_from_its_own_setting(project, tmp_path) 
     doc = json.loads((project / "validation.json").read_text())
     chosen = doc["choices"]["niwt"]
     other = next(r for r in doc["grid"] if r["method"] == "niwt" and r["setting"]["lr"] != chosen["lr"])
-    own = {**other["setting"], "calibration_gamma": other["calibration_gamma"],
-           "calibration_margin": other["calibration_margin"]}
+    own = {**other["setting"], **{k: other[k] for k in ("calibration_gamma", "calibration_margin",
+                                                         "calibration_margin_sd")}}
     assert {k: v for k, v in own.items() if k.startswith("mapping_")} == \
         {k: v for k, v in chosen.items() if k.startswith("mapping_")}  # the tiny grid shares one map
     write_json(tmp_path / "validation.json", {**doc, "calibrated_choices": {"niwt": own}})
     injected = tmp_path / "injected"
-    inject.run(p, rt, project / "data", project / "finetuned.pt", project / "mapping.pt", tmp_path / "validation.json",
-               injected)
+    result = inject.run(p, rt, project / "data", project / "finetuned.pt", project / "mapping.pt",
+                        tmp_path / "validation.json", injected)
+    assert {k: v for k, v in result.metrics.items() if k.startswith("niwt/calibrated_")} == \
+        {f"niwt/calibrated_{k}": v for k, v in other["setting"].items()}
     shipped, _ = load_checkpoint(project / "injected" / "niwt.pt")
     model, meta = load_checkpoint(injected / "niwt.pt")
     assert torch.equal(model.classifier.weight, shipped.classifier.weight)  # the network: as shipped
@@ -445,6 +447,8 @@ def test_niwts_calibrated_reading_comes_from_its_own_setting(project, tmp_path) 
     n_seen = meta.n_seen
     assert torch.equal(rows["weight"][:n_seen], shipped.classifier.weight[:n_seen])  # NIWT keeps the seen rows
     assert not torch.equal(rows["weight"][n_seen:], shipped.classifier.weight[n_seen:])
+    assert rows["calibration_weight"].shape == meta.calibration["weight"].shape  # its held-out-seen problem too
+    assert not torch.equal(rows["calibration_weight"], meta.calibration["weight"])
 
     result = evaluate.run(p, rt, project / "data", injected, tmp_path / "validation.json", tmp_path / "plots",
                           tmp_path / "gzsl")
@@ -457,7 +461,8 @@ def test_niwts_calibrated_reading_comes_from_its_own_setting(project, tmp_path) 
         loader = make_loader(table.path, table.class_id, meta.image_size, train=False, batch_size=64)
         feats[name] = predict(model, loader, torch.device("cpu"), features=True)
     scores = {k: (torch.as_tensor(f) @ rows["weight"].T + rows["bias"]).numpy() for k, (f, _) in feats.items()}
-    gamma = transfer_gamma(own["calibration_gamma"], own["calibration_margin"], scores["val"], n_seen)
+    gamma = transfer_gamma(own["calibration_gamma"], own["calibration_margin"], own["calibration_margin_sd"],
+                           scores["val"], n_seen)
     want = calibrated(scores["test"], feats["test"][1], n_seen, gamma)
     assert m["gamma"] == pytest.approx(gamma) and m["gamma_validation"] == own["calibration_gamma"]
     assert m["cal_H"] == pytest.approx(want["cal_H"], abs=1e-6) and m["cal_S"] == pytest.approx(want["cal_S"], abs=1e-6)
@@ -468,9 +473,16 @@ def test_niwts_calibrated_reading_comes_from_its_own_setting(project, tmp_path) 
     assert f"| NIWT | {text(chosen)} | {text(own)} |" in table.splitlines()
 
     write_json(tmp_path / "plain.json", {k: v for k, v in doc.items() if k != "calibrated_choices"})
-    with pytest.raises(ModelError, match=r"niwt\.pt: its calibrated reading was built under .*, but .*"
-                                         r"plain\.json chose its own setting for it; rerun inject"):
+    with pytest.raises(ModelError, match=r"niwt\.pt: its calibrated reading was built under the setting \{.*\}, but "
+                                         r".*plain\.json chose its setting as shipped \(no calibrated choice of its "
+                                         r"own\) for it; rerun inject"):
         evaluate.run(p, rt, project / "data", injected, tmp_path / "plain.json", tmp_path / "plots2",
+                     tmp_path / "gzsl2")
+    third = {**own, "lambda": own["lambda"] * 10}  # rows built under another calibrated setting
+    write_json(tmp_path / "third.json", {**doc, "calibrated_choices": {"niwt": third}})
+    with pytest.raises(ModelError, match=r"built under the setting .*'lambda': 0\.001.*, but .*third\.json chose the "
+                                         r"setting .*'lambda': 0\.01.* for it; rerun inject"):
+        evaluate.run(p, rt, project / "data", injected, tmp_path / "third.json", tmp_path / "plots2",
                      tmp_path / "gzsl2")
     assert not (tmp_path / "plots2").exists()
 

@@ -19,6 +19,7 @@ from niwt.data.images import make_loader  # noqa: E402
 from niwt.data.tables import read_tables  # noqa: E402
 from niwt.evaluation.gzsl import mean_seen_margin  # noqa: E402
 from niwt.injection import registry  # noqa: E402
+from niwt.io.choices import CALIBRATION  # noqa: E402
 from niwt.models.checkpoint import load_checkpoint  # noqa: E402
 from niwt.models.training import predict  # noqa: E402
 from tiny_project import REPO, TINY, merge  # noqa: E402
@@ -126,8 +127,14 @@ def test_a_method_of_one_module_runs_through_validate_inject_and_evaluate(plugin
         chosen = choices["choices"][method]
         row = next(r for r in choices["grid"] if r["method"] == method
                    and {k: chosen[k] for k in r["setting"]} == r["setting"])
-        assert chosen["calibration_margin"] == row["calibration_margin"] > 0
-        expected = chosen["calibration_gamma"] * mean_seen_margin(scores, classes.n_seen) / chosen["calibration_margin"]
+        gamma, mean, sd = (chosen[k] for k in ("calibration_gamma", "calibration_margin", "calibration_margin_sd"))
+        assert (mean, sd) == (row["calibration_margin"], row["calibration_margin_sd"]) and sd > 0
+        here = scores[:, :classes.n_seen].max(1).astype(float) - scores[:, classes.n_seen:].max(1)
+        assert mean_seen_margin(scores, classes.n_seen) == pytest.approx(here.mean())
+        if mean > 0 and here.mean() > 0 and mean >= sd:  # a mean margin that is a scale: its units
+            expected = gamma * here.mean() / mean
+        else:  # margins straddling zero: gamma's place among them, in standard deviations
+            expected = here.mean() + (gamma - mean) * here.std() / sd
         assert stats[method]["gamma"] == pytest.approx(expected, rel=1e-5)
         assert stats[method]["gamma_validation"] == chosen["calibration_gamma"]
 
@@ -146,8 +153,8 @@ def test_classic_methods_opt_in_and_join_the_comparison(tmp_path: Path, monkeypa
         {"lr": lr, "epochs": e} for lr in (0.1, 1.0) for e in (2, 5)]
     assert [r["setting"] for r in choices["grid"] if r["method"] == "sae"] == [{"lam": 0.1}, {"lam": 1.0},
                                                                             {"lam": 10.0}]
-    assert set(choices["choices"]["devise"]) == {"lr", "epochs", "calibration_gamma", "calibration_margin"}
-    assert set(choices["choices"]["sae"]) == {"lam", "calibration_gamma", "calibration_margin"}
+    assert set(choices["choices"]["devise"]) == {"lr", "epochs", *CALIBRATION}
+    assert set(choices["choices"]["sae"]) == {"lam", *CALIBRATION}
     injected = root / "injected"
     assert sorted(p.name for p in injected.glob("*.pt")) == ["devise.pt", "regression.pt", "sae.pt"]
     base, _ = load_checkpoint(root / "finetuned.pt")

@@ -12,6 +12,7 @@ import yaml
 
 from niwt.config.load import load_params
 from niwt.config.runtime import load_runtime
+from niwt.evaluation import selection
 from niwt.mapping.linear import peak_of
 from niwt.params import Params
 from niwt.stages import finetune_validation, prepare, validate
@@ -24,19 +25,28 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def validation(tmp_path_factory) -> dict:
-    """prepare -> finetune_validation -> validate (NIWT and ridge), tiny; validation.json."""
+def project(tmp_path_factory) -> Path:
+    """prepare -> finetune_validation -> validate (NIWT and ridge), tiny; the project's root."""
     root = tmp_path_factory.mktemp("validate_project")
     raw = merge(merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY),
                 {"inject": {"methods": ["niwt", "regression"]},
                  "mapping": {"lr": [0.001, 0.01], "weight_decay": [0.0, 0.0001], "candidate_epochs": [1, 2, 4]}})
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    p = load_params(root / "params.yaml")
-    rt = load_runtime({"NIWT_DEVICE": "cpu", "NIWT_PROGRESS": "0"})
+    p, rt = _setup(root)
     prepare.run(p, rt, root / "data")
     finetune_validation.run(p, rt, root / "data", root / "backbone.pt")
     validate.run(p, rt, root / "data", root / "backbone.pt", root / "validation.json")
-    return json.loads((root / "validation.json").read_text())
+    return root
+
+
+def _setup(root: Path) -> tuple[Params, object]:
+    return load_params(root / "params.yaml"), load_runtime({"NIWT_DEVICE": "cpu", "NIWT_PROGRESS": "0"})
+
+
+@pytest.fixture(scope="module")
+def validation(project: Path) -> dict:
+    """The tiny project's validation.json."""
+    return json.loads((project / "validation.json").read_text())
 
 
 def test_the_map_is_chosen_on_its_heldout_trace_and_niwt_is_tuned_on_that_map(validation: dict) -> None:
@@ -69,21 +79,26 @@ def test_without_a_heldout_trace_the_map_grid_is_tuned_with_the_method(monkeypat
     assert [t["history"] for t in traces] == [None] * 4
 
 
-def test_niwt_chosen_by_h_gets_a_calibrated_reading_of_its_own(validation: dict) -> None:
-    """NIWT (tuned by uncalibrated H) has a second choice for its calibrated reading: the best
-    calibrated H of its grid on the chosen forward map, with that row's gamma and margin (written
-    even where it is the same setting); ridge, tuned by its held-out signal, has none."""
-    by = validation["chosen_by"]["niwt"]
-    own = validation["calibrated_choices"]
-    assert "regression" not in own and "calibrated" not in validation["chosen_by"]["regression"]
-    if by["criterion"] != "H":  # H flat near zero on this draw: the one choice already serves both
-        assert "niwt" not in own
-        return
-    assert by["calibrated"]["criterion"] in ("cal_H", "ausuc")
-    rows = [r for r in validation["grid"] if r["method"] == "niwt"]
-    best = max(r["cal_H"] for r in rows)
-    row = next(r for r in rows if r["setting"] == {k: v for k, v in own["niwt"].items()
-                                                    if not k.startswith("calibration_")})
-    assert row["cal_H"] == best
-    assert (own["niwt"]["calibration_gamma"], own["niwt"]["calibration_margin"]) == \
-        (row["calibration_gamma"], row["calibration_margin"])
+def test_niwt_chosen_by_h_gets_a_calibrated_reading_of_its_own(project: Path, validation: dict,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """NIWT tuned by uncalibrated H has a second choice for its calibrated reading: the best
+    calibrated H of its grid on the chosen forward map, with that row's gamma and margin; ridge,
+    tuned by its held-out signal, has none. On the tiny project NIWT's H is flat near zero (its
+    choice falls back to calibrated H, which serves both readings: no second choice); with the
+    flatness floor removed, H ranks."""
+    assert validation["chosen_by"]["niwt"]["criterion"] == "cal_H" and validation["calibrated_choices"] == {}
+    monkeypatch.setattr(selection, "FLAT_NEAR_ZERO", -1.0)
+    p, rt = _setup(project)
+    validate.run(p, rt, project / "data", project / "backbone.pt", project / "by_h.json")
+    doc = json.loads((project / "by_h.json").read_text())
+    by = doc["chosen_by"]["niwt"]
+    assert by["criterion"] == "H" and by["calibrated"]["criterion"] == "cal_H"
+    assert list(doc["calibrated_choices"]) == ["niwt"] and "calibrated" not in doc["chosen_by"]["regression"]
+    chosen, own = doc["choices"]["niwt"], doc["calibrated_choices"]["niwt"]
+    on_map = [r for r in doc["grid"] if r["method"] == "niwt"
+              and all(r["setting"][k] == chosen[k] for k in ("mapping_lr", "mapping_weight_decay", "mapping_epochs"))]
+    assert len(on_map) == 2  # lr 0.001, 0.01 x lambda 0.001 on the one chosen map
+    row = next(r for r in on_map if r["setting"] == {k: v for k, v in own.items() if not k.startswith("calibration_")})
+    assert row["cal_H"] == max(r["cal_H"] for r in on_map)
+    keys = ("calibration_gamma", "calibration_margin", "calibration_margin_sd")
+    assert [own[k] for k in keys] == [row[k] for k in keys]

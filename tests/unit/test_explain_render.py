@@ -12,7 +12,7 @@ from niwt.evaluation import outputs
 from niwt.explain import render
 from niwt.explain import report as rp
 from niwt.explain.survey import Agreement
-from niwt.io.choices import Choices
+from niwt.io.choices import Choices, Reading
 from niwt.mapping.store import Provenance, StoredMap
 from niwt.models.checkpoint import CheckpointMeta
 
@@ -87,7 +87,8 @@ def test_measured_blocks_two_tables_seen_row_only_when_measured() -> None:
 
 def test_provenance_rows_come_from_the_inputs_only() -> None:
     choices = Choices(Path("validation.json"), ["cat"], True, {"niwt": {"lambda": 0.001, "lr": 0.01}},
-                      {"niwt": 0.12744}, {"niwt": 0.75}, 2)
+                      {"niwt": 0.12744}, {"niwt": 0.75}, {"niwt": 2.5}, 2,
+                      calibrated_choices={"niwt": Reading({"lambda": 0.01, "lr": 0.01}, -1.5, 0.5, 3.0)})
     meta = CheckpointMeta("smallcnn", ("a",), 1, 32, metrics={"val_acc": 0.111111, "epochs_trained": 3},
                           method="niwt", layer="body.block4", pooling="sum")
     rows = render.provenance_rows({"base.seed": 0, "explain.top_attributes": 5}, Path("injected/niwt.pt"), meta,
@@ -100,7 +101,10 @@ def test_provenance_rows_come_from_the_inputs_only() -> None:
                     ["injected methods", "niwt, regression"],
                     ["importances", "layer body.block4, fingerprint 96b7"],
                     ["validation", "1 classes, class-disjoint backbone: yes, map epochs 2"],
-                    ["choice of `niwt`", "lambda 0.001, lr 0.01, calibration gamma 0.1274, its seen margin 0.75"],
+                    ["choice of `niwt`", "lambda 0.001, lr 0.01, calibration gamma 0.1274, its seen margin 0.75, "
+                                         "their sd 2.5"],
+                    ["calibrated reading of `niwt`", "lambda 0.01, lr 0.01, calibration gamma -1.5, its seen margin "
+                                                     "0.5, their sd 3"],
                     ["evaluated methods", "niwt, regression"]]
     bare = render.provenance_rows({}, Path("m.pt"), meta.replace(metrics={}), ["niwt"], {}, None, None)
     assert bare[1:] == [["injected methods", "niwt"], ["importances", ""], ["validation choices", "(not given)"],

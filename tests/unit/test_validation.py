@@ -86,7 +86,7 @@ def test_validation_numbers_pick_the_gamma_that_maximises_h() -> None:
     assert 0.5 < out["gamma"] < 1.0 and out["cal_H"] == 1.0  # between the two flips: all right
     again = gzsl_metrics(scores, y, np.array([True, True, False]), y >= 2, gamma=out["gamma"])
     assert again["H"] == out["cal_H"]
-    assert out["seen_margin"] == 1.0  # both seen images: best seen 3, best unseen 2
+    assert out["seen_margin"] == 1.0 and out["seen_margin_sd"] == 0.0  # both seen images: best seen 3, unseen 2
 
 
 def _margins(m: list[float]) -> np.ndarray:
@@ -95,45 +95,70 @@ def _margins(m: list[float]) -> np.ndarray:
     return np.stack([m + 1.0, np.zeros_like(m), np.ones_like(m)], axis=1)
 
 
-def test_gamma_is_carried_in_units_of_the_mean_seen_margin() -> None:
-    """gamma 2.5 against a mean seen margin of 2.5 on the validation problem is one margin; on a
-    network whose seen images lead by 3x as much (mean margin 7.5) it is 7.5, not 2.5. Where a
-    margin is not positive there is no unit to carry: gamma as it is."""
-    assert mean_seen_margin(_margins([1.0, 2.0, 3.0, 4.0]), 2) == 2.5
+def test_gamma_is_carried_in_units_of_the_mean_seen_margin_where_it_is_a_scale() -> None:
+    """gamma 2.5 against seen margins of mean 2.5 (sd 1.12, so the mean is a scale) on the
+    validation problem is one margin; on a network whose seen images lead by 3x as much (mean 7.5)
+    it is 7.5, not 2.5. The ratio is held within a factor 10."""
+    val = _margins([1.0, 2.0, 3.0, 4.0])
+    assert mean_seen_margin(val, 2) == 2.5
     final = _margins([3.0, 6.0, 9.0, 12.0])
-    assert transfer_gamma(2.5, 2.5, final, 2) == pytest.approx(7.5)
-    assert transfer_gamma(-1.0, 2.5, final, 2) == pytest.approx(-3.0)  # a gamma favouring the seen rows too
-    assert transfer_gamma(2.5, -0.5, final, 2) == 2.5 and transfer_gamma(2.5, 2.5, _margins([-1.0, -2.0]), 2) == 2.5
-    assert transfer_gamma(2.5, 2.5, final[:0], 2) == 2.5  # no held-out seen image: nothing to measure
-    # a validation margin near zero measures a sign change, not a scale: at most a factor 10 either way
-    assert transfer_gamma(2.5, 1e-4, final, 2) == pytest.approx(25.0)
-    assert transfer_gamma(2.5, 1e4, final, 2) == pytest.approx(0.25)
+    sd = float(np.std([1.0, 2.0, 3.0, 4.0]))
+    assert transfer_gamma(2.5, 2.5, sd, final, 2) == pytest.approx(7.5)
+    assert transfer_gamma(-1.0, 2.5, sd, final, 2) == pytest.approx(-3.0)  # a gamma favouring the seen rows too
+    assert transfer_gamma(2.5, 2.0, 1.0, final * 1e3, 2) == pytest.approx(25.0)  # ratio 3750: held at 10
+    assert transfer_gamma(2.5, 1e4, 1.0, final, 2) == pytest.approx(0.25)
+    assert transfer_gamma(2.5, 2.5, sd, final[:0], 2) == 2.5  # no held-out seen image: nothing to measure
     assert math.isnan(mean_seen_margin(final[:0], 2))
+
+
+def test_margins_that_straddle_zero_carry_gamma_as_a_z_score() -> None:
+    """A mean margin below its spread (or not positive on either network) is no scale: gamma keeps
+    its place among the margins, in standard deviations from their mean. NIWT's calibrated setting
+    on the default had mean 0.48, sd 3.8: the ratio rule would scale gamma by the ratio of two
+    numbers near zero."""
+    def margins(m: list[float]) -> np.ndarray:  # any sign: best seen m, best unseen 0
+        return np.stack([np.asarray(m), np.full(len(m), -1e6), np.zeros(len(m))], axis=1)
+
+    final = margins([-2.0, 0.0, 2.0, 8.0])  # mean 2, sd 3.74
+    here_sd = float(np.std([-2.0, 0.0, 2.0, 8.0]))
+    # validation: mean 0.5 < sd 2; gamma -1.5 is one sd below the mean: one sd below here too
+    assert transfer_gamma(-1.5, 0.5, 2.0, final, 2) == pytest.approx(2.0 - here_sd)
+    assert transfer_gamma(0.5, 0.5, 2.0, final, 2) == pytest.approx(2.0)  # at the mean: at the mean
+    # a negative mean margin (the unseen rows lead) on either side: the same z-score
+    assert transfer_gamma(-3.0, -1.0, 2.0, final, 2) == pytest.approx(2.0 - here_sd)
+    assert transfer_gamma(1.0, 2.0, 1.0, margins([-1.0, -3.0]), 2) == pytest.approx(-2.0 + (1.0 - 2.0) * 1.0)
+    # the spread ratio is held within 10x; no spread to measure (one image, or none): gamma as chosen
+    assert transfer_gamma(1.5, -0.5, 0.1, final, 2) == pytest.approx(2.0 + 2.0 * 10)
+    assert transfer_gamma(1.5, -0.5, 0.0, final, 2) == 1.5 and transfer_gamma(1.5, 0.5, 2.0, final[:1], 2) == 1.5
+    assert transfer_gamma(1.5, float("nan"), 2.0, final, 2) == 1.5
 
 
 def test_choices_round_trip_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "validation.json"
     write_choices(path, {"classes": ["b"], "class_disjoint": True, "mapping_epochs": 10,
                          "choices": {"niwt": {"mapping_epochs": 10, "lr": 0.01, "lambda": 0.001,
-                                              "calibration_gamma": -0.5, "calibration_margin": 0.75},
-                                     "icis": {"calibration_gamma": 2.0, "calibration_margin": 5.0}},
+                                              "calibration_gamma": -0.5, "calibration_margin": 0.75,
+                                              "calibration_margin_sd": 2.0},
+                                     "icis": {"calibration_gamma": 2.0, "calibration_margin": 5.0,
+                                              "calibration_margin_sd": 1.0}},
                          "grid": []})
     c = read_choices(path)
     assert c.hyper == {"niwt": {"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.001}, "icis": {}}
     assert c.gamma == {"niwt": -0.5, "icis": 2.0} and c.mapping_epochs == 10 and c.class_disjoint
-    assert c.margin == {"niwt": 0.75, "icis": 5.0}
+    assert c.margin == {"niwt": 0.75, "icis": 5.0} and c.spread == {"niwt": 2.0, "icis": 1.0}
     c.require(["niwt", "icis"], {"niwt": {"mapping_epochs", "lr", "lambda"}, "icis": set()})
     with pytest.raises(ChoicesError, match=r"validation\.json: the choice of 'niwt' lacks \['init'\]"):
         c.require(["niwt"], {"niwt": {"lr", "init"}})
     with pytest.raises(ChoicesError, match=r"validation\.json: no validated choice for \['eszsl'\]"):
         c.require(["niwt", "eszsl"])
-    for doc, pattern in (("{", "not valid JSON"), ('{"version": 0, "choices": {}}', "version 2"),
-                         ('{"version": 1, "choices": {}}', "version 2"),  # before calibration_margin
-                         ('{"version": 2, "choices": {"niwt": {"lr": "x", "calibration_gamma": 0}}}',
-                          "must map names to numbers"),
-                         ('{"version": 2, "choices": {"niwt": {"lr": 1}}}',
-                          r"lack \['calibration_gamma', 'calibration_margin'\]; rerun `dvc repro validate`"),
-                         ('{"version": 2, "choices": {}, "mapping_epochs": 0}', "positive integer")):
+    for doc, pattern in (("{", "not valid JSON"), ('{"version": 0, "choices": {}}', "version 3"),
+                         ('{"version": 2, "choices": {}}', "version 3"),  # before calibration_margin_sd
+                         ('{"version": 3, "choices": {"niwt": {"lr": "x", "calibration_gamma": 0}}}',
+                          "choices of 'niwt' must map names to numbers"),
+                         ('{"version": 3, "choices": {"niwt": {"lr": 1}}}',
+                          r"lack \['calibration_gamma', 'calibration_margin', 'calibration_margin_sd'\]; "
+                          "rerun `dvc repro validate`"),
+                         ('{"version": 3, "choices": {}, "mapping_epochs": 0}', "positive integer")):
         path.write_text(doc)
         with pytest.raises(ChoicesError, match=pattern):
             read_choices(path)
@@ -145,24 +170,28 @@ def test_a_calibrated_reading_of_its_own_is_read_checked_and_falls_back(tmp_path
     """``calibrated_choices``: NIWT's calibrated reading under its own setting; a method without one
     reads both from its one choice; one naming another forward map or other names is refused."""
     path = tmp_path / "validation.json"
-    niwt = {"mapping_epochs": 10, "lr": 0.01, "lambda": 0.001, "calibration_gamma": -0.5, "calibration_margin": 0.75}
-    doc = {"choices": {"niwt": niwt, "icis": {"calibration_gamma": 2.0, "calibration_margin": 5.0}},
+    niwt = {"mapping_epochs": 10, "lr": 0.01, "lambda": 0.001, "calibration_gamma": -0.5, "calibration_margin": 0.75,
+            "calibration_margin_sd": 2.0}
+    doc = {"choices": {"niwt": niwt, "icis": {"calibration_gamma": 2.0, "calibration_margin": 5.0,
+                                              "calibration_margin_sd": 1.0}},
            "calibrated_choices": {"niwt": {**niwt, "lambda": 0.01, "calibration_gamma": 0.25,
-                                           "calibration_margin": 0.5}}}
+                                           "calibration_margin": 0.5, "calibration_margin_sd": 3.0}}}
     write_choices(path, doc)
     c = read_choices(path)
-    assert c.calibrated("niwt") == Reading({"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.01}, 0.25, 0.5)
+    assert c.calibrated("niwt") == Reading({"mapping_epochs": 10.0, "lr": 0.01, "lambda": 0.01}, 0.25, 0.5, 3.0)
     assert c.hyper["niwt"]["lambda"] == 0.001 and c.gamma["niwt"] == -0.5  # the rows as shipped: unchanged
-    assert c.calibrated("icis") == Reading({}, 2.0, 5.0)
+    assert c.calibrated("icis") == Reading({}, 2.0, 5.0, 1.0)
     assert c.separate("niwt") and not c.separate("icis")
-    write_choices(path, {**doc, "calibrated_choices": {"niwt": niwt}})  # the same setting: one set of rows
-    assert not read_choices(path).separate("niwt")
+    # the same setting (even with another gamma): one set of rows, one calibration, as validate writes a tie
+    write_choices(path, {**doc, "calibrated_choices": {"niwt": {**niwt, "calibration_gamma": 9.0}}})
+    assert not read_choices(path).separate("niwt") and read_choices(path).calibrated("niwt").gamma == -0.5
     write_choices(path, {"choices": doc["choices"]})  # a file without any (version 2 before them)
     assert read_choices(path).calibrated_choices is None and not read_choices(path).separate("niwt")
     for own, pattern in (({"eszsl": niwt}, "must map validated methods"), ([niwt], "must map validated methods"),
                          ({"niwt": {**niwt, "mapping_epochs": 20}}, "same hyperparameters and forward map"),
                          ({"niwt": {**niwt, "init": 1.0}}, "same hyperparameters and forward map"),
-                         ({"niwt": {"lr": 0.01}}, r"lack \['calibration_gamma', 'calibration_margin'\]")):
+                         ({"niwt": {"lr": 0.01}}, r"calibrated_choices of 'niwt' lack \['calibration_gamma'"),
+                         ({"niwt": {**niwt, "lr": "x"}}, "calibrated_choices of 'niwt' must map names to numbers")):
         write_choices(path, {**doc, "calibrated_choices": own})
         with pytest.raises(ChoicesError, match=r"validation\.json: .*" + pattern):
             read_choices(path)
@@ -170,7 +199,7 @@ def test_a_calibrated_reading_of_its_own_is_read_checked_and_falls_back(tmp_path
 
 def _grid_row(setting: dict, H: float, cal_H: float) -> dict:
     return {"method": "niwt", "setting": setting, "H": H, "cal_H": cal_H, "ausuc": 0.5,
-            "calibration_gamma": cal_H, "calibration_margin": 1.0}
+            "calibration_gamma": cal_H, "calibration_margin": 1.0, "calibration_margin_sd": 1.0}
 
 
 def test_the_calibrated_reading_is_chosen_by_calibrated_h_on_the_chosen_forward_map() -> None:

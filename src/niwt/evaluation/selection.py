@@ -36,7 +36,8 @@ class Choice:
     note: str = ""
 
 
-def _value(row: dict, criterion: str) -> float:
+def criterion_value(row: dict, criterion: str) -> float:
+    """A row's value of ``criterion``; -inf where it is missing, null or not finite (never wins)."""
     if row.get(criterion) is None:  # a score that could not be computed (written as null)
         return -math.inf
     value = float(row[criterion])
@@ -45,7 +46,7 @@ def _value(row: dict, criterion: str) -> float:
 
 def best_row(rows: Sequence[dict], criterion: str) -> dict:
     """The row with the highest ``criterion``; the first of equals (grid order breaks ties)."""
-    return max(rows, key=lambda r: _value(r, criterion))
+    return max(rows, key=lambda r: criterion_value(r, criterion))
 
 
 def choose(rows: Sequence[dict], preferred: str) -> Choice:
@@ -75,7 +76,7 @@ def choose(rows: Sequence[dict], preferred: str) -> Choice:
 def _ranks(best: dict, criterion: str) -> bool:
     """Whether ``criterion`` can rank settings whose best row is ``best``: a rate (H, cal_H, AUSUC)
     not flat near zero; any other score where it is finite."""
-    value = _value(best, criterion)
+    value = criterion_value(best, criterion)
     return value >= FLAT_NEAR_ZERO if criterion in FALLBACK else math.isfinite(value)
 
 
@@ -83,6 +84,7 @@ def _why_not(rows: Sequence[dict], preferred: str, used: str) -> str:
     if preferred not in FALLBACK:
         why = f"{preferred} is not finite for any setting"
     else:
-        why = f"{preferred} flat near zero (best {_value(best_row(rows, preferred), preferred):.3f} < {FLAT_NEAR_ZERO})"
+        best = criterion_value(best_row(rows, preferred), preferred)
+        why = f"{preferred} flat near zero (best {best:.3f} < {FLAT_NEAR_ZERO})"
     skipped = [c for c in FALLBACK[1:FALLBACK.index(used)] if c != preferred]
     return why + "".join(f", {c} too" for c in skipped) + f": chosen by {used}"

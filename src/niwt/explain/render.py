@@ -174,11 +174,13 @@ def provenance_rows(params: dict[str, object], checkpoint: Path, meta: Checkpoin
                                    f"{choices.mapping_epochs if choices.mapping_epochs is not None else '–'}"])
         for m in [m for m in methods if m in choices.hyper]:
             rows.append([f"choice of `{m}`", _pairs({**choices.hyper[m], "calibration gamma": choices.gamma[m],
-                                                    "its seen margin": choices.margin[m]})])
+                                                    "its seen margin": choices.margin[m],
+                                                    "their sd": choices.spread[m]})])
             if choices.separate(m):
                 own = choices.calibrated(m)
                 rows.append([f"calibrated reading of `{m}`", _pairs({**own.hyper, "calibration gamma": own.gamma,
-                                                                     "its seen margin": own.margin})])
+                                                                     "its seen margin": own.margin,
+                                                                     "their sd": own.spread})])
     rows.append(["evaluated methods", ", ".join(evaluated) if evaluated is not None else "(no evaluate numbers)"])
     return rows
 

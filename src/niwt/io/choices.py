@@ -1,8 +1,8 @@
 """``models/validation.json``: what ``validate`` chose, read by ``fit_mapping``, ``inject`` and ``evaluate``.
 
 One JSON document: the validation classes, whether the backbone was class-disjoint, per method the
-chosen hyperparameters, calibration gamma and the mean seen margin it is measured against (how
-``evaluate`` transfers it), the forward map's epochs, and the whole grid with
+chosen hyperparameters, calibration gamma and the mean and standard deviation of the seen margins
+it is measured against (how ``evaluate`` transfers it), the forward map's epochs, and the whole grid with
 its validation numbers (for people: ``jq '.grid[] | select(.method=="niwt")'``).
 
 A method whose setting was chosen by uncalibrated H (NIWT, shipped as it is) serves only that
@@ -19,11 +19,12 @@ from pathlib import Path
 
 from niwt.errors import InputError
 
-VERSION = 2  # 2: calibration_margin per method
+VERSION = 3  # 2: calibration_margin per method; 3: calibration_margin_sd, calibrated_choices
 
 
-# What a method's choice holds besides its hyperparameters: the calibration chosen with them.
-CALIBRATION = ("calibration_gamma", "calibration_margin")
+# What a method's choice holds besides its hyperparameters: the calibration chosen with them, and the
+# mean and standard deviation of the seen margins it is carried to the final network by.
+CALIBRATION = ("calibration_gamma", "calibration_margin", "calibration_margin_sd")
 
 
 class ChoicesError(InputError):
@@ -32,11 +33,13 @@ class ChoicesError(InputError):
 
 @dataclass(frozen=True)
 class Reading:
-    """One reading's choice: the hyperparameters, and the calibration gamma with its seen margin."""
+    """One reading's choice: the hyperparameters, and the calibration gamma with the mean and
+    standard deviation of its seen margins."""
 
     hyper: dict[str, float]
     gamma: float
     margin: float
+    spread: float
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Choices:
     hyper: dict[str, dict[str, float]]  # method -> {name: value}, without the calibration gamma
     gamma: dict[str, float]  # method -> calibration gamma chosen on the validation problem
     margin: dict[str, float]  # method -> mean seen margin on the validation problem (gamma's unit)
+    spread: dict[str, float]  # method -> the seen margins' standard deviation there
     mapping_epochs: int | None
     mapping_hyper: tuple[float, float] | None = None  # the forward map's (lr, weight decay), NIWT's choice
     calibrated_choices: dict[str, Reading] | None = None  # method -> its calibrated reading's own choice
@@ -55,7 +59,9 @@ class Choices:
         """The setting, gamma and margin of ``method``'s calibrated reading: its own choice where
         ``validate`` made one (a method chosen by uncalibrated H), else the one choice."""
         own = (self.calibrated_choices or {}).get(method)
-        return own if own is not None else Reading(self.hyper[method], self.gamma[method], self.margin[method])
+        if own is not None and own.hyper != self.hyper[method]:
+            return own
+        return Reading(self.hyper[method], self.gamma[method], self.margin[method], self.spread[method])
 
     def separate(self, method: str) -> bool:
         """Whether ``method``'s calibrated reading comes from another setting than its rows as shipped."""
@@ -91,11 +97,12 @@ def read_choices(path: Path) -> Choices:
         raise ChoicesError(f"{path}: not valid JSON ({err}); rerun `dvc repro validate`") from err
     if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("choices"), dict):
         raise ChoicesError(f"{path}: not a validation-choices file of version {VERSION}; rerun `dvc repro validate`")
-    readings = {method: _reading(method, choice, path) for method, choice in doc["choices"].items()}
+    readings = {method: _reading(f"choices of {method!r}", choice, path) for method, choice in doc["choices"].items()}
     own = doc.get("calibrated_choices")
     if own is not None and (not isinstance(own, dict) or set(own) - set(readings)):
         raise ChoicesError(f"{path}: 'calibrated_choices' must map validated methods to choices, got {own!r}")
-    calibrated = {method: _reading(method, choice, path) for method, choice in (own or {}).items()}
+    calibrated = {method: _reading(f"calibrated_choices of {method!r}", choice, path)
+                  for method, choice in (own or {}).items()}
     for method, reading in calibrated.items():
         main = readings[method].hyper
         shared = {k: v for k, v in main.items() if k.startswith("mapping_")}  # inject builds both on one map
@@ -107,20 +114,20 @@ def read_choices(path: Path) -> Choices:
         raise ChoicesError(f"{path}: 'mapping_epochs' must be a positive integer or null, got {epochs!r}")
     return Choices(path, list(doc.get("classes", [])), bool(doc.get("class_disjoint", False)),
                    {m: r.hyper for m, r in readings.items()}, {m: r.gamma for m, r in readings.items()},
-                   {m: r.margin for m, r in readings.items()}, epochs, _mapping_hyper(doc.get("mapping"), path),
-                   calibrated or None)
+                   {m: r.margin for m, r in readings.items()}, {m: r.spread for m, r in readings.items()}, epochs,
+                   _mapping_hyper(doc.get("mapping"), path), calibrated or None)
 
 
-def _reading(method: str, choice: object, path: Path) -> Reading:
-    """One method's choice: numbers only, the calibration among them."""
+def _reading(what: str, choice: object, path: Path) -> Reading:
+    """One choice (``what``: where in the file, for errors): numbers only, the calibration among them."""
     if not isinstance(choice, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                for v in choice.values()):
-        raise ChoicesError(f"{path}: choices of {method!r} must map names to numbers, got {choice!r}")
+        raise ChoicesError(f"{path}: {what} must map names to numbers, got {choice!r}")
     lacking = [k for k in CALIBRATION if k not in choice]
     if lacking:
-        raise ChoicesError(f"{path}: choices of {method!r} lack {lacking}; rerun `dvc repro validate`")
+        raise ChoicesError(f"{path}: {what} lack {lacking}; rerun `dvc repro validate`")
     return Reading({k: float(v) for k, v in choice.items() if k not in CALIBRATION},
-                   float(choice["calibration_gamma"]), float(choice["calibration_margin"]))
+                   *(float(choice[k]) for k in CALIBRATION))
 
 
 def _mapping_hyper(mapping: object, path: Path) -> tuple[float, float] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from niwt.data.cache import open_cache
 from niwt.data.images import check_images_exist, make_loader
@@ -88,12 +89,12 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
         reading, meta_m, where = choices.calibrated(method), loaded[method][1], str(paths[method])
         own = calibrated_scores(meta_m, feats, s, where)  # the calibrated reading's rows (NIWT's own setting)
         own_val = calibrated_scores(meta_m, val_feats, val_scores[method], where)
-        gamma = transfer_gamma(reading.gamma, reading.margin, own_val, classes.n_seen)
+        gamma = transfer_gamma(reading.gamma, reading.margin, reading.spread, own_val, classes.n_seen)
         metrics[method].update(calibrated(own, y, classes.n_seen, gamma))
         metrics[method].update(gamma_validation=reading.gamma)
-        calibration = loaded[method][1].calibration
-        if calibration is not None:  # the older, biased choice, for comparison
-            old = calibrated(s, y, classes.n_seen, calibration_gamma(calibration, val_feats, val_y))
+        calibration = _calibration(meta_m, where)
+        if calibration is not None:  # the older, biased choice, for comparison, on the calibrated reading's rows
+            old = calibrated(own, y, classes.n_seen, calibration_gamma(calibration, val_feats, val_y))
             metrics[method].update({f"heldout_{k.removeprefix('cal_')}": v for k, v in old.items()})
         per_class[method] = per_class_accuracy(y, s.argmax(1), np.arange(len(classes.names)))
     names, n_seen = classes.names, classes.n_seen
@@ -130,6 +131,18 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
     return StageResult(metrics, [Path(plots) / r for r in relative], runs=runs)
 
 
+def _calibration(meta: CheckpointMeta, path: str) -> dict | None:
+    """The held-out-seen calibration problem's rows of the calibrated reading: its own setting's
+    where the checkpoint carries them, else the method's as shipped."""
+    if meta.calibration is None or meta.calibrated_rows is None:
+        return meta.calibration
+    weight, bias = (meta.calibrated_rows.get(k) for k in ("calibration_weight", "calibration_bias"))
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise ModelError(f"{path}: its calibrated reading lacks the rows of its held-out calibration problem; "
+                         "rerun inject")
+    return {**meta.calibration, "weight": weight, "bias": bias}
+
+
 def _check_reading(choices: Choices, path: Path, meta: CheckpointMeta) -> None:
     """A checkpoint carries its calibrated reading's own rows exactly when ``validate`` chose that
     reading under another setting, and under that setting; else it was injected from other choices."""
@@ -138,5 +151,7 @@ def _check_reading(choices: Choices, path: Path, meta: CheckpointMeta) -> None:
     rows = meta.calibrated_rows
     have = None if rows is None else {k: float(v) for k, v in (rows.get("setting") or {}).items()}
     if want != have:
-        raise ModelError(f"{path}: its calibrated reading was built under {have or 'its own setting'}, but "
-                         f"{choices.path} chose {want or 'its own setting'} for it; rerun inject")
+        built = f"the setting {have}" if have else "its setting as shipped"
+        chose = f"the setting {want}" if want else "its setting as shipped (no calibrated choice of its own)"
+        raise ModelError(f"{path}: its calibrated reading was built under {built}, but {choices.path} chose "
+                         f"{chose} for it; rerun inject")

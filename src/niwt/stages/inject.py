@@ -81,7 +81,8 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
         tmp.mkdir()
         for method, (weight, bias, stats, cal_w, cal_b, own) in zip(p.inject.methods, built, strict=True):
             metrics.update({f"{method}/{k}": v for k, v in {**choices.hyper[method], **stats}.items()})
-            rows = None if own is None else {"weight": own[0], "bias": own[1], "setting": separate[method]}
+            rows = None if own is None else {"weight": own[0], "bias": own[1], "setting": separate[method],
+                                             "calibration_weight": own[2], "calibration_bias": own[3]}
             if rows is not None:
                 metrics.update({f"{method}/calibrated_{k}": v for k, v in separate[method].items()})
             new = NiwtNet(model.body, torch.nn.Linear(weight.shape[1], weight.shape[0])).cpu()
@@ -98,7 +99,7 @@ def run(p: Params, rt: Runtime, data: Path, model: Path, mapping: Path, validati
     return StageResult(metrics)
 
 
-_Rows = tuple[torch.Tensor, torch.Tensor]
+_Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # the calibrated reading's, both partitions
 _Built = tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, torch.Tensor, _Rows | None]
 
 
@@ -106,14 +107,15 @@ def _build(ctx: Context, method: str, main: Partition, heldout: Partition,
            calibrated: dict[str, float] | None = None) -> _Built:
     """One method's (weight, bias, stats) on the real partition, then its (weight, bias) on the
     held-out one (the biased calibration), and, given the calibrated reading's own setting
-    (``calibrated``), its (weight, bias) on the real partition under it; sharing the caches of ``ctx``."""
+    (``calibrated``), the same two under it; sharing the caches of ``ctx``."""
     start = time.perf_counter()
     weight, bias, stats = build_classifier(ctx, method, main)
     stats["seconds"] = time.perf_counter() - start
     cal_w, cal_b, _ = build_classifier(ctx, method, heldout)
     own = None
     if calibrated is not None:
-        own = build_classifier(replace(ctx, hyper={**ctx.hyper, method: calibrated}), method, main)[:2]
+        other = replace(ctx, hyper={**ctx.hyper, method: calibrated})
+        own = (*build_classifier(other, method, main)[:2], *build_classifier(other, method, heldout)[:2])
     return weight, bias, stats, cal_w, cal_b, own
 
 
@@ -131,7 +133,7 @@ def _method_rows(job: _MethodJob, ctx: Context, main: Partition, heldout: Partit
     computed once per worker process and run (:func:`~niwt.distributed.dask.run_cache`); CPU tensors back."""
     weight, bias, stats, cal_w, cal_b, own = _build(replace(ctx, _cache=run_cache(job.token)), job.method, main,
                                                     heldout, job.calibrated)
-    own = None if own is None else (own[0].cpu(), own[1].cpu())
+    own = None if own is None else tuple(t.cpu() for t in own)
     return weight.cpu(), bias.cpu(), stats, cal_w.cpu(), cal_b.cpu(), own
 
 

@@ -12,8 +12,9 @@ train+val images of the validation classes: never a test image) by each method's
 (``validate.criterion``; ``auto``: the way the method is used, :func:`_criterion`, with the
 flat-criterion fallback of :func:`niwt.evaluation.selection.choose`; a method with a held-out signal
 of its own, ridge regression, by that); then, for the best setting of each method, the calibration
-gamma that maximises H there, with the mean margin of the seen classes' images, the unit gamma is
-carried to the final network in (``calibration_margin``, :func:`niwt.evaluation.gzsl.transfer_gamma`).
+gamma that maximises H there, with the mean and standard deviation of the seen classes' images'
+margins, through which gamma is carried to the final network (``calibration_margin``,
+``calibration_margin_sd``, :func:`niwt.evaluation.gzsl.transfer_gamma`).
 A method chosen by uncalibrated H (NIWT, as shipped) gets a second choice for its calibrated reading,
 by calibrated H on the same forward map (``calibrated_choices``, :func:`_calibrated_choice`).
 Both go to ``--out`` for ``fit_mapping``, ``inject`` and ``evaluate``, with the whole grid and every
@@ -40,13 +41,13 @@ from niwt.data.images import ImageSource, check_images_exist, make_loader
 from niwt.data.tables import ClassTable, SplitTable, held_out_classes, held_out_count, read_tables, subproblem
 from niwt.distributed.dask import absolute, absolute_pool, dask_client, map_jobs, run_cache
 from niwt.evaluation.gzsl import validation_numbers
-from niwt.evaluation.selection import HELDOUT, Choice, choose
+from niwt.evaluation.selection import HELDOUT, Choice, choose, criterion_value
 from niwt.importance.capture import prepare_for_extraction
 from niwt.importance.extraction import ExtractSpec, importances_for
 from niwt.injection import methods
 from niwt.injection.context import Context, Partition
 from niwt.injection.methods import MAPPING_SETTINGS, build_classifier, candidates, check_pool, chosen_mapping
-from niwt.io.choices import write_choices
+from niwt.io.choices import CALIBRATION, write_choices
 from niwt.mapping.linear import MapHyper, fit_snapshots, heldout_trace, map_candidates, peak_of
 from niwt.mapping.store import Provenance, StoredMap
 from niwt.models.checkpoint import CheckpointMeta, load_checkpoint
@@ -141,9 +142,8 @@ def run(p: Params, rt: Runtime, data: Path, backbone: Path, out: Path, cache: Pa
 
 
 def _choice(row: dict) -> dict[str, float]:
-    """What ``validate`` writes for a chosen grid row: its setting, calibration gamma and seen margin."""
-    return {**row["setting"], "calibration_gamma": row["calibration_gamma"],
-            "calibration_margin": row["calibration_margin"]}
+    """What ``validate`` writes for a chosen grid row: its setting, calibration gamma and seen margins."""
+    return {**row["setting"], **{k: row[k] for k in CALIBRATION}}
 
 
 def _calibrated_choice(rows: list[dict], choice: Choice) -> Choice | None:
@@ -159,7 +159,7 @@ def _calibrated_choice(rows: list[dict], choice: Choice) -> Choice | None:
     chosen = choice.row["setting"]
     same_map = [r for r in rows if all(r["setting"].get(k) == chosen.get(k) for k in MAPPING_SETTINGS)]
     second = choose(same_map, "cal_H")
-    if second.row[second.criterion] == choice.row[second.criterion]:  # a tie keeps the one setting
+    if criterion_value(choice.row, second.criterion) >= criterion_value(second.row, second.criterion):  # a tie
         return replace(second, row=choice.row)
     return second
 
@@ -231,6 +231,7 @@ def _score_settings(method: str, settings: list[dict[str, float]], built: Iterab
         numbers = validation_numbers(scores, y, len(part.seen))
         numbers["calibration_gamma"] = numbers.pop("gamma")  # ESZSL has a hyperparameter named gamma
         numbers["calibration_margin"] = numbers.pop("seen_margin")
+        numbers["calibration_margin_sd"] = numbers.pop("seen_margin_sd")
         rows.append({"method": method, "setting": setting, **numbers})
     return rows
 
