@@ -54,8 +54,9 @@ Mean ± sample standard deviation (n − 1) over seeds.
 ## GZSL, per method (%)
 
 Per-class mean top-1; `cal_*`: calibrated stacking with `validate`'s class-disjoint γ (carried to the final \
-network in units of the mean seen margin); `heldout_H`: calibrated with the older held-out-seen γ; `seen_acc`: the \
-finetuned network on test_seen.
+network through the seen margins), on the rows of the setting chosen for that reading (NIWT's own calibrated \
+setting, below); `heldout_H`: calibrated with the older held-out-seen γ; `seen_acc`: the finetuned network on \
+test_seen.
 
 | method | S | H | cal_S |
 |---|---|---|---|

@@ -292,7 +292,8 @@ def _header(rows: list[dict[str, str]], seeds: list[int]) -> list[str]:
 def _gzsl_table(rows: list[dict[str, str]], methods: list[str], metrics: list[str]) -> list[str]:
     lines = ["## GZSL, per method (%)", "",
              "Per-class mean top-1; `cal_*`: calibrated stacking with `validate`'s class-disjoint γ (carried to the "
-             "final network in units of the mean seen margin); `heldout_H`: "
+             "final network through the seen margins), on the rows of the setting chosen for that reading (NIWT's "
+             "own calibrated setting, below); `heldout_H`: "
              "calibrated with the older held-out-seen γ; `seen_acc`: the finetuned network on test_seen.", "",
              "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for method in methods:

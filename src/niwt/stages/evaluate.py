@@ -5,10 +5,9 @@ test_unseen), H = 2SU/(S+U), ZSL T1 (argmax over unseen classes only), seen-only
 area under the seen-unseen curve of calibrated stacking (AUSUC, calibration-free), and S/U/H
 calibrated with the gamma ``validate`` chose on its class-disjoint validation problem (``cal_*``; for
 a method whose calibrated reading ``validate`` chose under a setting of its own, NIWT, on the rows its
-checkpoint carries for that reading),
-carried to this network in units of the mean seen margin, measured there on the validation problem's
-seen images and here on the val split's (:func:`~niwt.evaluation.gzsl.transfer_gamma`; ``gamma`` as
-applied, ``gamma_validation`` as chosen);
+checkpoint carries for that reading), carried to this network through the seen margins, measured
+there on the validation problem's seen images and here on the val split's
+(:func:`~niwt.evaluation.gzsl.transfer_gamma`; ``gamma`` as applied, ``gamma_validation`` as chosen);
 beside them, for comparison, the older biased choice: the gamma picked on val images with the
 mapping's held-out seen classes as pseudo-unseen, which the backbone was trained on
 (``heldout_*``). Penultimate features of the test images are computed
@@ -110,8 +109,9 @@ def run(p: Params, rt: Runtime, data: Path, injected: Path, validation: Path, pl
                    draw_confusion(staged / outputs.confusion_plot(shown), scores[shown], y, names, n_seen, shown)]
         table = staged / outputs.COMPARISON_TABLE
         table.write_text("GZSL comparison (%); cal_* use calibrated stacking with the gamma validate chose on "
-                         "classes its validation backbone never saw, carried to this network in units of the mean "
-                         "seen margin.\n\n" + comparison_markdown(metrics)
+                         "classes its validation backbone never saw, carried to this network through the seen "
+                         "margins (docs/protocol.md), on the rows of the setting chosen for that reading (last "
+                         "table).\n\n" + comparison_markdown(metrics)
                          + "\nCalibration rules on the test split (%): the class-disjoint gamma of validate (as "
                          "applied here; gamma_validation in stats/evaluate.json as chosen), and the older gamma "
                          "chosen on seen classes the finetuned network was trained on.\n\n"
