@@ -29,8 +29,8 @@ that it reproduces the pipeline's own test H and calibrated H (so the oracle and
 the same thing). Prints a markdown report (``--out`` also writes it to a file). ``--keep DIR``
 keeps the project in DIR; run again with the same DIR and ``dvc repro`` only reruns what changed
 (the generated images are kept). ``--set KEY=VALUE`` overrides any other param (e.g. a shorter grid
-for a quick look). At full size with the default grid it takes about 16 minutes on 2 CPUs (most of
-it the two fine-tunings).
+for a quick look). At full size with the default grid it took 6.4 minutes from scratch on 2 idle
+CPUs (most of it the two fine-tunings), 4 to 5 on top of a kept project.
 """
 
 from __future__ import annotations

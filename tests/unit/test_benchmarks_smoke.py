@@ -158,3 +158,55 @@ def test_gpu_check_scaling_mode_runs_two_gloo_processes(tmp_path: Path) -> None:
     assert values["nproc"] == 2
     assert values["ddp_resnet18_images_per_s_1proc"] > 0 and values["ddp_resnet18_images_per_s_2proc"] > 0
     assert values["ddp_scaling_efficiency"] > 0
+
+
+def _bench_protocol():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_protocol
+    finally:
+        sys.path.remove(str(BENCH))
+    return bench_protocol
+
+
+def test_bench_protocol_reports_each_reading_from_its_own_setting(tmp_path: Path) -> None:
+    """The report on a hand-made project: NIWT's calibrated reading from its own setting (named in
+    the table, its oracle row the one the pipeline's cal_H is checked against), targets counted."""
+    import argparse
+
+    bp = _bench_protocol()
+    shipped, own = {"lr": 0.01, "lambda": 0.01}, {"lr": 0.001, "lambda": 0.001}
+    cal = {"calibration_gamma": 1.0, "calibration_margin": 2.0, "calibration_margin_sd": 1.0}
+    validation = {"choices": {"niwt": {**shipped, **cal}, "icis": dict(cal)},
+                  "calibrated_choices": {"niwt": {**own, **cal, "calibration_gamma": -2.5}},
+                  "chosen_by": {"niwt": {"criterion": "H", "calibrated": {"criterion": "cal_H"}},
+                                "icis": {"criterion": "cal_H"}},
+                  "grid": [{"method": "niwt", "setting": shipped, "H": 0.2}, {"method": "niwt", "setting": own,
+                                                                               "H": 0.1},
+                           {"method": "icis", "setting": {}, "H": 0.0}], "classes": ["a"], "source": "seeded"}
+    headline = {"niwt": {"H": 0.21, "cal_H": 0.32, "AUSUC": 0.15}, "icis": {"H": 0.0, "cal_H": 0.25, "AUSUC": 0.1}}
+    for name, doc in (("models/validation.json", validation), ("stats/finetune.json", {"val_acc": 0.5}),
+                      ("stats/evaluate.json", headline), *((f"metrics/gzsl/{m}.json", h) for m, h in headline.items())):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(doc))
+    found = {"niwt": [{"setting": shipped, "chosen": True, "cal_chosen": False, "H": 0.21, "cal_H": 0.30,
+                       "oracle_cal_H": 0.31},
+                      {"setting": own, "chosen": False, "cal_chosen": True, "H": 0.15, "cal_H": 0.32,
+                       "oracle_cal_H": 0.33}],
+             "icis": [{"setting": {}, "chosen": True, "cal_chosen": True, "H": 0.0, "cal_H": 0.25,
+                       "oracle_cal_H": 0.30}]}
+    args = argparse.Namespace(scale=1.0, width=32, hidden=256, epochs=10, seed=0, set=[])
+    text, fails = bp.report(args, tmp_path, {"total": 1, "trainval": 1, "train": 1, "val": 0, "test_seen": 0,
+                                             "test_unseen": 0}, ["a"], {"total": 60.0, "generate": 1.0, "repro": 50.0,
+                                                                        "oracle": 9.0}, found, None, (0.5, 1.0))
+    niwt = next(line for line in text.splitlines() if line.startswith("| niwt |"))
+    assert "| H; calibrated by cal_H |" in niwt
+    assert "| lr 0.01, lambda 0.01 (1) | lr 0.001, lambda 0.001 (-2.5) |" in niwt
+    assert "| icis | cal_H |" in text and "| fixed (1) | the same |" in text
+    # the pipeline's numbers agree with the oracle's rows of each reading's setting (H: shipped, cal_H: own)
+    assert "max |delta| of test H / cal_H = 0.0e+00 (the same numbers)" in text
+    assert "FAIL icis: cal_H >= oracle cal_H - 0.03 (cal_H 0.250, oracle 0.300" in text
+    assert "PASS niwt: cal_H >= oracle cal_H - 0.03 (cal_H 0.320, oracle 0.330; the calibrated reading's setting " \
+           "with the test gamma 0.330)" in text
+    assert "PASS niwt: |test H - val H| <= 0.10 (test H 0.210, val H 0.200)" in text
+    assert fails == 1 and text.rstrip().endswith("4 of 5 targets met.")

@@ -127,10 +127,18 @@ def test_margins_that_straddle_zero_carry_gamma_as_a_z_score() -> None:
     # a negative mean margin (the unseen rows lead) on either side: the same z-score
     assert transfer_gamma(-3.0, -1.0, 2.0, final, 2) == pytest.approx(2.0 - here_sd)
     assert transfer_gamma(1.0, 2.0, 1.0, margins([-1.0, -3.0]), 2) == pytest.approx(-2.0 + (1.0 - 2.0) * 1.0)
-    # the spread ratio is held within 10x; no spread to measure (one image, or none): gamma as chosen
+    # the spread ratio is held within 10x either way
     assert transfer_gamma(1.5, -0.5, 0.1, final, 2) == pytest.approx(2.0 + 2.0 * 10)
-    assert transfer_gamma(1.5, -0.5, 0.0, final, 2) == 1.5 and transfer_gamma(1.5, 0.5, 2.0, final[:1], 2) == 1.5
-    assert transfer_gamma(1.5, float("nan"), 2.0, final, 2) == 1.5
+    assert transfer_gamma(1.5, -0.5, 1e3, final, 2) == pytest.approx(2.0 + 2.0 * 0.1)
+    # the boundary: a mean equal to its spread is a scale (the ratio), just below it is not (the z-score)
+    assert transfer_gamma(1.5, 2.0, 2.0, final, 2) == pytest.approx(1.5 * 2.0 / 2.0)
+    assert transfer_gamma(1.5, 2.0, 2.0001, final, 2) == pytest.approx(2.0 + (1.5 - 2.0) * here_sd / 2.0001)
+    # one final image: a positive mean margin is still a scale; a negative one has no spread for the z-score
+    assert transfer_gamma(1.5, 2.0, 1.0, final[3:], 2) == pytest.approx(1.5 * 8.0 / 2.0)
+    assert transfer_gamma(1.5, 0.5, 2.0, final[:1], 2) == 1.5
+    # nothing to carry it by (no validation spread for the z-score, or a margin that is not finite): as chosen
+    assert transfer_gamma(1.5, -0.5, 0.0, final, 2) == 1.5 and transfer_gamma(1.5, float("nan"), 2.0, final, 2) == 1.5
+    assert transfer_gamma(1.5, 0.5, 2.0, final[:0], 2) == 1.5
 
 
 def test_choices_round_trip_and_errors(tmp_path: Path) -> None:

@@ -136,9 +136,11 @@ def transfer_gamma(gamma: float, margin: float, spread: float, scores: np.ndarra
 
     * A mean margin that is a scale (positive on both networks, and at least its spread on the
       validation problem): gamma in its units, ``gamma * margin_here / margin``.
-    * Else (the margins straddle zero, or the unseen rows lead): gamma's place among the margins, in
-      standard deviations from their mean, ``mean_here + (gamma - margin) * spread_here / spread``.
-    * Without a spread (one image, or none): ``gamma`` as it is.
+    * Else (the margins straddle zero, or the unseen rows lead), where both networks' margins have a
+      spread: gamma's place among the margins, in standard deviations from their mean,
+      ``mean_here + (gamma - margin) * spread_here / spread``.
+    * Else (no spread for the z-score, e.g. a single image; a statistic that is not finite; no image):
+      ``gamma`` as it is.
 
     Either ratio is held within :data:`MAX_MARGIN_RATIO`. Why: gamma is an offset in the validation
     backbone's logits; the final network has other logit scales and more seen classes, so the same

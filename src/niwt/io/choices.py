@@ -49,7 +49,7 @@ class Choices:
     class_disjoint: bool
     hyper: dict[str, dict[str, float]]  # method -> {name: value}, without the calibration gamma
     gamma: dict[str, float]  # method -> calibration gamma chosen on the validation problem
-    margin: dict[str, float]  # method -> mean seen margin on the validation problem (gamma's unit)
+    margin: dict[str, float]  # method -> mean seen margin on the validation problem (transfer_gamma)
     spread: dict[str, float]  # method -> the seen margins' standard deviation there
     mapping_epochs: int | None
     mapping_hyper: tuple[float, float] | None = None  # the forward map's (lr, weight decay), NIWT's choice
