@@ -32,7 +32,7 @@ def _row(seed: str, method: str, stages: str, **values: str) -> dict[str, str]:
 ROWS = [
     _row("0", "eszsl", "finetune validate", S="0.9", H="0.85", cal_S="", **{"choice.gamma": "100000.0"}),
     _row("0", "niwt", "finetune validate", S="0.8", H="0.7", cal_S="0.75",
-         **{"choice.lambda": "0.0001", "choice.calibration_gamma": "0.9239",
+         **{"choice.lambda": "0.0001", "choice.calibration_gamma": "0.9239", "choice.calibration_margin": "4.9",
             "cal_choice.lambda": "0.01", "cal_choice.calibration_gamma": "0.5",
             "explain.text/paper/precision_at_k": "0.84", "explain.text/n_images": "1000"}),
     _row("1", "eszsl", "", S="0.92", H="0.87", cal_S="0.8", **{"choice.gamma": "10000.0"}),
@@ -66,7 +66,8 @@ test_seen.
 ## What `validate` chose, per seed
 
 The setting of the rows as shipped (S, U, H, AUSUC); where a method's calibrated reading (`cal_*`) has a setting \
-of its own (chosen by calibrated H, for a method tuned by uncalibrated H: NIWT), it follows `calibrated:`.
+of its own (chosen by calibrated H, for a method tuned by uncalibrated H: NIWT), it follows `calibrated:`. The \
+seen margins each γ is carried by are in the CSV.
 
 | method | seed 0 | seed 1 |
 |---|---|---|
@@ -98,7 +99,7 @@ def test_csv_columns_results_first_provenance_last_and_round_trip(tmp_path: Path
     path.write_text(rows_to_csv(ROWS))
     header = path.read_text().splitlines()[0].split(",")
     assert header == ["seed", "method", "S", "H", "cal_S", "choice.gamma", "choice.lambda", "choice.calibration_gamma",
-                      "cal_choice.lambda", "cal_choice.calibration_gamma",
+                      "choice.calibration_margin", "cal_choice.lambda", "cal_choice.calibration_gamma",
                       "explain.text/paper/precision_at_k", "explain.text/n_images",
                       "experiment", "rev", "overrides", "stages_run", "machine", "cpus", "torch"]
     back = read_rows(path)

@@ -306,16 +306,16 @@ def _choices_table(rows: list[dict[str, str]], methods: list[str], seeds: list[i
     lines = ["", "## What `validate` chose, per seed", "",
              "The setting of the rows as shipped (S, U, H, AUSUC); where a method's calibrated reading (`cal_*`) has "
              "a setting of its own (chosen by calibrated H, for a method tuned by uncalibrated H: NIWT), it follows "
-             "`calibrated:`.", "",
+             "`calibrated:`. The seen margins each γ is carried by are in the CSV.", "",
              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
     for method in methods:
         cells = []
         for seed in seeds:
             row = next((r for r in rows if r["method"] == method and int(r["seed"]) == seed), {})
             chosen, own = (_chosen(row, prefix) for prefix in (CHOICE, CAL_CHOICE))
-            text = ", ".join(f"{k} {v:.3g}" for k, v in chosen.items()) or "–"
+            text = _shown(chosen) or "–"
             if own and _setting(own) != _setting(chosen):  # the calibrated reading's own setting
-                text += "; calibrated: " + ", ".join(f"{k} {v:.3g}" for k, v in own.items())
+                text += "; calibrated: " + _shown(own)
             cells.append(text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
@@ -324,6 +324,12 @@ def _choices_table(rows: list[dict[str, str]], methods: list[str], seeds: list[i
 def _chosen(row: dict[str, str], prefix: str) -> dict[str, float]:
     """The choice a row holds under ``prefix`` (``choice.`` or ``cal_choice.``), by name."""
     return dict(sorted((k[len(prefix):], float(v)) for k, v in row.items() if k.startswith(prefix) and v != ""))
+
+
+def _shown(choice: dict[str, float]) -> str:
+    """A choice as the table shows it: its hyperparameters and calibration gamma (the seen margins
+    gamma is carried by stay in the CSV)."""
+    return ", ".join(f"{k} {v:.3g}" for k, v in choice.items() if not k.startswith("calibration_margin"))
 
 
 def _setting(choice: dict[str, float]) -> dict[str, float]:
