@@ -35,7 +35,8 @@ class CheckpointMeta:
     adds the classes it never saw; an injected checkpoint adds its method, the importance layer and
     pooling its rows were built for, and the rows of its held-out calibration problem; and where
     ``validate`` chose the method's calibrated reading under another setting than its rows (NIWT),
-    that reading's whole classifier (``calibrated_rows``: ``weight``, ``bias``, ``setting``), which
+    that reading's whole classifier and its held-out calibration problem's rows (``calibrated_rows``:
+    ``weight``, ``bias``, ``setting``, ``calibration_weight``, ``calibration_bias``), which
     ``evaluate`` scores calibrated. The network's own classifier is always the method as shipped.
     """
 
